@@ -1,0 +1,172 @@
+// The Python module metaedge._C: conversions and m.def only. Validation lives in csrc/ops (shared by CPU
+// and CUDA), maths in csrc/cpu and csrc/cuda, and the documented Python face in metaedge/kernels.py.
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "metaedge/checks.h"
+#include "metaedge/ops.h"
+#if METAEDGE_WITH_CUDA
+#include "cuda/cuda_kernels.h"
+#endif
+
+namespace py = pybind11;
+using metaedge::DType;
+using metaedge::Tensor;
+
+namespace {
+
+DType dtype_from_typestr(const std::string& typestr, const char* name) {
+  // Array-interface type strings: byte order, kind, item size ("<f4", "|u1").
+  const std::string t = typestr.size() == 3 ? typestr.substr(1) : typestr;
+  if (t == "f4") return DType::kFloat32;
+  if (t == "f2") return DType::kFloat16;
+  if (t == "i8") return DType::kInt64;
+  if (t == "i4") return DType::kInt32;
+  if (t == "u1") return DType::kUInt8;
+  throw metaedge::ArgumentTypeError(std::string("`") + name +
+                                    "`: expected float32, float16, int64, int32 or uint8 data, got type '" +
+                                    typestr + "'");
+}
+
+Tensor from_cuda_array_interface(py::handle obj, const char* name) {
+  py::dict cai = obj.attr("__cuda_array_interface__");
+  Tensor t;
+  t.device = metaedge::Device::kCUDA;
+  t.dtype = dtype_from_typestr(py::str(cai["typestr"]), name);
+  for (auto s : py::tuple(cai["shape"])) t.shape.push_back(s.cast<int64_t>());
+  py::tuple data = cai["data"];
+  t.data = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    int64_t expected = metaedge::dtype_size(t.dtype);
+    py::tuple strides = cai["strides"];
+    for (int64_t axis = t.ndim() - 1; axis >= 0; --axis) {
+      if (t.shape[axis] > 1 && strides[axis].cast<int64_t>() != expected)
+        throw metaedge::ArgumentError(std::string("`") + name +
+                                      "`: expected a C-contiguous CUDA array, got strides " +
+                                      std::string(py::str(strides)) + " for shape " +
+                                      metaedge::shape_str(t.shape));
+      expected *= t.shape[axis];
+    }
+  }
+  if (cai.contains("stream") && !cai["stream"].is_none()) {
+    const auto stream = cai["stream"].cast<std::uintptr_t>();
+    t.stream = stream == 1 ? 0 : stream;  // 1 = legacy default stream in the v3 protocol
+  }
+  if (py::hasattr(obj, "device_index")) t.device_index = obj.attr("device_index").cast<int>();
+  return t;
+}
+
+Tensor to_tensor(py::handle obj, const char* name) {
+  if (py::hasattr(obj, "__cuda_array_interface__")) return from_cuda_array_interface(obj, name);
+  if (!py::isinstance<py::array>(obj))
+    throw metaedge::ArgumentTypeError(std::string("`") + name + "`: expected a numpy array or a CUDA array, got " +
+                                      std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!(arr.flags() & py::array::c_style))
+    throw metaedge::ArgumentError(std::string("`") + name + "`: expected a C-contiguous array (metaedge.kernels "
+                                  "makes inputs contiguous; call it rather than metaedge._C)");
+  Tensor t;
+  t.data = arr.mutable_data();
+  py::dtype dt = arr.dtype();
+  t.dtype = dtype_from_typestr(std::string(1, dt.kind()) + std::to_string(dt.itemsize()), name);
+  for (py::ssize_t i = 0; i < arr.ndim(); ++i) t.shape.push_back(arr.shape(i));
+  return t;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "metaedge native kernels; use metaedge.kernels, which validates and documents them";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const metaedge::ArgumentTypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
+
+  m.def("l2_normalize", [](py::handle x, py::handle out, double eps) {
+    Tensor tx = to_tensor(x, "x"), tout = to_tensor(out, "out");
+    py::gil_scoped_release nogil;
+    metaedge::l2_normalize(tx, tout, eps);
+  }, py::arg("x"), py::arg("out"), py::arg("eps"));
+
+  m.def("class_prototypes", [](py::handle emb, py::handle labels, int64_t num_classes, py::handle protos,
+                               py::handle counts) {
+    Tensor te = to_tensor(emb, "emb"), tl = to_tensor(labels, "labels"), tp = to_tensor(protos, "protos"),
+           tc = to_tensor(counts, "counts");
+    py::gil_scoped_release nogil;
+    metaedge::class_prototypes(te, tl, num_classes, tp, tc);
+  }, py::arg("emb"), py::arg("labels"), py::arg("num_classes"), py::arg("protos"), py::arg("counts"));
+
+  m.def("update_prototypes", [](py::handle protos, py::handle counts, py::handle emb, py::handle labels) {
+    Tensor tp = to_tensor(protos, "protos"), tc = to_tensor(counts, "counts"), te = to_tensor(emb, "emb"),
+           tl = to_tensor(labels, "labels");
+    py::gil_scoped_release nogil;
+    metaedge::update_prototypes(tp, tc, te, tl);
+  }, py::arg("protos"), py::arg("counts"), py::arg("emb"), py::arg("labels"));
+
+  m.def("topk", [](py::handle queries, py::handle protos, int64_t k, const std::string& metric, py::handle scores,
+                   py::handle indices) {
+    Tensor tq = to_tensor(queries, "queries"), tp = to_tensor(protos, "protos"),
+           ts = to_tensor(scores, "scores"), ti = to_tensor(indices, "indices");
+    const metaedge::Metric parsed = metaedge::parse_metric(metric);
+    py::gil_scoped_release nogil;
+    metaedge::topk(tq, tp, k, parsed, ts, ti);
+  }, py::arg("queries"), py::arg("protos"), py::arg("k"), py::arg("metric"), py::arg("scores"), py::arg("indices"));
+
+  m.def("adapt_head", [](py::handle weights, py::handle velocity, py::handle support, py::handle labels,
+                         int64_t steps, double lr, double momentum, double weight_decay, double scale,
+                         py::handle losses) {
+    Tensor tw = to_tensor(weights, "weights"), tv = to_tensor(velocity, "velocity"),
+           ts = to_tensor(support, "support"), tl = to_tensor(labels, "labels"), tloss = to_tensor(losses, "losses");
+    py::gil_scoped_release nogil;
+    metaedge::adapt_head(tw, tv, ts, tl, steps, lr, momentum, weight_decay, scale, tloss);
+  }, py::arg("weights"), py::arg("velocity"), py::arg("support"), py::arg("labels"), py::arg("steps"),
+     py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("scale"), py::arg("losses"));
+
+  m.def("preprocess", [](py::handle images, int64_t height, int64_t width, const std::string& color,
+                         std::vector<float> mean, std::vector<float> std, bool invert, py::handle out) {
+    metaedge::PreprocessParams params;
+    params.out_height = height;
+    params.out_width = width;
+    params.color = metaedge::parse_color_mode(color);
+    params.mean = std::move(mean);
+    params.std = std::move(std);
+    params.invert = invert;
+    Tensor ti = to_tensor(images, "images"), to = to_tensor(out, "out");
+    py::gil_scoped_release nogil;
+    metaedge::preprocess(ti, params, to);
+  }, py::arg("images"), py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"),
+     py::arg("invert"), py::arg("out"));
+
+  m.def("preprocess_output_channels", [](int64_t channels, const std::string& color) {
+    return metaedge::preprocess_output_channels(channels, metaedge::parse_color_mode(color));
+  });
+  m.def("simd_level", &metaedge::simd_level);
+  m.def("openmp_max_threads", &metaedge::openmp_max_threads);
+  m.attr("cuda_built") = py::bool_(METAEDGE_WITH_CUDA != 0);
+
+#if METAEDGE_WITH_CUDA
+  py::class_<metaedge::cuda::DeviceProperties>(m, "CudaDeviceProperties")
+      .def_readonly("name", &metaedge::cuda::DeviceProperties::name)
+      .def_readonly("major", &metaedge::cuda::DeviceProperties::major)
+      .def_readonly("minor", &metaedge::cuda::DeviceProperties::minor)
+      .def_readonly("total_memory", &metaedge::cuda::DeviceProperties::total_memory)
+      .def_readonly("multiprocessors", &metaedge::cuda::DeviceProperties::multiprocessors)
+      .def_readonly("integrated", &metaedge::cuda::DeviceProperties::integrated)
+      .def_readonly("can_map_host_memory", &metaedge::cuda::DeviceProperties::can_map_host_memory);
+  m.def("cuda_device_count", []() {
+    std::string why;
+    const int n = metaedge::cuda::device_count(&why);
+    return py::make_tuple(n, why);
+  });
+  m.def("cuda_runtime_version", &metaedge::cuda::runtime_version);
+  m.def("cuda_driver_version", &metaedge::cuda::driver_version);
+  m.def("cuda_device_properties", &metaedge::cuda::device_properties);
+#endif
+}

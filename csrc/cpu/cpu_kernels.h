@@ -1,0 +1,27 @@
+// CPU implementations. Called only from csrc/ops/*.cpp after the shared checks passed, so arguments are
+// valid, C-contiguous and on the host.
+#pragma once
+
+#include <cstdint>
+
+#include "metaedge/ops.h"
+
+namespace metaedge::cpu {
+
+void l2_normalize(const Tensor& x, const Tensor& out, double eps);
+void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_classes, const Tensor& protos,
+                      const Tensor& counts);
+void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor& emb, const Tensor& labels);
+void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
+          const Tensor& indices);
+void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
+                int64_t steps, double lr, double momentum, double weight_decay, double scale,
+                const Tensor& losses);
+void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out);
+
+// Index of the first non-finite element of a float32/float16 tensor, or -1.
+int64_t first_non_finite(const Tensor& t);
+// Index of the first label outside [0, num_classes), or -1.
+int64_t first_label_out_of_range(const Tensor& labels, int64_t num_classes);
+
+}  // namespace metaedge::cpu

@@ -1,0 +1,61 @@
+// The ops of metaedge (semantics: DESIGN.md section 5). Each op validates its arguments once with the
+// shared checker in csrc/ops/<op>.cpp and dispatches to cpu:: or cuda:: by the device of its inputs.
+// Outputs are passed in preallocated by the caller; in-place ops say so.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "metaedge/tensor.h"
+
+namespace metaedge {
+
+enum class Metric { kCosine, kDot, kEuclidean };
+Metric parse_metric(const std::string& name);
+const char* metric_name(Metric metric);
+
+enum class ColorMode { kKeep, kToGray, kToRGB };  // output channels = input / 1 / 3
+ColorMode parse_color_mode(const std::string& name);
+
+struct PreprocessParams {
+  int64_t out_height = 0;
+  int64_t out_width = 0;
+  ColorMode color = ColorMode::kKeep;
+  std::vector<float> mean;  // one per output channel
+  std::vector<float> std;   // one per output channel, > 0
+  bool invert = false;      // x -> 255 - x before scaling (e.g. Omniglot strokes = 1)
+};
+
+// x[n,d] -> out[n,d], rows divided by max(||row||, eps). out may alias x.
+void l2_normalize(const Tensor& x, const Tensor& out, double eps);
+
+// emb[n,d], labels[n] (int64) -> protos[C,d] (float32), counts[C] (int64). Empty classes: zero row, count 0.
+void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_classes, const Tensor& protos,
+                      const Tensor& counts);
+
+// In place: protos[C,d] <- (protos*counts + sum of emb rows of each class) / (counts + m); counts += m.
+void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor& emb, const Tensor& labels);
+
+// queries[b,d], protos[c,d] -> scores[b,k] (descending; ties -> lower index first), indices[b,k] (int64).
+void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
+          const Tensor& indices);
+
+// Cosine-classifier fine-tuning; weights[c,d] updated in place, velocity[c,d] is the momentum buffer
+// (in/out, zeros for a fresh start), losses[steps] receives the loss before each step's update.
+void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
+                int64_t steps, double lr, double momentum, double weight_decay, double scale,
+                const Tensor& losses);
+
+// Channels that preprocess writes for `input_channels` under `color` (RGBA drops alpha under kKeep).
+int64_t preprocess_output_channels(int64_t input_channels, ColorMode color);
+
+// images[b,h,w,c] uint8 -> out[b,C,H,W] float32.
+void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out);
+
+// Information for build_info(): SIMD level compiled in, OpenMP threads.
+std::string simd_level();
+int openmp_max_threads();
+
+}  // namespace metaedge

@@ -1,0 +1,39 @@
+#include "dispatch.h"
+
+namespace metaedge {
+
+static void check_topk(const Tensor& queries, const Tensor& protos, int64_t k, const Tensor& scores,
+                       const Tensor& indices) {
+  check_ndim(queries, "queries", 2, "[b, d]");
+  check_dtype(queries, "queries", {DType::kFloat32, DType::kFloat16});
+  check_ndim(protos, "protos", 2, "[C, d]");
+  check_dtype(protos, "protos", {DType::kFloat32, DType::kFloat16});
+  check_dim(protos, "protos", 1, queries.size(1), "the embedding dim of `queries`");
+  if (protos.size(0) == 0) throw ArgumentError("`protos`: expected at least one class, got shape [0, d]");
+  if (k < 1 || k > protos.size(0))
+    throw ArgumentError("`k`: expected 1 <= k <= number of classes (" + std::to_string(protos.size(0)) +
+                        "), got " + std::to_string(k));
+  check_ndim(scores, "scores", 2, "[b, k]");
+  check_dtype(scores, "scores", {DType::kFloat32});
+  check_dim(scores, "scores", 0, queries.size(0), "rows of `queries`");
+  check_dim(scores, "scores", 1, k, "`k`");
+  check_ndim(indices, "indices", 2, "[b, k]");
+  check_dtype(indices, "indices", {DType::kInt64});
+  check_dim(indices, "indices", 0, queries.size(0), "rows of `queries`");
+  check_dim(indices, "indices", 1, k, "`k`");
+  check_same_device(queries, "queries", protos, "protos");
+  check_same_device(queries, "queries", scores, "scores");
+  check_same_device(queries, "queries", indices, "indices");
+  check_finite(queries, "queries");
+  // `protos` is checked for NaN/Inf inside the kernels, fused with scoring: a separate pass would double
+  // the memory traffic of batch-1 matching, which is bandwidth-bound.
+}
+
+void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
+          const Tensor& indices) {
+  check_topk(queries, protos, k, scores, indices);
+  if (queries.size(0) == 0) return;
+  METAEDGE_DISPATCH(topk, queries, queries, protos, k, metric, scores, indices);
+}
+
+}  // namespace metaedge

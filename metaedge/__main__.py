@@ -1,0 +1,5 @@
+import sys
+
+from metaedge.cli.main import main
+
+sys.exit(main())

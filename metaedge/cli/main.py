@@ -1,0 +1,63 @@
+"""Entry point of the `metaedge` command. Each command group lives in its own module in this package and
+exposes ``register(subparsers)``; commands whose module or dependencies are missing say so when run."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, commands it registers) - the order is the order of `metaedge --help`.
+COMMAND_MODULES = ("demo", "train", "evaluate", "export", "build", "enroll", "predict", "adapt", "classes",
+                   "info", "bench")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit code `code`."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from metaedge import __version__
+    parser = argparse.ArgumentParser(
+        prog="metaedge",
+        description="Few-shot visual recognition for edge GPUs: meta-train a backbone, export it, and enroll "
+                    "new classes on the device from a handful of images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"metaedge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"metaedge.cli.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"metaedge.cli.{name}_cmd":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except CliError as exc:
+        print(f"metaedge {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except ImportError as exc:  # a missing optional dependency: the message says what to install
+        print(f"metaedge {args.command}: error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"metaedge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

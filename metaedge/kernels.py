@@ -1,0 +1,234 @@
+"""The Python face of metaedge's native ops (semantics: DESIGN.md section 5).
+
+Every function takes numpy arrays (-> the C++ CPU kernels) or CUDA arrays (-> the CUDA kernels): a
+``metaedge.cuda.DeviceArray`` or any object with ``__cuda_array_interface__`` (torch, CuPy), passed without a
+copy. Results come back on the device of the inputs: numpy arrays for numpy inputs, DeviceArrays for CUDA.
+
+At this boundary numpy inputs are coerced: float64/float16 -> float32 where float32 is computed (float16
+prototypes and queries are accepted; on the CPU they are upcast), any integer labels -> int64, non-contiguous
+-> contiguous. In-place arguments are never copied silently: they must already be float32/int64 C-contiguous
+writable arrays. Wrong shapes, dtypes, NaN/Inf values and labels out of range raise ``ValueError`` or
+``TypeError`` naming the argument, what was expected and what was got.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from metaedge._native import native
+
+__all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "adapt_head", "preprocess",
+           "METRICS", "COLOR_MODES"]
+
+METRICS = ("cosine", "dot", "euclidean")
+COLOR_MODES = ("keep", "gray", "rgb")
+
+
+def _is_cuda(x) -> bool:
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def _cuda():
+    from metaedge import cuda
+    return cuda
+
+
+def _float_input(x, name: str, allow_half: bool = False) -> np.ndarray:
+    """numpy input -> C-contiguous float32 (or float16 when allowed and on the GPU path)."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x, dtype=np.float32)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"`{name}`: expected a numpy array or a CUDA array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"`{name}`: expected a floating-point array (float32; float64/float16 are converted), "
+                        f"got dtype {x.dtype}")
+    if allow_half and x.dtype == np.float16:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _label_input(y, name: str) -> np.ndarray:
+    if isinstance(y, (list, tuple)):
+        y = np.asarray(y)
+        if y.size == 0:
+            y = y.astype(np.int64)
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"`{name}`: expected a numpy array of integer labels, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"`{name}`: expected integer labels, got dtype {y.dtype}")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _inplace(x, name: str, dtype) -> None:
+    if _is_cuda(x):
+        return
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"`{name}`: expected a numpy array (updated in place), got {type(x).__name__}")
+    if x.dtype != dtype or not x.flags.c_contiguous or not x.flags.writeable:
+        raise TypeError(f"`{name}` is updated in place, so it must be a writable C-contiguous {np.dtype(dtype)} "
+                        f"array; got dtype {x.dtype}, contiguous={x.flags.c_contiguous}, "
+                        f"writable={x.flags.writeable}")
+
+
+def _empty_like_device(ref, shape, dtype):
+    """An output array on the device of `ref`."""
+    if _is_cuda(ref):
+        return _cuda().DeviceArray.empty(shape, dtype, like=ref)
+    return np.empty(shape, dtype=dtype)
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """Rows of ``x[n, d]`` divided by ``max(||row||, eps)``; returns a new ``[n, d]`` float32 array.
+
+    Robust to huge and tiny magnitudes (the norm is computed with scaling, so 1e30 rows don't overflow).
+    """
+    if not _is_cuda(x):
+        x = _float_input(x, "x")
+    shape = tuple(x.shape) if not _is_cuda(x) else tuple(x.__cuda_array_interface__["shape"])
+    out = _empty_like_device(x, shape, np.float32)
+    native().l2_normalize(x, out, float(eps))
+    return out
+
+
+def class_prototypes(emb, labels, num_classes: int):
+    """Class means of ``emb[n, d]`` grouped by ``labels[n]`` in ``[0, num_classes)``.
+
+    Returns ``(protos[num_classes, d] float32, counts[num_classes] int64)``; a class with no sample gets a
+    zero row and count 0. Labels outside ``[0, num_classes)`` raise ValueError (never a silent NaN row).
+    """
+    if not _is_cuda(emb):
+        emb = _float_input(emb, "emb")
+        labels = _label_input(labels, "labels")
+        d = emb.shape[1] if emb.ndim == 2 else 0
+    else:
+        d = _cuda().shape_of(emb)[1]
+    num_classes = int(num_classes)
+    if num_classes < 0:
+        raise ValueError(f"`num_classes`: expected >= 0, got {num_classes}")
+    protos = _empty_like_device(emb, (num_classes, d), np.float32)
+    counts = _empty_like_device(emb, (num_classes,), np.int64)
+    native().class_prototypes(emb, labels, num_classes, protos, counts)
+    return protos, counts
+
+
+def update_prototypes(protos, counts, emb, labels) -> None:
+    """Fold new embeddings into running class means, in place and exactly:
+    ``p <- (p * n + sum(e)) / (n + m)``, ``counts += m`` for each class that receives ``m`` new rows.
+
+    ``protos[C, d]`` (float32) and ``counts[C]`` (int64) must be writable C-contiguous arrays.
+    """
+    _inplace(protos, "protos", np.float32)
+    _inplace(counts, "counts", np.int64)
+    if not _is_cuda(emb):
+        emb = _float_input(emb, "emb")
+        labels = _label_input(labels, "labels")
+    native().update_prototypes(protos, counts, emb, labels)
+
+
+def topk(queries, protos, k: int = 1, metric: str = "cosine"):
+    """The ``k`` best classes for each query.
+
+    ``queries[b, d]`` (or ``[d]``), ``protos[C, d]``; float32, float16 accepted. ``metric``: ``"cosine"``
+    (rows normalised inside), ``"dot"``, or ``"euclidean"`` (score = minus the squared distance).
+    Returns ``(scores[b, k] float32, indices[b, k] int64)`` with scores descending and ties broken towards
+    the lower class index (``[k]`` each for a 1-d query). ``1 <= k <= C``. The ``b x C`` score matrix is never
+    materialised for large C.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"`metric`: expected one of {METRICS}, got {metric!r}")
+    k = int(k)
+    squeeze = False
+    if not _is_cuda(queries):
+        queries = _float_input(queries, "queries")
+        protos = _float_input(protos, "protos")
+        if queries.ndim == 1:
+            queries, squeeze = queries[None, :], True
+        b = queries.shape[0]
+    else:
+        b = _cuda().shape_of(queries)[0]
+    scores = _empty_like_device(queries, (b, k), np.float32)
+    indices = _empty_like_device(queries, (b, k), np.int64)
+    native().topk(queries, protos, k, metric, scores, indices)
+    if squeeze:
+        return scores[0], indices[0]
+    return scores, indices
+
+
+def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, momentum: float = 0.9,
+               weight_decay: float = 0.0, scale: float = 10.0, velocity=None):
+    """Fine-tune a cosine classifier head in place; returns the loss of each step (``[steps]`` float32).
+
+    Logits are ``scale * normalize(W) @ normalize(S).T``, the loss is the mean softmax cross-entropy over
+    ``support[n, d]`` with ``labels[n]`` in ``[0, C)``, and ``weights[C, d]`` takes ``steps`` steps of SGD with
+    momentum (PyTorch's convention: ``v <- momentum * v + g + weight_decay * W``; ``W <- W - lr * v``).
+    ``losses[i]`` is the loss before step ``i``'s update. Pass the same ``velocity[C, d]`` (float32, zeros at
+    first) to continue an earlier run exactly. Starting from prototypes this is weight imprinting followed by
+    fine-tuning, and ``topk(metric="cosine")`` then uses the adapted weights directly.
+    """
+    _inplace(weights, "weights", np.float32)
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"`steps`: expected >= 0, got {steps}")
+    if velocity is None:
+        if _is_cuda(weights):
+            velocity = _cuda().DeviceArray.zeros(_cuda().shape_of(weights), np.float32, like=weights)
+        else:
+            velocity = np.zeros_like(weights)
+    else:
+        _inplace(velocity, "velocity", np.float32)
+    if not _is_cuda(support):
+        support = _float_input(support, "support")
+        labels = _label_input(labels, "labels")
+    losses = _empty_like_device(weights, (steps,), np.float32)
+    native().adapt_head(weights, velocity, support, labels, steps, float(lr), float(momentum),
+                        float(weight_decay), float(scale), losses)
+    return losses
+
+
+def _per_channel(values, channels: int, name: str) -> list[float]:
+    arr = np.atleast_1d(np.asarray(values, dtype=np.float64)).ravel()
+    if arr.size == 1:
+        arr = np.repeat(arr, channels)
+    if arr.size != channels:
+        raise ValueError(f"`{name}`: expected 1 or {channels} values (one per output channel), got {arr.size}")
+    return [float(v) for v in arr]
+
+
+def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
+    """uint8 HWC images -> float32 CHW network input, in one fused pass.
+
+    ``images``: ``[b, h, w, c]``, ``[h, w, c]`` or ``[h, w]`` uint8 with c in {1, 3, 4}. Steps per pixel:
+    bilinear resize to ``size = (H, W)`` (half-pixel centres, as PIL/OpenCV/``torch.interpolate``
+    with ``align_corners=False`` and no antialias), colour conversion (``"keep"``: RGBA drops alpha;
+    ``"gray"``: ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B; ``"rgb"``: gray replicated), optional inversion
+    (``255 - x``, e.g. Omniglot strokes = 1), ``/ 255``, then ``(x - mean) / std`` per output channel.
+    Returns ``[b, C, H, W]`` (``[C, H, W]`` for a single image).
+    """
+    if color not in COLOR_MODES:
+        raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")
+    try:
+        height, width = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
+    single = False
+    if _is_cuda(images):
+        shape = _cuda().shape_of(images)
+    else:
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"`images`: expected a uint8 numpy array or a CUDA array, got {type(images).__name__}")
+        if images.dtype != np.uint8:
+            raise TypeError(f"`images`: expected dtype uint8 (HWC pixels), got {images.dtype}")
+        if images.ndim == 2:
+            images, single = images[None, :, :, None], True
+        elif images.ndim == 3:
+            images, single = images[None], True
+        images = np.ascontiguousarray(images)
+        shape = images.shape
+    if len(shape) != 4:
+        raise ValueError(f"`images`: expected [b, h, w, c], [h, w, c] or [h, w], got shape {tuple(shape)}")
+    channels = native().preprocess_output_channels(int(shape[3]), color) if shape[3] in (1, 3, 4) else shape[3]
+    out = _empty_like_device(images, (shape[0], channels, height, width), np.float32)
+    native().preprocess(images, height, width, color, _per_channel(mean, channels, "mean"),
+                        _per_channel(std, channels, "std"), bool(invert), out)
+    return out[0] if single else out

@@ -1,0 +1,226 @@
+"""Build of metaedge._C: C++17 CPU kernels always, CUDA kernels when nvcc is found.
+
+Environment switches (all optional):
+  METAEDGE_CUDA=auto|0|1     auto (default): build the .cu sources when nvcc is found through CUDA_HOME,
+                             CUDA_PATH or PATH; 0: CPU-only; 1: CUDA required (fail if nvcc is missing).
+  METAEDGE_CUDA_ARCHS        e.g. "87" or "80;86;90". Default: the Jetson and desktop archs that the found
+                             nvcc supports, plus PTX for the newest of them.
+  METAEDGE_NATIVE=1          add -march=native (x86) / -mcpu=native (arm) - only for builds that never leave
+                             the machine they were built on.
+  MAX_JOBS                   parallel compile jobs (default: number of CPUs).
+The CUDA runtime is linked statically, so importing metaedge never needs libcudart at run time; the driver
+(libcuda.so) is looked up only when a CUDA function is first called.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+from setuptools.extension import Extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Jetson Xavier is 72 but nvcc 13 dropped it; 87 = Orin (JetPack 6), 110 = Thor (JetPack 7).
+WANTED_ARCHS = ["72", "75", "80", "86", "87", "89", "90", "100", "110", "120"]
+
+
+def _log(msg: str) -> None:
+    print(f"[metaedge build] {msg}", flush=True)
+
+
+def find_nvcc() -> str | None:
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home:
+            candidate = os.path.join(home, "bin", "nvcc")
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+    return shutil.which("nvcc")
+
+
+def nvcc_version(nvcc: str) -> tuple[int, int]:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    if not m:
+        raise RuntimeError(f"cannot read the CUDA version from `{nvcc} --version`:\n{out}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def nvcc_supported_archs(nvcc: str) -> list[str]:
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return sorted({m.group(1) for m in re.finditer(r"compute_(\d+)", out)}, key=int)
+
+
+def choose_cuda_archs(nvcc: str) -> list[str]:
+    requested = os.environ.get("METAEDGE_CUDA_ARCHS", "").replace(",", ";").strip()
+    supported = nvcc_supported_archs(nvcc)
+    if requested:
+        archs = [a.strip().replace(".", "") for a in requested.split(";") if a.strip()]
+        bad = [a for a in archs if supported and a not in supported]
+        if bad:
+            raise SystemExit(f"METAEDGE_CUDA_ARCHS asks for {bad}, which {nvcc} does not support "
+                             f"(it supports {supported})")
+        return archs
+    archs = [a for a in WANTED_ARCHS if a in supported] if supported else ["75", "80", "86", "87", "89", "90"]
+    if not archs:
+        raise SystemExit(f"{nvcc} supports none of the default archs {WANTED_ARCHS}; set METAEDGE_CUDA_ARCHS")
+    return archs
+
+
+def cuda_config() -> dict:
+    mode = os.environ.get("METAEDGE_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"METAEDGE_CUDA must be auto, 0 or 1; got {mode!r}")
+    if mode == "0":
+        return {"enabled": False, "reason": "METAEDGE_CUDA=0"}
+    nvcc = find_nvcc()
+    if nvcc is None:
+        if mode == "1":
+            raise SystemExit("METAEDGE_CUDA=1 but nvcc was not found via CUDA_HOME, CUDA_PATH or PATH")
+        return {"enabled": False, "reason": "nvcc not found via CUDA_HOME, CUDA_PATH or PATH"}
+    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    major, minor = nvcc_version(nvcc)
+    archs = choose_cuda_archs(nvcc)
+    libdir = next((d for d in (os.path.join(home, "lib64"), os.path.join(home, "lib"),
+                               os.path.join(home, "targets", f"{platform.machine()}-linux", "lib"))
+                   if os.path.exists(os.path.join(d, "libcudart_static.a"))), None)
+    if libdir is None:
+        if mode == "1":
+            raise SystemExit(f"METAEDGE_CUDA=1 but libcudart_static.a was not found under {home}")
+        return {"enabled": False, "reason": f"libcudart_static.a not found under {home}"}
+    return {"enabled": True, "nvcc": nvcc, "home": home, "version": f"{major}.{minor}", "archs": archs,
+            "libdir": libdir, "include": os.path.join(home, "include")}
+
+
+def cxx_flags() -> list[str]:
+    flags = ["-std=c++17", "-O3", "-fopenmp", "-fvisibility=hidden", "-ffp-contract=fast", "-Wall", "-Wextra",
+             "-Wno-unused-parameter"]
+    if os.environ.get("METAEDGE_NATIVE", "0") == "1":
+        flags.append("-mcpu=native" if platform.machine() in ("aarch64", "arm64") else "-march=native")
+    return flags
+
+
+def nvcc_flags(cfg: dict) -> list[str]:
+    archs = cfg["archs"]
+    flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+             "--expt-relaxed-constexpr", "-lineinfo", "--threads", "0"]
+    for a in archs:
+        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    newest = max(archs, key=int)
+    flags += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
+    return flags
+
+
+class BuildExt(build_ext):
+    """Compiles .cpp with the C++ compiler and .cu with nvcc, in parallel (MAX_JOBS)."""
+
+    def build_extension(self, ext):
+        cfg = self.distribution.metaedge_cuda
+        include_dirs = list(ext.include_dirs) + list(self.include_dirs or [])
+        sources = [s for s in ext.sources if not s.endswith(".cu")]
+        cu_sources = [s for s in ext.sources if s.endswith(".cu")] if cfg["enabled"] else []
+        build_temp = os.path.abspath(self.build_temp)
+        jobs = int(os.environ.get("MAX_JOBS", os.cpu_count() or 1))
+        compiler_cmd = self.compiler.compiler_so
+        _log(f"compiler: {' '.join(compiler_cmd[:1])}; {len(sources)} C++ and {len(cu_sources)} CUDA sources; "
+             f"MAX_JOBS={jobs}")
+
+        def obj_path(src: str) -> str:
+            rel = os.path.relpath(os.path.abspath(src), ROOT).replace(os.sep, "_")
+            return os.path.join(build_temp, rel + ".o")
+
+        os.makedirs(build_temp, exist_ok=True)
+        defines = [f"-D{k}={v}" if v is not None else f"-D{k}" for k, v in ext.define_macros]
+        incs = [f"-I{d}" for d in include_dirs]
+
+        def compile_cpp(src):
+            obj = obj_path(src)
+            cmd = compiler_cmd + defines + incs + ext.extra_compile_args + ["-c", src, "-o", obj]
+            self._run(cmd, src)
+            return obj
+
+        def compile_cu(src):
+            obj = obj_path(src)
+            host_incs = incs + [f"-I{cfg['include']}"]
+            cmd = [cfg["nvcc"]] + nvcc_flags(cfg) + defines + host_incs + ["-c", src, "-o", obj]
+            self._run(cmd, src)
+            return obj
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(compile_cu, s) for s in cu_sources]
+            futures += [pool.submit(compile_cpp, s) for s in sources]
+            objects = [f.result() for f in futures]
+
+        ext_path = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(ext_path), exist_ok=True)
+        link_extra = list(ext.extra_link_args)
+        if cfg["enabled"]:
+            link_extra += [f"-L{cfg['libdir']}", "-lcudart_static", "-lrt", "-lpthread", "-ldl"]
+        self.compiler.link_shared_object(objects, ext_path, libraries=[], extra_postargs=link_extra,
+                                         target_lang="c++")
+
+    @staticmethod
+    def _run(cmd, src):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(f"\n[metaedge build] FAILED: {src}\n$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
+            raise SystemExit(f"compilation of {src} failed")
+        noisy = (proc.stdout + proc.stderr).strip()
+        if noisy:
+            sys.stderr.write(f"[metaedge build] {src}:\n{noisy}\n")
+
+
+def write_build_config(cfg: dict, cxx: list[str]) -> None:
+    """Recorded at build time so build_info() can say how this binary was made."""
+    import json
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        version = compiler
+    info = {"compiler": version, "cxx_flags": cxx, "machine": platform.machine(),
+            "cuda_built": cfg["enabled"], "cuda_reason": cfg.get("reason"),
+            "cuda_version": cfg.get("version"), "cuda_archs": cfg.get("archs", []),
+            "cuda_ptx": max(cfg["archs"], key=int) if cfg["enabled"] else None}
+    path = os.path.join(ROOT, "metaedge", "_build_config.json")
+    with open(path, "w") as fh:
+        json.dump(info, fh, indent=1)
+
+
+def make_extension(cfg: dict):
+    import numpy
+    import pybind11
+
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True)) + sorted(glob.glob("csrc/cuda/*.cu"))
+    cxx = cxx_flags()
+    macros = [("METAEDGE_WITH_CUDA", "1" if cfg["enabled"] else "0"),
+              ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    write_build_config(cfg, cxx)
+    _log(f"C++: {' '.join(cxx)}")
+    if cfg["enabled"]:
+        _log(f"CUDA {cfg['version']} via {cfg['nvcc']}: archs {';'.join(cfg['archs'])} "
+             f"+ PTX compute_{max(cfg['archs'], key=int)}")
+    else:
+        _log(f"CUDA: not built ({cfg['reason']})")
+    return Extension("metaedge._C", sources=sources,
+                     include_dirs=["csrc/include", pybind11.get_include(), numpy.get_include()],
+                     define_macros=macros, extra_compile_args=cxx, extra_link_args=["-fopenmp"],
+                     language="c++")
+
+
+if __name__ == "__main__":
+    from setuptools.dist import Distribution
+
+    cuda = cuda_config()
+    Distribution.metaedge_cuda = cuda
+    setup(ext_modules=[make_extension(cuda)], cmdclass={"build_ext": BuildExt})
