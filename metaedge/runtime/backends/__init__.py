@@ -1,0 +1,1 @@
+"""Inference backends: TensorRT, ONNX Runtime, torch (development). See base.py for the interface."""

@@ -1,0 +1,55 @@
+"""The interface every inference backend implements: float32 NCHW batch in, embeddings out."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, int, int]   # (channels, height, width); the batch axis is dynamic
+    dtype: str = "float32"
+
+
+class Backend(abc.ABC):
+    """Runs a bundle's embedding network.
+
+    ``embed`` takes ``[b, C, H, W]`` float32 (a numpy array, or a CUDA array for backends whose
+    ``output_device`` is ``"cuda"``) and returns ``[b, embedding_dim]`` float32 on ``output_device``:
+    numpy for ``"cpu"``, a ``metaedge.cuda.DeviceArray`` for ``"cuda"``.
+    """
+
+    name: str = "base"
+
+    @property
+    @abc.abstractmethod
+    def input_spec(self) -> InputSpec: ...
+
+    @property
+    @abc.abstractmethod
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def output_device(self) -> str:
+        return "cpu"
+
+    @abc.abstractmethod
+    def embed(self, batch): ...
+
+    def warmup(self, batch_size: int = 1) -> None:
+        import numpy as np
+        self.embed(np.zeros((batch_size, *self.input_spec.shape), np.float32))
+
+    def describe(self) -> str:
+        """One line for logs and `metaedge info`: backend, version, device, precision."""
+        return self.name
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory. Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
