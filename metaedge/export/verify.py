@@ -78,7 +78,7 @@ def _decode(data: bytes, name: str) -> np.ndarray:
             im = im.convert("L")
         elif im.mode not in ("RGB", "RGBA"):
             im = im.convert("RGB")
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.array(im, dtype=np.uint8)  # a writable copy: PIL hands out read-only buffers
     if arr.ndim not in (2, 3):
         raise ValueError(f"image {name}: unexpected decoded shape {arr.shape}")
     return arr
