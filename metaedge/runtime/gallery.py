@@ -119,7 +119,7 @@ class ClassMatrix:
     head (``metric`` = ``"cosine"``). Never modified after creation; mutations publish a new one.
     """
     labels: tuple[str, ...]
-    weights: np.ndarray
+    kernel_weights: np.ndarray  # what the kernels read; never written (the native bindings need writable memory)
     metric: str
     adapted: bool
     version: int
@@ -129,12 +129,17 @@ class ClassMatrix:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def weights(self) -> np.ndarray:
+        """Read-only ``[C, d]`` view of the class weights."""
+        return _readonly(self.kernel_weights)
+
     def device_weights(self):
         """The weights as a CUDA DeviceArray, uploaded once per snapshot (for the GPU top-k path)."""
         with self._device_lock:
             if "weights" not in self._device:
                 from metaedge import cuda
-                self._device["weights"] = cuda.DeviceArray.from_numpy(np.ascontiguousarray(self.weights))
+                self._device["weights"] = cuda.DeviceArray.from_numpy(np.ascontiguousarray(self.kernel_weights))
             return self._device["weights"]
 
 
@@ -448,6 +453,8 @@ class Gallery:
         if emb.shape[0] == 0:
             raise ValueError(f"`{what}`: expected at least one embedding, got 0")
         emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if not emb.flags.writeable:  # the native bindings only take writable buffers
+            emb = emb.copy()
         bad = ~np.isfinite(emb).all(axis=1)
         if bad.any():
             raise ValueError(f"`{what}`: row {int(np.argmax(bad))} contains NaN or Inf (of {len(emb)} rows); "
@@ -492,7 +499,7 @@ class Gallery:
                 adapted, adapted_rows, fresh = s.adapted, s.adapted_rows, s.adapted_fresh
                 if adapted is not None:  # the adapted row no longer reflects the class: re-imprint it
                     adapted, adapted_rows = _Rows.fresh(adapted)
-                    adapted[i] = kernels.l2_normalize(protos[i:i + 1])[0]
+                    adapted[i] = kernels.l2_normalize(protos[i:i + 1].copy())[0]
                     fresh = fresh.copy()
                     fresh[i] = False
                 self._state = self._with_matrix(dataclasses.replace(
@@ -608,9 +615,9 @@ class Gallery:
 
     def _with_matrix(self, s: _State) -> _State:
         if s.adapted is not None:
-            m = ClassMatrix(s.names, _readonly(s.adapted), "cosine", True, s.version)
+            m = ClassMatrix(s.names, s.adapted, "cosine", True, s.version)
         else:
-            m = ClassMatrix(s.names, _readonly(s.protos), self.metric, False, s.version)
+            m = ClassMatrix(s.names, s.protos, self.metric, False, s.version)
         return dataclasses.replace(s, matrix=m)
 
     # ------------------------------------------------------------------ persistence
