@@ -463,8 +463,9 @@ class EdgeClassifier:
                 done += n
                 if progress is not None:
                     progress(done, steps, losses[-1])
-            # The loss at the final weights: one step with lr=0 evaluates it with the same kernel.
-            loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=0.0, momentum=0.0,
+            # The loss at the final weights, by the same kernel: a step's loss is measured before its update, and
+            # the update lands on a throw-away copy.
+            loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=1.0, momentum=0.0,
                                                   scale=scale)[0])
             if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
                 raise ValueError(f"adapt(): the loss diverged (lr={lr} too high?); the classes were not changed")
