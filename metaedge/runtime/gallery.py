@@ -414,15 +414,21 @@ class Gallery:
         labels = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), labels
 
+    @staticmethod
+    def _info(s: _State, i: int) -> ClassInfo:
+        sup = s.support.get(int(s.uids[i]))
+        return ClassInfo(label=s.names[i], shots=int(s.counts[i]), support=0 if sup is None else len(sup),
+                         enrolled_at=_utc(s.enrolled_at[i]), updated_at=_utc(s.updated_at[i]),
+                         adapted=bool(s.adapted_fresh[i]) if s.adapted_fresh is not None else False)
+
     def classes(self) -> list[ClassInfo]:
         s = self._state
-        out = []
-        for i, name in enumerate(s.names):
-            sup = s.support.get(int(s.uids[i]))
-            out.append(ClassInfo(label=name, shots=int(s.counts[i]), support=0 if sup is None else len(sup),
-                                 enrolled_at=_utc(s.enrolled_at[i]), updated_at=_utc(s.updated_at[i]),
-                                 adapted=bool(s.adapted_fresh[i]) if s.adapted_fresh is not None else False))
-        return out
+        return [self._info(s, i) for i in range(len(s.names))]
+
+    def class_info(self, label: str) -> ClassInfo:
+        """One class's ``ClassInfo`` (UnknownLabelError if it is not enrolled)."""
+        s = self._state
+        return self._info(s, s.index(label))
 
     # ------------------------------------------------------------------ changing (lock, copy-on-write)
     @contextlib.contextmanager
