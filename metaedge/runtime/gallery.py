@@ -92,6 +92,12 @@ def check_label(label: Any, what: str = "label") -> str:
     return unicodedata.normalize("NFC", label)
 
 
+def _nfc(label):
+    """Labels are stored NFC-normalised (see check_label), so look-ups normalise too: 'é' typed as e + accent
+    finds the class enrolled as the single character."""
+    return unicodedata.normalize("NFC", label) if isinstance(label, str) else label
+
+
 def _utc(ts: float) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(float(ts), tz=_dt.timezone.utc)
 
@@ -191,7 +197,7 @@ class _State:
 
     def index(self, label: str) -> int:
         try:
-            return self.names.index(label)
+            return self.names.index(_nfc(label))
         except ValueError:
             raise UnknownLabelError(f"no class {label!r} in the gallery") from None
 
@@ -366,7 +372,7 @@ class Gallery:
         return len(self._state.names)
 
     def __contains__(self, label) -> bool:
-        return label in self._state.names
+        return _nfc(label) in self._state.names
 
     def __repr__(self) -> str:
         return (f"Gallery({len(self)} classes, dim={self.embedding_dim}, metric={self.metric!r}, "
@@ -557,7 +563,7 @@ class Gallery:
         with self.transaction():
             s = self._state
             i = s.index(old)
-            if new == old:
+            if new == s.names[i]:
                 return
             if new in s.names:
                 raise ValueError(f"`new`: a class {new!r} already exists (forget it first, or enroll its images "
@@ -808,8 +814,11 @@ class Gallery:
                 seed=int(state["seed"]))
         g.created_at = float(state.get("created_at", time.time()))
         support_by_uid = {}
+        order = np.argsort(slabels, kind="stable")  # one pass, not a scan of all rows per class
+        bounds = np.cumsum(np.bincount(slabels, minlength=c))[:-1] if c else []
+        per_class = np.split(np.asarray(support, np.float32)[order], bounds) if c else []
         for i in range(c):
-            rows = np.array(support[slabels == i], np.float32)
+            rows = per_class[i]
             if len(rows) > max(g.support_cap, 0) or len(rows) > counts[i]:
                 bad(f"class {names[i]!r} has {len(rows)} support embeddings (cap {g.support_cap}, "
                     f"{int(counts[i])} shots)")

@@ -37,7 +37,7 @@ if ROOT not in sys.path:
 
 BACKBONES = {  # name -> (build options, frame shape fed to predict)
     "conv4": ({}, (105, 105, 1)),
-    "resnet18": ({}, (480, 640, 3)),
+    "resnet18": ({"input_size": 224}, (480, 640, 3)),
 }
 CLASS_COUNTS = (10, 1000, 10000)
 
@@ -50,7 +50,11 @@ def make_bundle(name: str, directory: str) -> str:
     """Export a seeded, untrained backbone once (latency does not depend on the weights)."""
     path = os.path.join(directory, name)
     if os.path.exists(os.path.join(path, "manifest.json")):
-        return path
+        with open(os.path.join(path, "manifest.json")) as f:
+            size = json.load(f)["spec"]["preprocess"]["size"]
+        wanted = BACKBONES[name][0].get("input_size")
+        if wanted is None or size == [wanted, wanted]:  # else a stale bundle of another input size: re-export
+            return path
     import torch
 
     from metaedge.export.onnx import export_bundle
@@ -229,6 +233,9 @@ def main(argv=None) -> int:
                    help="where exported bench bundles are cached (default out/bench/bundles)")
     p.add_argument("--reps", type=int, default=30, help="timed predict calls per configuration (default 30)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--omp-threads", type=int, default=None,
+                   help="OpenMP threads of metaedge's CPU kernels (sets OMP_NUM_THREADS before they load; default: "
+                        "the environment's)")
     p.add_argument("--no-io", action="store_true", help="skip the gallery save/load measurement")
     p.add_argument("--adapt", action="store_true", help="also measure accuracy before/after adapt() on Omniglot")
     p.add_argument("--omniglot", default=os.environ.get("METAEDGE_OMNIGLOT"), help="Omniglot zips directory")
@@ -237,11 +244,16 @@ def main(argv=None) -> int:
     p.add_argument("--adapt-episodes", type=int, default=100)
     p.add_argument("--json", default=os.path.join(ROOT, "out", "bench", "sdk.json"), help="where to write JSON")
     args = p.parse_args(argv)
+    if args.omp_threads:
+        if "metaedge._C" in sys.modules:
+            p.error("--omp-threads must be applied before metaedge's kernels are loaded")
+        os.environ["OMP_NUM_THREADS"] = str(args.omp_threads)
     rng = np.random.default_rng(0)
     os.makedirs(args.bundles, exist_ok=True)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                                 "cores": os.cpu_count(), "loadavg_1min_at_start": load_before},
+                                 "cores": os.cpu_count(), "loadavg_1min_at_start": load_before,
+                                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                      "backbones": {}}
     for name in args.backbones:
         results["backbones"][name] = bench_backbone(name, make_bundle(name, args.bundles), args.reps, args.threads,
