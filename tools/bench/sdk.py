@@ -160,8 +160,11 @@ def bench_adapt(omniglot: str, checkpoint: str | None, episodes: int, train_seco
     from metaedge.train.data.samplers import TaskSampler
     dev = Omniglot(omniglot, sets="images_background_small2", alphabets=["Japanese_(katakana)", "Sanskrit",
                                                                           "Tagalog"])
+    from metaedge.train.checkpoint import load_checkpoint
+    run_dir = os.path.join(workdir, "omniglot-conv4-protonet")
+    if not checkpoint and os.path.exists(os.path.join(run_dir, "last", "model.json")):
+        checkpoint = os.path.join(run_dir, "last")  # trained by an earlier run of this benchmark
     if checkpoint:
-        from metaedge.train.checkpoint import load_checkpoint
         model, source = load_checkpoint(checkpoint), checkpoint
     else:
         from metaedge.train.trainer import fit
@@ -170,38 +173,52 @@ def bench_adapt(omniglot: str, checkpoint: str | None, episodes: int, train_seco
         torch.manual_seed(0)
         model = fit(backbone="conv4", method="protonet", data=train, ways=20, shots=5, queries=5,
                     time_budget_s=train_seconds, episodes=100000, progress=False, tensorboard=False,
-                    run_dir=os.path.join(workdir, "adapt-run"))
+                    run_dir=run_dir)
         source = f"conv4 protonet, {train_seconds:.0f} s on small1"
     bundle = export_bundle(model.eval(), os.path.join(workdir, "omniglot-bundle"), overwrite=True)
-    sampler = TaskSampler(dev, 5, 5, 10, seed=0)
-    before, after, adapt_s = [], [], []
-    with open_backend(bundle, "ort-cpu") as backend:
-        for i in range(episodes):
-            ep = sampler.sample(i)
-            hwc = lambda idx: np.ascontiguousarray(dev.images[idx].numpy().transpose(0, 2, 3, 1))  # noqa: E731
-            with EdgeClassifier(bundle, backend=backend) as clf:
-                s, sl = ep.support.numpy(), ep.support_labels.numpy()
-                for j in range(5):
-                    clf.enroll(str(j), hwc(s[sl == j]))
-                queries, truth = hwc(ep.query.numpy()), [str(t) for t in ep.query_labels.tolist()]
-                acc = lambda: np.mean([p.label == t for p, t in zip(clf.predict(queries), truth)])  # noqa: E731
-                before.append(acc())
-                report = clf.adapt(steps=100, lr=0.1)
-                adapt_s.append(report.seconds)
-                after.append(acc())
+    settings = {"adapt(100, lr=0.1) [default]": {"steps": 100, "lr": 0.1},
+                "adapt(100, lr=0.01)": {"steps": 100, "lr": 0.01},
+                "adapt(100, lr=0.1, scale=30)": {"steps": 100, "lr": 0.1, "scale": 30.0}}
+
+    def hwc(idx):
+        return np.ascontiguousarray(dev.images[idx].numpy().transpose(0, 2, 3, 1))
 
     def ci(a):
         a = np.asarray(a)
-        return float(a.mean()), float(1.96 * a.std(ddof=1) / np.sqrt(len(a)))
-    return {"model": source, "metric": bundle.spec.metric, "ways": 5, "shots": 5, "queries": 10,
-            "episodes": episodes, "prototypes": ci(before), "adapted": ci(after),
-            "adapt_ms_median": statistics.median(adapt_s) * 1e3}
+        return [float(a.mean()), float(1.96 * a.std(ddof=1) / np.sqrt(len(a)))]
+
+    out = {"model": source, "metric": bundle.spec.metric, "episodes": episodes, "queries": 10, "tasks": []}
+    with open_backend(bundle, "ort-cpu") as backend:
+        for ways, shots in ((5, 5), (20, 5)):
+            sampler = TaskSampler(dev, ways, shots, 10, seed=0)
+            accs: dict[str, list] = {"prototypes": [], **{name: [] for name in settings}}
+            adapt_s = []
+            for i in range(episodes):
+                ep = sampler.sample(i)
+                with EdgeClassifier(bundle, backend=backend) as clf:
+                    s, sl = ep.support.numpy(), ep.support_labels.numpy()
+                    for j in range(ways):
+                        clf.enroll(str(j), hwc(s[sl == j]))
+                    queries, truth = hwc(ep.query.numpy()), [str(t) for t in ep.query_labels.tolist()]
+
+                    def acc():
+                        return float(np.mean([p.label == t for p, t in zip(clf.predict(queries), truth)]))
+                    accs["prototypes"].append(acc())
+                    for name, kwargs in settings.items():
+                        adapt_s.append(clf.adapt(**kwargs).seconds)
+                        accs[name].append(acc())
+                        clf.reset_adaptation()
+            out["tasks"].append({"ways": ways, "shots": shots, **{k: ci(v) for k, v in accs.items()},
+                                 "adapt_ms_median": statistics.median(adapt_s) * 1e3})
+            log(f"  adapt {ways}-way {shots}-shot: " + ", ".join(f"{k} {100 * np.mean(v):.2f}%"
+                                                                  for k, v in accs.items()))
+    return out
 
 
 def table(results: dict) -> str:
     lines = ["| backbone | classes | predict ms | pre-proc ms | backbone ms | kernels ms | kern+pre share | "
              "bare backbone ms | predict/bare | enroll 5 imgs ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] if results["backbones"] else []
     for name, r in results["backbones"].items():
         for classes, row in r["by_classes"].items():
             p = row["predict_ms"]
@@ -218,9 +235,13 @@ def table(results: dict) -> str:
     ad = results.get("adapt")
     if ad:
         lines.append("")
-        lines.append(f"adapt (Omniglot dev split, 5-way 5-shot, {ad['episodes']} episodes, {ad['model']}): "
-                     f"prototypes {100 * ad['prototypes'][0]:.2f} +- {100 * ad['prototypes'][1]:.2f}%, after adapt(100) "
-                     f"{100 * ad['adapted'][0]:.2f} +- {100 * ad['adapted'][1]:.2f}% ({ad['adapt_ms_median']:.0f} ms)")
+        lines.append(f"Omniglot development split through EdgeClassifier ({ad['model']}, {ad['metric']} prototypes, "
+                     f"{ad['episodes']} episodes, {ad['queries']} queries/class; mean +- 95% CI):")
+        for task in ad["tasks"]:
+            cells = [f"{k} {100 * v[0]:.2f} +- {100 * v[1]:.2f}%" for k, v in task.items()
+                     if isinstance(v, list)]
+            lines.append(f"  {task['ways']}-way {task['shots']}-shot: " + "; ".join(cells)
+                         + f" (adapt {task['adapt_ms_median']:.1f} ms)")
     for name, ok in results.get("targets", {}).items():
         lines.append(f"target {name}: {'PASS' if ok else 'FAIL'}")
     return "\n".join(lines)
@@ -228,7 +249,8 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    p.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=list(BACKBONES),
+                   help="latency benchmarks to run (none: only --adapt)")
     p.add_argument("--bundles", default=os.path.join(ROOT, "out", "bench", "bundles"),
                    help="where exported bench bundles are cached (default out/bench/bundles)")
     p.add_argument("--reps", type=int, default=30, help="timed predict calls per configuration (default 30)")
@@ -264,9 +286,8 @@ def main(argv=None) -> int:
     if args.adapt:
         if not args.omniglot:
             p.error("--adapt needs --omniglot DIR (or $METAEDGE_OMNIGLOT)")
-        with tempfile.TemporaryDirectory() as d:
-            results["adapt"] = bench_adapt(args.omniglot, args.omniglot_checkpoint, args.adapt_episodes,
-                                           args.train_seconds, d, rng)
+        results["adapt"] = bench_adapt(args.omniglot, args.omniglot_checkpoint, args.adapt_episodes,
+                                       args.train_seconds, os.path.dirname(os.path.abspath(args.bundles)), rng)
     results["targets"] = {f"kernels+pre-processing < 10% of predict at 1,000 classes ({name})":
                           r["by_classes"]["1000"]["kernels_plus_preprocessing_share"] < 0.10
                           for name, r in results["backbones"].items()}
