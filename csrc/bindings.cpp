@@ -71,7 +71,9 @@ Tensor to_tensor(py::handle obj, const char* name) {
     throw metaedge::ArgumentError(std::string("`") + name + "`: expected a C-contiguous array (metaedge.kernels "
                                   "makes inputs contiguous; call it rather than metaedge._C)");
   Tensor t;
-  t.data = arr.mutable_data();
+  // Read-only inputs are fine (e.g. copy-on-write snapshots); in-place and output arrays are checked for
+  // writability by metaedge.kernels before they get here.
+  t.data = const_cast<void*>(arr.data());
   py::dtype dt = arr.dtype();
   t.dtype = dtype_from_typestr(std::string(1, dt.kind()) + std::to_string(dt.itemsize()), name);
   for (py::ssize_t i = 0; i < arr.ndim(); ++i) t.shape.push_back(arr.shape(i));

@@ -177,7 +177,8 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
     ``W <- W - lr * v``). The gradient is the one torch autograd gives for ``F.normalize``: for a row with
     ``||W_c|| >= 1e-12`` it is ``(G_c - Wn_c (Wn_c . G_c)) / ||W_c||`` with ``G_c`` the gradient w.r.t. the
     normalised row ``Wn_c``; below the clamp it is ``G_c / 1e-12``, so an all-zero row (a class without
-    prototype) gets a large first step. ``losses[i]`` is the loss before step ``i``'s update. Pass the same
+    prototype) gets a large first step. ``losses[i]`` is the loss before step ``i``'s update; ``lr = 0``
+    with ``steps = 1`` evaluates the loss at the given weights without changing them. Pass the same
     ``velocity[C, d]`` (float32, zeros at first) to continue an earlier run exactly. Starting from prototypes
     this is weight imprinting followed by fine-tuning, and ``topk(metric="cosine")`` then uses the adapted
     weights directly.

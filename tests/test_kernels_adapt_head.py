@@ -284,8 +284,8 @@ def good_args(rng):
     (dict(labels=np.array([0, 1, -1, 2, 0, 1])), ValueError, ["`labels`", "value -1"]),
     (dict(labels=np.zeros(6, np.float32)), TypeError, ["`labels`", "integer"]),
     (dict(steps=-1), ValueError, ["`steps`", ">= 0", "-1"]),
-    (dict(lr=0.0), ValueError, ["`lr`"]),
-    (dict(lr=-0.1), ValueError, ["`lr`"]),
+    (dict(lr=-0.1), ValueError, ["`lr`", ">= 0"]),
+    (dict(lr=float("nan")), ValueError, ["`lr`"]),
     (dict(momentum=1.0), ValueError, ["`momentum`", "< 1"]),
     (dict(momentum=-0.1), ValueError, ["`momentum`"]),
     (dict(weight_decay=-1e-4), ValueError, ["`weight_decay`"]),
@@ -343,3 +343,17 @@ def test_property_matches_reference(C, d, n, steps, momentum, weight_decay, lr, 
     np.testing.assert_allclose(losses, want_losses, atol=3e-5)
     assert_rows_close(W, want_W, rel=5e-5)
     assert np.all(losses >= 0)
+
+
+def test_lr_zero_evaluates_the_loss_without_moving_the_weights(rng):
+    """lr = 0 is how callers (EdgeClassifier.adapt) measure the loss at given weights with the same kernel."""
+    W = rng.standard_normal((4, 16)).astype(np.float32)
+    S = rng.standard_normal((12, 16)).astype(np.float32)
+    y = np.arange(12) % 4
+    before = W.copy()
+    losses = kernels.adapt_head(W, S, y, steps=1, lr=0.0, momentum=0.0)
+    np.testing.assert_array_equal(W, before)
+    want_losses, want_W, _ = ref.adapt_head(before.astype(np.float64), S, y, steps=1, lr=0.0, momentum=0.0,
+                                            weight_decay=0.0, scale=10.0)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    np.testing.assert_array_equal(want_W, before)
