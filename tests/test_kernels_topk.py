@@ -110,6 +110,13 @@ def test_topk_empty_batch_and_single_query_shapes(rng):
     assert indices[0] == 2 and scores[0] == 0.0
 
 
+@pytest.mark.parametrize("b", [1, 8])
+def test_topk_zero_dimensional_embeddings_score_zero(b):
+    for metric in METRICS:
+        scores, indices = kernels.topk(np.zeros((b, 0), np.float32), np.zeros((5, 0), np.float32), 3, metric)
+        assert np.all(scores == 0) and np.all(indices == [0, 1, 2])
+
+
 # Ties: identical prototypes must come out in increasing index order, across blocks, threads and both paths.
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b", [1, 2, 32])
