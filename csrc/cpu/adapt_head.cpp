@@ -199,10 +199,10 @@ void run_direct(float* W, float* V, const float* S, const int64_t* y, float* los
 // K = Sn Sn^T: the blocks on and above the diagonal, then mirrored (exactly symmetric, half the flops).
 void gram_matrix(const float* Sn, int64_t n, int64_t d, float* K) {
   constexpr int64_t kBlock = 64;
-  const bool parallel = n * n * d > 2 * kParallelGemm;
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     const int64_t rows = std::min(kBlock, n - i0);
-    sgemm(false, true, rows, n - i0, d, 1.f, Sn + i0 * d, d, Sn + i0 * d, d, 0.f, K + i0 * n + i0, n, parallel);
+    sgemm(false, true, rows, n - i0, d, 1.f, Sn + i0 * d, d, Sn + i0 * d, d, 0.f, K + i0 * n + i0, n,
+          rows * (n - i0) * d > kParallelGemm);
   }
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < i; ++j) K[i * n + j] = K[j * n + i];
