@@ -12,6 +12,7 @@ writable arrays. Wrong shapes, dtypes, NaN/Inf values and labels out of range ra
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import numpy as np
@@ -130,25 +131,35 @@ def topk(queries, protos, k: int = 1, metric: str = "cosine"):
     """The ``k`` best classes for each query.
 
     ``queries[b, d]`` (or ``[d]``), ``protos[C, d]``; float32, float16 accepted. ``metric``: ``"cosine"``
-    (rows normalised inside), ``"dot"``, or ``"euclidean"`` (score = minus the squared distance).
-    Returns ``(scores[b, k] float32, indices[b, k] int64)`` with scores descending and ties broken towards
-    the lower class index (``[k]`` each for a 1-d query). ``1 <= k <= C``. The ``b x C`` score matrix is never
-    materialised for large C.
+    (rows normalised inside, exactly; a zero row scores 0), ``"dot"``, or ``"euclidean"`` (score = minus the
+    squared distance). Returns ``(scores[b, k] float32, indices[b, k] int64)`` with scores descending and ties
+    broken towards the lower class index (``[k]`` each for a 1-d query). ``1 <= k <= C``. The ``b x C`` score
+    matrix is never materialised for large C.
+
+    NaN/Inf in ``queries`` or ``protos`` raise ValueError naming the array (and the prototype row). Scores must
+    be representable in float32: with ``"dot"``/``"euclidean"`` and magnitudes around 1e19 or more, the
+    scores (or squared norms) overflow and a ValueError says so; ``"cosine"`` handles any finite rows down to
+    norms of about 1e-30.
     """
     if metric not in METRICS:
         raise ValueError(f"`metric`: expected one of {METRICS}, got {metric!r}")
-    k = int(k)
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"`k`: expected an integer, got {type(k).__name__} {k!r}") from None
     squeeze = False
     if not _is_cuda(queries):
         queries = _float_input(queries, "queries")
         protos = _float_input(protos, "protos")
         if queries.ndim == 1:
             queries, squeeze = queries[None, :], True
-        b = queries.shape[0]
+        b = queries.shape[0] if queries.ndim else 0
     else:
         b = _cuda().shape_of(queries)[0]
-    scores = _empty_like_device(queries, (b, k), np.float32)
-    indices = _empty_like_device(queries, (b, k), np.int64)
+    # k is validated against C by the native checker, with a message naming it; a negative k must not reach
+    # the allocation first.
+    scores = _empty_like_device(queries, (b, max(k, 0)), np.float32)
+    indices = _empty_like_device(queries, (b, max(k, 0)), np.int64)
     native().topk(queries, protos, k, metric, scores, indices)
     if squeeze:
         return scores[0], indices[0]
