@@ -357,3 +357,37 @@ def test_lr_zero_evaluates_the_loss_without_moving_the_weights(rng):
                                             weight_decay=0.0, scale=10.0)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
     np.testing.assert_array_equal(want_W, before)
+
+
+# ---------------------------------------------------------------- every SIMD variant
+
+
+def test_baseline_simd_variant_matches_reference():
+    """The variant is chosen once per process (METAEDGE_CPU_SIMD caps it), so the baseline build of the
+    loops, which this machine would otherwise never run, is checked in a child process."""
+    import os
+    import subprocess
+    import sys
+    script = r"""
+import os, sys, numpy as np
+from metaedge import kernels
+from tests.reference import adapt_head as ref
+from tests.test_kernels_adapt_head import make_problem
+rng = np.random.default_rng(7)
+worst = 0.0
+for algo in ("direct", "span"):
+    os.environ["METAEDGE_ADAPT_HEAD_ALGO"] = algo
+    for C, d, n in ((5, 37, 23), (12, 64, 30)):
+        W0, S, y = make_problem(rng, C, d, n)
+        W = W0.copy()
+        losses = kernels.adapt_head(W, S, y, 15, weight_decay=1e-3)
+        want_losses, want_W, _ = ref.adapt_head(W0, S, y, 15, 0.1, 0.9, 1e-3, 10.0)
+        worst = max(worst, np.abs(losses - want_losses).max(), np.abs(W - want_W).max() / np.abs(want_W).max())
+print(worst)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, METAEDGE_CPU_SIMD="baseline", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip().splitlines()[-1]) < 2e-5
