@@ -199,14 +199,22 @@ __device__ __forceinline__ float score_of_key(uint32_t key) {
 
 // ---- prep ----------------------------------------------------------------------------------------------
 
+// Also the NaN/Inf check of `queries` (first bad flat index into *bad_query).
 template <typename T>
-__global__ void topk_prep_kernel(const T* __restrict__ q, int64_t d, int metric, float* qf, float* qsq) {
+__global__ void topk_prep_kernel(const T* __restrict__ q, int64_t d, int metric, float* qf, float* qsq,
+                                 unsigned long long* bad_query) {
   __shared__ double scratch[32];
   const int64_t row = blockIdx.x;
   const T* src = q + row * d;
   double sq = 0.0;
+  bool reported = false;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const double v = static_cast<float>(src[j]);
+    const float x = static_cast<float>(src[j]);
+    if (!isfinite(x) && !reported) {
+      atomicMin(bad_query, static_cast<unsigned long long>(row * d + j));  // later j of this thread are larger
+      reported = true;
+    }
+    const double v = x;
     sq += v * v;
   }
   sq = block_sum(sq, scratch);
@@ -714,7 +722,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
                     uint64_t** keys, uint32_t** rows, uint64_t** keys_out, uint32_t** rows_out) {
     *qf = c.take<float>(b * d);
     *qsq = c.take<float>(b);
-    *bad = c.take<unsigned long long>(1);
+    *bad = c.take<unsigned long long>(2);  // [0]: first bad element of protos, [1]: of queries
     *ps = c.take<float>(fused ? b * parts : 0);
     *pi = c.take<int64_t>(fused ? b * parts : 0);
     *keys = c.take<uint64_t>(chunk_items);
@@ -733,13 +741,13 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   Carver carve(ws.data());
   layout(carve, &qf, &qsq, &bad, &ps, &pi, &keys, &rows, &keys_out, &rows_out);
 
-  METAEDGE_CUDA_CHECK(cudaMemsetAsync(bad, 0xff, sizeof(unsigned long long), stream));
+  METAEDGE_CUDA_CHECK(cudaMemsetAsync(bad, 0xff, 2 * sizeof(unsigned long long), stream));
   if (queries.dtype == DType::kFloat16) {
     topk_prep_kernel<__half><<<static_cast<unsigned>(b), 256, 0, stream>>>(queries.ptr<__half>(), d,
-                                                                           metric_code, qf, qsq);
+                                                                           metric_code, qf, qsq, bad + 1);
   } else {
     topk_prep_kernel<float><<<static_cast<unsigned>(b), 256, 0, stream>>>(queries.ptr<float>(), d, metric_code,
-                                                                          qf, qsq);
+                                                                          qf, qsq, bad + 1);
   }
   METAEDGE_CUDA_CHECK_LAUNCH("topk_prep");
 
@@ -791,12 +799,17 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     }
   }
 
-  unsigned long long first_bad = kNoBadIndex;
-  METAEDGE_CUDA_CHECK(cudaMemcpyAsync(&first_bad, bad, sizeof first_bad, cudaMemcpyDeviceToHost, stream));
+  // The one synchronisation of a call: NaN/Inf found inside the kernels must become a ValueError here.
+  unsigned long long first_bad[2] = {kNoBadIndex, kNoBadIndex};
+  METAEDGE_CUDA_CHECK(cudaMemcpyAsync(first_bad, bad, sizeof first_bad, cudaMemcpyDeviceToHost, stream));
   METAEDGE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (first_bad != kNoBadIndex) {
+  if (first_bad[1] != kNoBadIndex) {  // queries first, as the CPU checker orders them
+    throw ArgumentError("`queries`: expected finite values, got NaN or Inf at flat index " +
+                        std::to_string(first_bad[1]) + " of " + queries.describe());
+  }
+  if (first_bad[0] != kNoBadIndex) {
     throw ArgumentError("`protos`: expected finite values, got NaN or Inf at flat index " +
-                        std::to_string(first_bad) + " of " + protos.describe());
+                        std::to_string(first_bad[0]) + " of " + protos.describe());
   }
 }
 
