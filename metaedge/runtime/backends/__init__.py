@@ -1,1 +1,124 @@
-"""Inference backends: TensorRT, ONNX Runtime, torch (development). See base.py for the interface."""
+"""Inference backends and the selector that picks one (see base.py for the interface).
+
+``open_backend(bundle, backend="auto")`` tries TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > torch and
+returns the first that works here; ``backend.selection_log`` lists each candidate with why it was picked or
+skipped. No backend module is imported (and no tensorrt / onnxruntime / torch) until it is tried.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from metaedge._optional import available, version_of
+from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec
+
+__all__ = ["Backend", "BackendUnavailable", "InputSpec", "BACKENDS", "open_backend", "probe_backends"]
+
+BACKENDS = ("tensorrt", "ort-cuda", "ort-cpu", "torch")   # the order "auto" tries them in
+log = logging.getLogger("metaedge.backend")
+
+
+def _open_tensorrt(bundle, opts):
+    if not available("tensorrt"):
+        raise BackendUnavailable("the tensorrt package is not installed")
+    from metaedge.runtime.backends.tensorrt import TensorRTBackend
+    return TensorRTBackend(bundle, precision=opts.get("precision", "auto"), max_batch=opts.get("max_batch", 32),
+                           build=opts.get("build", True), progress=opts.get("progress"))
+
+
+def _open_ort(device):
+    def opener(bundle, opts):
+        if not available("onnxruntime"):
+            raise BackendUnavailable("the onnxruntime package is not installed")
+        from metaedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(bundle, device=device, intra_op_threads=opts.get("threads"))
+    return opener
+
+
+def _open_torch(bundle, opts):
+    if opts.get("model") is None:
+        raise BackendUnavailable("no torch model given (pass model=...; a bundle holds only ONNX)")
+    if not available("torch"):
+        raise BackendUnavailable("torch is not installed")
+    from metaedge.runtime.backends.torch import TorchBackend
+    return TorchBackend(opts["model"], spec=bundle.spec if bundle is not None else None)
+
+
+_OPENERS: dict[str, Callable] = {"tensorrt": _open_tensorrt, "ort-cuda": _open_ort("cuda"),
+                                 "ort-cpu": _open_ort("cpu"), "torch": _open_torch}
+
+
+def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_batch: int = 32,
+                 threads: int | None = None, model=None, build: bool = True,
+                 progress: Callable[[str], None] | None = None) -> Backend:
+    """Open the bundle (a directory or a loaded ``Bundle``) on ``backend``.
+
+    ``"auto"`` tries ``BACKENDS`` in order; a named backend is the only one tried and its failure is raised.
+    TensorRT options: ``precision`` (auto/fp16/fp32), ``max_batch``, ``build`` (build a missing engine:
+    minutes, once), ``progress`` (callable for build messages). ONNX Runtime CPU: ``threads`` (intra-op,
+    default = usable cores). torch: ``model`` (the torch module; a bundle holds no torch weights).
+    The returned backend has ``selection_log``: ``[(name, "selected: ..." | "skipped: why"), ...]``.
+    """
+    from metaedge.runtime.bundle import Bundle
+    if backend != "auto" and backend not in _OPENERS:
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+    bundle = Bundle.load(bundle)
+    opts = {"precision": precision, "max_batch": max_batch, "threads": threads, "model": model, "build": build,
+            "progress": progress}
+    selection: list[tuple[str, str]] = []
+    for name in (BACKENDS if backend == "auto" else (backend,)):
+        try:
+            chosen = _OPENERS[name](bundle, opts)
+        except (BackendUnavailable, ImportError) as exc:
+            selection.append((name, f"skipped: {exc}"))
+            log.info("backend %s skipped: %s", name, exc)
+            if backend != "auto":
+                raise BackendUnavailable(f"backend {name!r} cannot run bundle {bundle.path}: {exc}") from exc
+            continue
+        selection.append((name, f"selected: {chosen.describe()}"))
+        chosen.selection_log = selection
+        log.info("backend %s selected (%s)%s", name, chosen.describe(),
+                 "".join(f"; {n} {why}" for n, why in selection[:-1]))
+        return chosen
+    raise BackendUnavailable(f"no backend can run bundle {bundle.path}:\n  "
+                             + "\n  ".join(f"{n}: {why}" for n, why in selection))
+
+
+def probe_backends(cuda_status: dict | None = None) -> dict[str, str]:
+    """Which backends could run here, checked cheaply (no engine build, no session): for `metaedge info`.
+    ``cuda_status``: ``build_info()["cuda"]`` when the caller has it already."""
+    out: dict[str, str] = {}
+    cuda_ok, cuda_why = _metaedge_cuda(cuda_status)
+    trt_version = version_of("tensorrt")
+    if trt_version is None:
+        out["tensorrt"] = "no (tensorrt not installed)"
+    elif not cuda_ok:
+        out["tensorrt"] = f"no (TensorRT {trt_version} installed, but {cuda_why})"
+    else:
+        out["tensorrt"] = f"yes (TensorRT {trt_version})"
+    ort_version = version_of("onnxruntime")
+    if ort_version is None:
+        out["ort-cuda"] = out["ort-cpu"] = "no (onnxruntime not installed)"
+    else:
+        try:
+            import onnxruntime
+            providers = onnxruntime.get_available_providers()
+        except Exception as exc:  # a broken install must not break `metaedge info`
+            providers, ort_version = [], f"{ort_version}, broken: {exc}"
+        eps = ", ".join(p.replace("ExecutionProvider", "") for p in providers)
+        has_cuda = "CUDAExecutionProvider" in providers
+        out["ort-cuda"] = (f"yes (onnxruntime {ort_version}: {eps})" if has_cuda
+                           else f"no (onnxruntime {ort_version} has no CUDA provider; install onnxruntime-gpu)")
+        out["ort-cpu"] = f"yes (onnxruntime {ort_version})" if "CPUExecutionProvider" in providers else "no"
+    torch_version = version_of("torch")
+    out["torch"] = f"yes (torch {torch_version}; needs the model object)" if torch_version else "no (torch not installed)"
+    return out
+
+
+def _metaedge_cuda(cuda: dict | None) -> tuple[bool, str]:
+    if cuda is None:
+        from metaedge._build_info import build_info
+        cuda = build_info().get("cuda", {})
+    if cuda.get("available"):
+        return True, ""
+    return False, cuda.get("why_not") or "metaedge's CUDA kernels are not usable"

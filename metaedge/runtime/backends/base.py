@@ -5,6 +5,11 @@ import abc
 from dataclasses import dataclass
 
 
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here (package, GPU, engine or library missing); the message says why and is what
+    ``open_backend`` records in its selection log."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str

@@ -1,0 +1,31 @@
+"""Workstation -> device: torch model to a verified ONNX bundle, ONNX to a cached TensorRT engine.
+
+``export_bundle(model, dir)`` (needs torch, onnx, onnxruntime) and ``build_engine(bundle, precision=...)``
+(needs TensorRT and a GPU; no torch). Submodules are imported on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "export_bundle": "metaedge.export.onnx",
+    "check_onnx": "metaedge.export.onnx",
+    "ExportError": "metaedge.export.onnx",
+    "ONNX_OPSET": "metaedge.export.onnx",
+    "build_engine": "metaedge.export.tensorrt",
+}
+_SUBMODULES = {"onnx", "verify", "tensorrt"}
+
+__all__ = sorted(_LAZY) + sorted(_SUBMODULES)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"metaedge.export.{name}")
+    raise AttributeError(f"module 'metaedge.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)

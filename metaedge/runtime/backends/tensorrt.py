@@ -1,0 +1,192 @@
+"""TensorRT backend: the bundle's engine for this GPU (built and cached on first use), run with named I/O
+tensors and ``execute_async_v3``; embeddings stay on the GPU as a ``metaedge.cuda.DeviceArray`` so they go
+straight into the CUDA kernels (DESIGN §7).
+
+Thin on purpose: TensorRT calls are exactly those of the TensorRT 10/11 Python API (``Runtime.
+deserialize_cuda_engine``, ``ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode /
+get_tensor_dtype / get_tensor_profile_shape / create_execution_context``, ``IExecutionContext.
+set_input_shape / set_tensor_address / execute_async_v3``), device memory comes from ``metaedge.cuda``.
+Imports tensorrt when a backend is created, never at module import.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec
+from metaedge.runtime.bundle import Bundle
+
+_F32 = 4
+
+
+def _pointer(array) -> int:
+    return int(array.__cuda_array_interface__["data"][0])
+
+
+class CudaMemory:
+    """The few device-memory operations the backend needs, on ``metaedge.cuda`` (swappable in tests)."""
+
+    def __init__(self):
+        try:
+            from metaedge import cuda
+        except ImportError as exc:
+            raise BackendUnavailable(f"metaedge.cuda is not importable: {exc}") from exc
+        if not cuda.is_available():
+            raise BackendUnavailable("metaedge's CUDA kernels are not built or no GPU is visible (see `metaedge "
+                                     "info`); the TensorRT backend keeps its embeddings on the GPU through them")
+        self.cuda = cuda
+
+    def upload(self, batch: np.ndarray):
+        arr = self.cuda.DeviceArray.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        return arr, _pointer(arr)
+
+    def empty(self, shape: tuple[int, ...]):
+        arr = self.cuda.DeviceArray.empty(shape, np.float32)
+        return arr, _pointer(arr)
+
+
+class TensorRTBackend(Backend):
+    """``precision``: ``"auto"`` (fp16 where this TensorRT can build it from the bundle), ``"fp16"`` or
+    ``"fp32"``; ``max_batch``: the engine's batch range (larger batches run in chunks). ``stream``: a
+    ``cudaStream_t`` handle (int); 0, the legacy default stream, orders the engine with metaedge's kernels and
+    copies without extra synchronisation. ``build=False`` refuses to build a missing engine (fails fast)."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle: Bundle | str | Path, *, precision: str = "auto", max_batch: int = 32,
+                 opt_batch: int | None = None, build: bool = True, stream: int = 0,
+                 progress: Callable[[str], None] | None = None, memory=None, trt=None, device=None):
+        from metaedge.runtime import tensorrt_engine as te
+        from metaedge.runtime.engine_cache import find_engine
+        self._bundle = Bundle.load(bundle)
+        spec = self._bundle.spec
+        if trt is None:
+            try:
+                trt = te.tensorrt_module()
+            except ImportError as exc:
+                raise BackendUnavailable(str(exc)) from exc
+        self._memory = memory or CudaMemory()
+        try:
+            device = device or te.current_device()
+        except te.EngineBuildError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        major = te.tensorrt_major(trt.__version__)
+        self.precision = te.resolve_precision(self._bundle, precision, major)
+        if not build:
+            key = te.engine_key(self._bundle, self.precision, max_batch, trt.__version__, device, opt_batch)
+            lookup = find_engine(self._bundle.engines_dir, key)
+            if lookup.path is None:
+                raise BackendUnavailable("no usable cached engine and building is disabled: "
+                                         + "; ".join(lookup.rebuild_reasons))
+        try:
+            plan_path, self.key = te.get_engine(self._bundle, precision=self.precision, max_batch=max_batch,
+                                                opt_batch=opt_batch, progress=progress, device=device, trt=trt)
+        except te.EngineBuildError as exc:
+            raise BackendUnavailable(f"engine build failed: {exc}") from exc
+        self._trt = trt
+        self._logger = te.make_logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self._engine is None:
+            raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialize {plan_path.name}: "
+                                     + ("; ".join(self._logger.errors) or "no error text")
+                                     + f" (delete it to force a rebuild)")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        modes = {n: self._engine.get_tensor_mode(n) for n in names}
+        inputs = [n for n in names if modes[n] == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if modes[n] == trt.TensorIOMode.OUTPUT]
+        if inputs != [spec.input_name] or outputs != [spec.output_name]:
+            raise BackendUnavailable(f"engine {plan_path.name} has I/O {inputs} -> {outputs}, the bundle says "
+                                     f"[{spec.input_name!r}] -> [{spec.output_name!r}]")
+        for n in names:
+            if self._engine.get_tensor_dtype(n) != trt.DataType.FLOAT:
+                raise BackendUnavailable(f"engine tensor {n!r} is {self._engine.get_tensor_dtype(n)}, expected "
+                                         "float32 I/O")
+        _, _, profile_max = self._engine.get_tensor_profile_shape(spec.input_name, 0)
+        self._max_batch = int(profile_max[0])
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise BackendUnavailable("TensorRT could not create an execution context (out of GPU memory?)")
+        self._stream = int(stream)
+        self._input = InputSpec(spec.input_name, tuple(spec.input_shape))
+        self._dim = spec.embedding_dim
+        self._plan = plan_path
+        self._inflight_input = None
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._input
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    @property
+    def output_device(self) -> str:
+        return "cuda"
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def engine_path(self) -> Path:
+        return self._plan
+
+    def _device_input(self, batch):
+        """(keep-alive object, device pointer, batch size) for a numpy or CUDA float32 NCHW batch."""
+        chw = self._input.shape
+        if hasattr(batch, "__cuda_array_interface__") and not isinstance(batch, np.ndarray):
+            iface = batch.__cuda_array_interface__
+            shape = tuple(iface["shape"])
+            if len(shape) == 3:
+                shape = (1, *shape)
+            if len(shape) != 4 or shape[1:] != chw:
+                raise ValueError(f"batch: expected [b, {', '.join(map(str, chw))}], got shape {list(shape)}")
+            if np.dtype(iface["typestr"]) != np.float32:
+                raise TypeError(f"batch: expected a float32 CUDA array, got {np.dtype(iface['typestr'])}")
+            if iface.get("strides") not in (None, tuple(int(np.prod(shape[i + 1:])) * _F32 for i in range(4))):
+                raise ValueError("batch: the CUDA array must be C-contiguous")
+            return batch, int(iface["data"][0]), shape[0]
+        arr = np.asarray(batch)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != chw:
+            raise ValueError(f"batch: expected [b, {', '.join(map(str, chw))}] (NCHW), got shape {list(arr.shape)}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"batch: expected float32 values (pre-processed images), got {arr.dtype}")
+        keep, ptr = self._memory.upload(arr)
+        return keep, ptr, arr.shape[0]
+
+    def embed(self, batch):
+        """``[b, C, H, W]`` float32 (numpy or CUDA) -> ``[b, dim]`` float32 DeviceArray, enqueued on the stream."""
+        if self._context is None:
+            raise RuntimeError("tensorrt backend is closed")
+        keep, in_ptr, b = self._device_input(batch)
+        out, out_ptr = self._memory.empty((b, self._dim))
+        c, h, w = self._input.shape
+        name_in, name_out = self._input.name, self._bundle.spec.output_name
+        for start in range(0, b, self._max_batch):
+            n = min(self._max_batch, b - start)
+            if not self._context.set_input_shape(name_in, (n, c, h, w)):
+                raise RuntimeError(f"TensorRT rejected input shape {[n, c, h, w]}")
+            self._context.set_tensor_address(name_in, in_ptr + start * c * h * w * _F32)
+            self._context.set_tensor_address(name_out, out_ptr + start * self._dim * _F32)
+            if not self._context.execute_async_v3(self._stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed: " + "; ".join(self._logger.errors[-3:]))
+        # The engine may still be reading the input when we return: keep it alive until the next call.
+        self._inflight_input = keep
+        return out
+
+    def describe(self) -> str:
+        k = self.key
+        return (f"tensorrt: TensorRT {k.tensorrt_version}, {k.precision}, batch 1..{self._max_batch}, "
+                f"{k.gpu_name} (sm {k.compute_capability}), engine {self._plan.name}")
+
+    def close(self) -> None:
+        self._inflight_input = None
+        self._context = None
+        self._engine = None
+        self._runtime = None
