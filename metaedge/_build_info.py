@@ -46,9 +46,10 @@ def _cuda_status(native, config: dict) -> dict:
     return status
 
 
-def build_info() -> dict:
-    """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not)
-    and the optional packages present. Never raises for a missing optional piece."""
+def build_info(backends: bool = True) -> dict:
+    """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not),
+    the optional packages present and (``backends``) which inference backends could run here, with versions.
+    Never raises for a missing optional piece."""
     from metaedge import __version__
     info: dict = {"version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
                   "machine": platform.machine()}
@@ -65,4 +66,10 @@ def build_info() -> dict:
                           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
         info["cuda"] = _cuda_status(C, config)
     info["packages"] = {name: version_of(name) for name in OPTIONAL_PACKAGES}
+    if backends:
+        try:
+            from metaedge.runtime.backends import probe_backends
+            info["backends"] = probe_backends(info["cuda"])
+        except Exception as exc:  # info must always print; say what broke instead
+            info["backends"] = {"error": f"{type(exc).__name__}: {exc}"}
     return info

@@ -118,7 +118,7 @@ def probe_backends(cuda_status: dict | None = None) -> dict[str, str]:
 def _metaedge_cuda(cuda: dict | None) -> tuple[bool, str]:
     if cuda is None:
         from metaedge._build_info import build_info
-        cuda = build_info().get("cuda", {})
+        cuda = build_info(backends=False).get("cuda", {})
     if cuda.get("available"):
         return True, ""
     return False, cuda.get("why_not") or "metaedge's CUDA kernels are not usable"
