@@ -26,7 +26,6 @@ $(STAMP): requirements/dev.txt requirements/runtime.txt
 
 $(BUILT): $(STAMP) $(NATIVE_SOURCES) pyproject.toml
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
-	$(PY) setup.py --quiet build_ext --inplace
 	touch $@
 
 setup: $(BUILT)

@@ -45,6 +45,18 @@ def find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def cuda_home_of(nvcc: str) -> str:
+    """The toolkit root. nvcc on PATH may be a wrapper script, so ask nvcc itself (its TOP variable)."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True).stderr
+        m = re.search(r"^#\$ TOP=(.+)$", out, re.MULTILINE)
+        if m:
+            return os.path.normpath(m.group(1).strip())
+    except OSError:
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
 def nvcc_version(nvcc: str) -> tuple[int, int]:
     out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
     m = re.search(r"release (\d+)\.(\d+)", out)
@@ -88,7 +100,7 @@ def cuda_config() -> dict:
         if mode == "1":
             raise SystemExit("METAEDGE_CUDA=1 but nvcc was not found via CUDA_HOME, CUDA_PATH or PATH")
         return {"enabled": False, "reason": "nvcc not found via CUDA_HOME, CUDA_PATH or PATH"}
-    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    home = cuda_home_of(nvcc)
     major, minor = nvcc_version(nvcc)
     archs = choose_cuda_archs(nvcc)
     libdir = next((d for d in (os.path.join(home, "lib64"), os.path.join(home, "lib"),

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "cpu/gemm.h"
 #include "metaedge/checks.h"
 #include "metaedge/ops.h"
 #if METAEDGE_WITH_CUDA
@@ -143,6 +144,29 @@ PYBIND11_MODULE(_C, m) {
     metaedge::preprocess(ti, params, to);
   }, py::arg("images"), py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"),
      py::arg("invert"), py::arg("out"));
+
+  // Test hook for csrc/cpu/gemm.h (not public API): C[M,N] = alpha op(A) op(B) + beta C on float32 2-d arrays
+  // with unit inner stride; leading dimensions come from the row strides, so padded views test lda/ldb/ldc.
+  m.def("_sgemm_for_tests", [](bool trans_a, bool trans_b, py::array a, py::array b, float alpha, float beta,
+                               py::array c) {
+    auto leading_dim = [](const py::array& x, const char* name) {
+      if (!x.dtype().is(py::dtype::of<float>()) || x.ndim() != 2 || x.strides(1) != 4 || x.strides(0) % 4 != 0 ||
+          x.strides(0) < 4 * x.shape(1))
+        throw metaedge::ArgumentError(std::string("`") + name + "`: expected a 2-d float32 array with rows of unit stride");
+      return static_cast<int64_t>(x.strides(0) / 4);
+    };
+    const int64_t lda = leading_dim(a, "a"), ldb = leading_dim(b, "b"), ldc = leading_dim(c, "c");
+    const int64_t M = c.shape(0), N = c.shape(1), K = trans_a ? a.shape(0) : a.shape(1);
+    if ((trans_a ? a.shape(1) : a.shape(0)) != M || (trans_b ? b.shape(1) : b.shape(0)) != K ||
+        (trans_b ? b.shape(0) : b.shape(1)) != N || !c.writeable())
+      throw metaedge::ArgumentError("_sgemm_for_tests: shapes of op(a), op(b) and c disagree (or c is read-only)");
+    const auto* pa = static_cast<const float*>(a.data());
+    const auto* pb = static_cast<const float*>(b.data());
+    auto* pc = static_cast<float*>(c.mutable_data());
+    py::gil_scoped_release nogil;
+    metaedge::cpu::sgemm(trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+  }, py::arg("trans_a"), py::arg("trans_b"), py::arg("a"), py::arg("b"), py::arg("alpha"), py::arg("beta"),
+     py::arg("c"));
 
   m.def("preprocess_output_channels", [](int64_t channels, const std::string& color) {
     return metaedge::preprocess_output_channels(channels, metaedge::parse_color_mode(color));

@@ -12,6 +12,7 @@ writable arrays. Wrong shapes, dtypes, NaN/Inf values and labels out of range ra
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import numpy as np
@@ -130,25 +131,35 @@ def topk(queries, protos, k: int = 1, metric: str = "cosine"):
     """The ``k`` best classes for each query.
 
     ``queries[b, d]`` (or ``[d]``), ``protos[C, d]``; float32, float16 accepted. ``metric``: ``"cosine"``
-    (rows normalised inside), ``"dot"``, or ``"euclidean"`` (score = minus the squared distance).
-    Returns ``(scores[b, k] float32, indices[b, k] int64)`` with scores descending and ties broken towards
-    the lower class index (``[k]`` each for a 1-d query). ``1 <= k <= C``. The ``b x C`` score matrix is never
-    materialised for large C.
+    (rows normalised inside, exactly; a zero row scores 0), ``"dot"``, or ``"euclidean"`` (score = minus the
+    squared distance). Returns ``(scores[b, k] float32, indices[b, k] int64)`` with scores descending and ties
+    broken towards the lower class index (``[k]`` each for a 1-d query). ``1 <= k <= C``. The ``b x C`` score
+    matrix is never materialised for large C.
+
+    NaN/Inf in ``queries`` or ``protos`` raise ValueError naming the array (and the prototype row). Scores must
+    be representable in float32: with ``"dot"``/``"euclidean"`` and magnitudes around 1e19 or more, the
+    scores (or squared norms) overflow and a ValueError says so; ``"cosine"`` handles any finite rows down to
+    norms of about 1e-30.
     """
     if metric not in METRICS:
         raise ValueError(f"`metric`: expected one of {METRICS}, got {metric!r}")
-    k = int(k)
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"`k`: expected an integer, got {type(k).__name__} {k!r}") from None
     squeeze = False
     if not _is_cuda(queries):
         queries = _float_input(queries, "queries")
         protos = _float_input(protos, "protos")
         if queries.ndim == 1:
             queries, squeeze = queries[None, :], True
-        b = queries.shape[0]
+        b = queries.shape[0] if queries.ndim else 0
     else:
         b = _cuda().shape_of(queries)[0]
-    scores = _empty_like_device(queries, (b, k), np.float32)
-    indices = _empty_like_device(queries, (b, k), np.int64)
+    # k is validated against C by the native checker, with a message naming it; a negative k must not reach
+    # the allocation first.
+    scores = _empty_like_device(queries, (b, max(k, 0)), np.float32)
+    indices = _empty_like_device(queries, (b, max(k, 0)), np.int64)
     native().topk(queries, protos, k, metric, scores, indices)
     if squeeze:
         return scores[0], indices[0]
@@ -159,12 +170,23 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
                weight_decay: float = 0.0, scale: float = 10.0, velocity=None):
     """Fine-tune a cosine classifier head in place; returns the loss of each step (``[steps]`` float32).
 
-    Logits are ``scale * normalize(W) @ normalize(S).T``, the loss is the mean softmax cross-entropy over
-    ``support[n, d]`` with ``labels[n]`` in ``[0, C)``, and ``weights[C, d]`` takes ``steps`` steps of SGD with
-    momentum (PyTorch's convention: ``v <- momentum * v + g + weight_decay * W``; ``W <- W - lr * v``).
-    ``losses[i]`` is the loss before step ``i``'s update. Pass the same ``velocity[C, d]`` (float32, zeros at
-    first) to continue an earlier run exactly. Starting from prototypes this is weight imprinting followed by
-    fine-tuning, and ``topk(metric="cosine")`` then uses the adapted weights directly.
+    Logits are ``scale * normalize(W) @ normalize(S).T`` (``normalize``: rows divided by
+    ``max(||row||, 1e-12)``), the loss is the mean softmax cross-entropy over ``support[n, d]`` with
+    ``labels[n]`` in ``[0, C)``, and ``weights[C, d]`` takes ``steps`` steps of SGD with momentum using the
+    exact gradient of that loss (PyTorch's convention: ``v <- momentum * v + g + weight_decay * W``;
+    ``W <- W - lr * v``). The gradient is the one torch autograd gives for ``F.normalize``: for a row with
+    ``||W_c|| >= 1e-12`` it is ``(G_c - Wn_c (Wn_c . G_c)) / ||W_c||`` with ``G_c`` the gradient w.r.t. the
+    normalised row ``Wn_c``; below the clamp it is ``G_c / 1e-12``, so an all-zero row (a class without
+    prototype) gets a large first step. ``losses[i]`` is the loss before step ``i``'s update. Pass the same
+    ``velocity[C, d]`` (float32, zeros at first) to continue an earlier run exactly. Starting from prototypes
+    this is weight imprinting followed by fine-tuning, and ``topk(metric="cosine")`` then uses the adapted
+    weights directly.
+
+    All steps run in one native call. On the CPU the kernel picks, by flop count, between the direct
+    algorithm (two ``n x C x d`` products per step) and an exact reformulation in the span of the
+    normalised support rows (one ``n x n x C`` product per step; faster when ``n < 2 d``, the few-shot case);
+    both agree with a float64 reference to float32 rounding. ``METAEDGE_ADAPT_HEAD_ALGO=direct|span``
+    forces one (diagnostics).
     """
     _inplace(weights, "weights", np.float32)
     steps = int(steps)
@@ -198,12 +220,16 @@ def _per_channel(values, channels: int, name: str) -> list[float]:
 def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
     """uint8 HWC images -> float32 CHW network input, in one fused pass.
 
-    ``images``: ``[b, h, w, c]``, ``[h, w, c]`` or ``[h, w]`` uint8 with c in {1, 3, 4}. Steps per pixel:
-    bilinear resize to ``size = (H, W)`` (half-pixel centres, as PIL/OpenCV/``torch.interpolate``
-    with ``align_corners=False`` and no antialias), colour conversion (``"keep"``: RGBA drops alpha;
-    ``"gray"``: ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B; ``"rgb"``: gray replicated), optional inversion
-    (``255 - x``, e.g. Omniglot strokes = 1), ``/ 255``, then ``(x - mean) / std`` per output channel.
-    Returns ``[b, C, H, W]`` (``[C, H, W]`` for a single image).
+    ``images``: ``[b, h, w, c]``, ``[h, w, c]`` or ``[h, w]`` uint8 with c in {1, 3, 4} (non-contiguous
+    arrays are copied). Steps per pixel: bilinear resize to ``size = (H, W)`` with half-pixel centres and no
+    antialiasing (the same as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
+    antialias=False)`` and ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)`` up to OpenCV's 8-bit
+    rounding; PIL's ``BILINEAR`` matches when enlarging but antialiases when shrinking, so it differs there),
+    colour conversion to the output channels (``"keep"``: gray stays gray, RGB stays RGB, RGBA drops alpha;
+    ``"gray"``: ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B, alpha ignored; ``"rgb"``: gray replicated into
+    three channels, RGB kept, RGBA drops alpha), optional inversion (``255 - x``, e.g. Omniglot strokes = 1),
+    ``/ 255``, then ``(x - mean) / std`` per output channel (``mean``/``std``: one value, or one per output
+    channel; ``std > 0``). Returns ``[b, C, H, W]`` (``[C, H, W]`` for a single image).
     """
     if color not in COLOR_MODES:
         raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")

@@ -5,6 +5,7 @@
 #endif
 
 #include "metaedge/ops.h"
+#include "simd.h"
 
 namespace metaedge {
 
@@ -31,7 +32,8 @@ std::string simd_level() {
 #elif defined(__aarch64__)
   runtime = "neon";
 #endif
-  return "baseline " + compiled + (runtime.empty() ? "" : "; cpu offers " + runtime);
+  return "baseline " + compiled + (runtime.empty() ? "" : "; cpu offers " + runtime) + "; kernels use " +
+         cpu::simd_target_name(cpu::simd_target());
 }
 
 int openmp_max_threads() {

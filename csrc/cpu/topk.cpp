@@ -1,8 +1,430 @@
-// PLACEHOLDER (being written): blocked, fused top-k over classes.
+// topk on the CPU (semantics: DESIGN.md section 5): the k best prototypes per query by cosine, dot or
+// negative squared euclidean distance; scores descending, ties to the lower class index, exactly.
+//
+// Classes are processed in blocks; each block's scores are computed into a small buffer and immediately
+// filtered into per-query candidate lists (a score enters only if it beats the query's current k-th best),
+// so the b x C score matrix never exists. Two ways to score a block:
+//   - stream (small batches): each prototype row is read once and dotted with every query (and its own
+//     norm, for cosine) in that single read. Batch 1 is bound by memory bandwidth, so this reads the
+//     prototype matrix exactly once, split over the threads by class ranges.
+//   - gemm (larger batches): the register-blocked sgemm micro-kernel scores a block of classes against a
+//     block of queries; norms come from a pass over the block just before, which leaves it in cache.
+// Work is split into (query block, class chunk) tasks; with few queries the classes are split so every
+// thread streams its own range. Each task keeps its own candidates; the merge at the end orders them by
+// (score desc, index asc), so results do not depend on the split.
+//
+// NaN/Inf in `protos` is not looked for in a separate pass (that would double the memory traffic of batch-1
+// matching). It cannot hide: a non-finite prototype value makes every score of that row non-finite, and
+// the selection already looks at every score, so a non-finite score stops the call; only then are the
+// prototypes scanned, to tell a NaN/Inf row from finite values whose score overflows float32.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "cpu_kernels.h"
+#include "gemm_internal.h"
 #include "metaedge/checks.h"
+#include "simd.h"
+
 namespace metaedge::cpu {
-void topk(const Tensor&, const Tensor&, int64_t, Metric, const Tensor&, const Tensor&) {
-  throw std::runtime_error("topk: not implemented yet");
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
+namespace topk_avx512 {
+#define ME_VEC_BYTES 64
+#include "topk_simd_impl.h"
+#undef ME_VEC_BYTES
+}  // namespace topk_avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace topk_avx2 {
+#define ME_VEC_BYTES 32
+#include "topk_simd_impl.h"
+#undef ME_VEC_BYTES
+}  // namespace topk_avx2
+#pragma GCC pop_options
+#endif
+
+namespace topk_baseline {
+#define ME_VEC_BYTES 16
+#include "topk_simd_impl.h"
+#undef ME_VEC_BYTES
+}  // namespace topk_baseline
+
+namespace {
+
+using StreamRowsFn = void (*)(int, int, const float*, int64_t, int64_t, const float* const*, float*, int64_t,
+                              float*);
+using RowSumsqFn = void (*)(const float*, int64_t, int64_t, float*);
+
+struct ScoringLoops {
+  StreamRowsFn stream_rows;
+  RowSumsqFn row_sumsq;
+};
+
+ScoringLoops scoring_loops() {
+  switch (simd_target()) {
+#if defined(__x86_64__)
+    case SimdTarget::kAvx512: return {topk_avx512::stream_rows, topk_avx512::row_sumsq};
+    case SimdTarget::kAvx2: return {topk_avx2::stream_rows, topk_avx2::row_sumsq};
+#endif
+    default: return {topk_baseline::stream_rows, topk_baseline::row_sumsq};
+  }
 }
+
+enum StreamMode { kStreamDot = 0, kStreamDotAndNorm = 1, kStreamSquaredDistance = 2 };
+
+// Batches from this size use the gemm path. METAEDGE_TOPK_GEMM_MIN_BATCH overrides it (tests use it to run
+// both paths on the same inputs; benchmarks to find the crossover).
+int64_t gemm_min_batch() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("METAEDGE_TOPK_GEMM_MIN_BATCH");
+    if (env != nullptr && *env != '\0') {
+      const long long parsed = std::atoll(env);
+      if (parsed >= 1) return static_cast<int64_t>(parsed);
+    }
+    return static_cast<int64_t>(4);
+  }();
+  return value;
+}
+
+constexpr int64_t kStreamQueriesPerPass = 4;  // stream_rows handles up to 4 queries per read of a row
+constexpr int64_t kStreamBlockRows = 256;
+constexpr int64_t kGemmQueryBlock = 128;
+
+struct Candidate {
+  float score;
+  int64_t index;
+};
+
+inline bool better(const Candidate& a, const Candidate& b) {
+  return a.score > b.score || (a.score == b.score && a.index < b.index);
+}
+
+// The best k candidates of one query among the classes one task visits, in increasing class order. It keeps
+// up to 2k entries and shrinks back to the best k when full, so a push costs O(1) amortised for any k.
+class Selector {
+ public:
+  explicit Selector(int64_t k) : k_(k), capacity_(std::max<int64_t>(2 * k, k + 32)) {
+    items_.reserve(static_cast<size_t>(std::min<int64_t>(capacity_, 256)));
+  }
+  // Scores at or below this cannot enter: once k better-or-equal ones are kept, an equal score from a later
+  // (higher) class index loses the tie.
+  float threshold() const { return threshold_; }
+  void push(float score, int64_t index) {
+    items_.push_back({score, index});
+    if (static_cast<int64_t>(items_.size()) >= capacity_) shrink();
+  }
+  void shrink() {
+    if (static_cast<int64_t>(items_.size()) <= k_) return;
+    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.end(), better);
+    items_.resize(static_cast<size_t>(k_));
+    threshold_ = items_.back().score;
+  }
+  const std::vector<Candidate>& items() const { return items_; }
+
+ private:
+  int64_t k_;
+  int64_t capacity_;
+  float threshold_ = -std::numeric_limits<float>::infinity();
+  std::vector<Candidate> items_;
+};
+
+// A non-finite score seen while selecting: class and query of the first one in this task's order.
+struct BadScore {
+  int64_t cls = -1;
+  int64_t query = -1;
+  void record(int64_t c, int64_t q) {
+    if (cls < 0 || c < cls || (c == cls && q < query)) cls = c, query = q;
+  }
+};
+
+// How raw block values become scores.
+enum class Transform {
+  kIdentity,        // dot
+  kScaleByClass,    // cosine: <q_hat, p> * (1 / ||p||)
+  kNegate,          // euclidean, direct ||q - p||^2
+  kNegateExpanded,  // euclidean from a gemm block: -(||q||^2 - 2 <q, p> + ||p||^2), clamped to <= 0
+};
+
+// Largest |x| of a row. (Kept in float: a double fmax reduction here crashes GCC 12's aarch64 vectoriser.)
+inline float max_magnitude(const float* row, int64_t d) {
+  float peak = 0.f;
+  for (int64_t j = 0; j < d; ++j) peak = std::fmax(peak, std::fabs(row[j]));
+  return peak;
+}
+
+// 1 / ||row|| for cosine. The float sum of squares is used when it is comfortably inside float range; rows
+// that are tiny (sum underflows), huge (overflows), zero or non-finite are redone in double with scaling, so
+// any finite non-zero row is normalised exactly. A zero row gets 0 (its cosine with anything is 0).
+// Non-finite rows get any value: their dot product is already non-finite and is reported.
+inline float inverse_norm(float sumsq, const float* row, int64_t d) {
+  if (sumsq >= 1e-30f && sumsq <= 1e30f) return 1.f / std::sqrt(sumsq);
+  const double peak = max_magnitude(row, d);
+  if (!(peak > 0.0) || !std::isfinite(peak)) return 0.f;
+  double sq = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double v = row[j] / peak;
+    sq += v * v;
+  }
+  return static_cast<float>(1.0 / (std::sqrt(sq) * peak));
+}
+
+inline bool not_finite(float s) { return (s - s) != 0.f; }  // NaN for +-Inf and NaN, 0 otherwise
+
+// Turns raw[rows][ldr] (class-major, nq queries per row) into scores in place, then offers every score to its
+// query's selector. Most rows hold no candidate, so a vectorisable pre-check skips them.
+void scan_block(Transform transform, float* raw, int64_t ldr, int64_t rows, int64_t nq, int64_t c0,
+                const float* class_aux, const float* query_aux, Selector* selectors, float* thresholds,
+                BadScore& bad) {
+  for (int64_t c = 0; c < rows; ++c) {
+    float* row = raw + c * ldr;
+    switch (transform) {
+      case Transform::kIdentity: break;
+      case Transform::kScaleByClass: {
+        const float scale = class_aux[c];
+        for (int64_t j = 0; j < nq; ++j) row[j] *= scale;
+        break;
+      }
+      case Transform::kNegate:
+        for (int64_t j = 0; j < nq; ++j) row[j] = 0.f - row[j];
+        break;
+      case Transform::kNegateExpanded: {
+        const float pn = class_aux[c];
+        for (int64_t j = 0; j < nq; ++j) {
+          const float dist = query_aux[j] - 2.f * row[j] + pn;
+          row[j] = dist <= 0.f ? 0.f : -dist;  // rounding can push a distance below 0; NaN stays NaN
+        }
+        break;
+      }
+    }
+  }
+  auto offer = [&](int64_t c, int64_t j) {
+    const float s = raw[c * ldr + j];
+    if (not_finite(s)) {
+      bad.record(c0 + c, j);
+    } else if (s > thresholds[j]) {
+      selectors[j].push(s, c0 + c);
+      thresholds[j] = selectors[j].threshold();
+    }
+  };
+  if (nq == 1) {
+    constexpr int64_t kGroup = 64;
+    for (int64_t g = 0; g < rows; g += kGroup) {
+      const int64_t end = std::min(rows, g + kGroup);
+      const float threshold = thresholds[0];
+      int hit = 0;
+      for (int64_t c = g; c < end; ++c) hit |= (raw[c] > threshold) | not_finite(raw[c]);
+      if (hit)
+        for (int64_t c = g; c < end; ++c) offer(c, 0);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < rows; ++c) {
+    const float* row = raw + c * ldr;
+    int hit = 0;
+    for (int64_t j = 0; j < nq; ++j) hit |= (row[j] > thresholds[j]) | not_finite(row[j]);
+    if (hit)
+      for (int64_t j = 0; j < nq; ++j) offer(c, j);
+  }
+}
+
+std::string format_number(double v) {
+  std::ostringstream os;
+  os.precision(4);
+  os << v;
+  return os.str();
+}
+
+[[noreturn]] void report_non_finite_scores(const Tensor& queries, const Tensor& protos, Metric metric,
+                                          const BadScore& bad) {
+  const int64_t d = protos.size(1);
+  const int64_t flat = first_non_finite(protos);
+  if (flat >= 0) {
+    throw ArgumentError("`protos`: expected finite values, got NaN or Inf in row " + std::to_string(flat / d) +
+                        " (flat index " + std::to_string(flat) + ") of " + protos.describe());
+  }
+  const double q_peak = max_magnitude(queries.ptr<float>() + bad.query * d, d);
+  const double p_peak = max_magnitude(protos.ptr<float>() + bad.cls * d, d);
+  throw ArgumentError(std::string("topk: the ") + metric_name(metric) + " score of `queries` row " +
+                      std::to_string(bad.query) + " against `protos` row " + std::to_string(bad.cls) +
+                      " is not representable in float32 (largest magnitudes: " + format_number(q_peak) +
+                      " in that query, " + format_number(p_peak) +
+                      " in that prototype). Scores, and for 'euclidean' squared norms, must stay within float32 "
+                      "range (about 3.4e38): rescale the inputs, or use metric='cosine', which normalises them.");
+}
+
+}  // namespace
+
+void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
+          const Tensor& indices) {
+  auto require_float32 = [](const Tensor& t, const char* name) {
+    if (t.dtype != DType::kFloat32)
+      throw ArgumentTypeError(std::string("`") + name + "`: the CPU topk computes in float32, got " +
+                              dtype_name(t.dtype) + " (metaedge.kernels.topk converts float16 to float32 on the CPU)");
+  };
+  require_float32(queries, "queries");
+  require_float32(protos, "protos");
+  const int64_t b = queries.size(0), C = protos.size(0), d = protos.size(1);
+  if (b == 0) return;
+  const float* P = protos.ptr<float>();
+  const float* Q = queries.ptr<float>();
+  const ScoringLoops loops = scoring_loops();
+  const bool use_gemm = b >= gemm_min_batch();
+
+  // Per-query preparation: unit queries for cosine (exactly, in double: tiny or huge queries are fine), squared
+  // norms for the expanded euclidean form.
+  std::vector<float> normalized, query_sq_norms;
+  const float* q_rows = Q;
+  if (metric == Metric::kCosine) {
+    normalized.resize(static_cast<size_t>(b * d));
+    for (int64_t i = 0; i < b; ++i) {
+      const float* q = Q + i * d;
+      const double peak = max_magnitude(q, d);
+      double sq = 0.0;
+      for (int64_t j = 0; j < d && peak > 0.0; ++j) sq += (q[j] / peak) * (q[j] / peak);
+      const double inv = peak > 0.0 ? 1.0 / (std::sqrt(sq) * peak) : 0.0;
+      for (int64_t j = 0; j < d; ++j) normalized[i * d + j] = static_cast<float>(q[j] * inv);
+    }
+    q_rows = normalized.data();
+  } else if (metric == Metric::kEuclidean && use_gemm) {
+    query_sq_norms.resize(static_cast<size_t>(b));
+    for (int64_t i = 0; i < b; ++i) {
+      double sq = 0.0;
+      for (int64_t j = 0; j < d; ++j) sq += static_cast<double>(Q[i * d + j]) * Q[i * d + j];
+      query_sq_norms[i] = static_cast<float>(sq);
+    }
+  }
+
+  Transform transform = Transform::kIdentity;
+  if (metric == Metric::kCosine) transform = Transform::kScaleByClass;
+  if (metric == Metric::kEuclidean) transform = use_gemm ? Transform::kNegateExpanded : Transform::kNegate;
+  const bool needs_sumsq = metric != Metric::kDot && (use_gemm || metric == Metric::kCosine);
+
+  // Blocks: the stream path takes all queries at once; the gemm path blocks queries so that a block of
+  // classes (rows of `protos`) plus its score buffer stays in L2 (~512 KiB).
+  const int64_t query_block = use_gemm ? std::min(b, kGemmQueryBlock) : b;
+  int64_t class_block = kStreamBlockRows;
+  if (use_gemm) {
+    class_block = 131072 / (std::max<int64_t>(d, 1) + query_block);
+    class_block = std::clamp<int64_t>(class_block / 48 * 48, 48, 1024);
+  }
+  const int64_t query_blocks = (b + query_block - 1) / query_block;
+
+  int threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel() && static_cast<double>(b) * C * std::max<int64_t>(d, 1) >= 131072.0)
+    threads = omp_get_max_threads();
+#endif
+  // With few query blocks, split the classes too (several chunks per thread balance a busy core); each chunk
+  // holds at least a block and ~128 KiB of prototypes, so the merge stays small.
+  int64_t class_chunks = 1;
+  if (threads > 1 && query_blocks < 2 * threads) {
+    const int64_t wanted = (4 * threads + query_blocks - 1) / query_blocks;
+    const int64_t min_rows = std::max<int64_t>(class_block, 32768 / std::max<int64_t>(d, 1));
+    class_chunks = std::clamp<int64_t>(C / min_rows, 1, wanted);
+  }
+  const int64_t tasks = query_blocks * class_chunks;
+
+  std::vector<std::vector<Selector>> results(static_cast<size_t>(tasks));
+  std::vector<BadScore> bad_scores(static_cast<size_t>(tasks));
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    try {
+      const int64_t qb = task / class_chunks, chunk = task % class_chunks;
+      const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
+      const int64_t c_begin = C * chunk / class_chunks, c_end = C * (chunk + 1) / class_chunks;
+      std::vector<Selector>& selectors = results[task];
+      selectors.assign(static_cast<size_t>(nq), Selector(k));
+      std::vector<float> thresholds(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+      static thread_local ScratchBuffer raw_buffer, aux_buffer;
+      float* raw = raw_buffer.get(static_cast<size_t>(class_block * nq));
+      float* aux = aux_buffer.get(static_cast<size_t>(class_block));
+      BadScore& bad = bad_scores[task];
+      std::vector<const float*> query_ptrs(static_cast<size_t>(nq));
+      for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
+
+      for (int64_t c0 = c_begin; c0 < c_end; c0 += class_block) {
+        if (failed.load(std::memory_order_relaxed)) break;
+        const int64_t rows = std::min(class_block, c_end - c0);
+        const float* block = P + c0 * d;
+        if (use_gemm) {
+          if (needs_sumsq) loops.row_sumsq(block, d, rows, aux);
+          GemmProblem g;
+          g.M = rows, g.N = nq, g.K = d;
+          g.a = block, g.lda = d, g.a_row_major = true;
+          g.b = q_rows + q0 * d, g.ldb = d, g.b_row_major = false;
+          g.c = raw, g.rs_c = nq, g.cs_c = 1;
+          gemm_serial(gemm_best_orientation(g));
+        } else {
+          for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
+            const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
+            int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
+            if (metric == Metric::kCosine && g0 == 0) mode = kStreamDotAndNorm;
+            loops.stream_rows(mode, group, block, d, rows, query_ptrs.data() + g0, raw + g0, nq, aux);
+          }
+        }
+        if (metric == Metric::kCosine)
+          for (int64_t c = 0; c < rows; ++c) aux[c] = inverse_norm(aux[c], block + c * d, d);
+        scan_block(transform, raw, nq, rows, nq, c0, aux,
+                   query_sq_norms.empty() ? nullptr : query_sq_norms.data() + q0, selectors.data(),
+                   thresholds.data(), bad);
+        if (bad.cls >= 0) {
+          bad.query += q0;
+          failed.store(true, std::memory_order_relaxed);
+          break;
+        }
+      }
+    } catch (...) {
+#pragma omp critical(metaedge_topk_error)
+      if (!error) error = std::current_exception();
+      failed.store(true, std::memory_order_relaxed);
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  if (failed.load()) {
+    BadScore first;
+    for (const BadScore& bs : bad_scores)
+      if (bs.cls >= 0) first.record(bs.cls, bs.query);
+    report_non_finite_scores(queries, protos, metric, first);
+  }
+
+  // Merge the chunks of each query: the k best by (score desc, index asc), in that order.
+  float* out_scores = scores.ptr<float>();
+  int64_t* out_indices = indices.ptr<int64_t>();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && b * class_chunks * k >= 4096)
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t qb = i / query_block, local = i - qb * query_block;
+    std::vector<Candidate> merged;
+    for (int64_t chunk = 0; chunk < class_chunks; ++chunk) {
+      const std::vector<Candidate>& items = results[qb * class_chunks + chunk][local].items();
+      merged.insert(merged.end(), items.begin(), items.end());
+    }
+    if (static_cast<int64_t>(merged.size()) > k)
+      std::nth_element(merged.begin(), merged.begin() + (k - 1), merged.end(), better);
+    std::sort(merged.begin(), merged.begin() + k, better);
+    for (int64_t j = 0; j < k; ++j) {
+      out_scores[i * k + j] = merged[j].score;
+      out_indices[i * k + j] = merged[j].index;
+    }
+  }
+}
+
 }  // namespace metaedge::cpu

@@ -1,0 +1,138 @@
+"""What the device-side commands (enroll, predict, adapt, classes) share: exit codes, error mapping, image
+path expansion, opening a classifier, and a lock so that two commands never edit one gallery at once."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+from metaedge.cli.main import CliError
+
+# Exit codes scripts can rely on (also listed in every command's --help).
+EXIT_OK = 0
+EXIT_USAGE = 2        # bad arguments or bad input: unreadable image, bad label, unknown class, empty gallery
+EXIT_DEPENDENCY = 3   # an optional package is missing (the message says what to install)
+EXIT_DATA = 4         # gallery or bundle missing, corrupted, of another bundle/embedding size, or too new
+EXIT_IO = 5           # the gallery could not be written (permissions, disk full)
+
+EXIT_CODES_HELP = """exit codes:
+  0  success
+  2  bad arguments or bad input (unreadable image, bad label, unknown class, empty gallery)
+  3  a required package is missing (the message says what to install)
+  4  gallery or bundle missing, corrupted, made for another bundle, or written by a newer metaedge
+  5  the gallery could not be written (permissions, disk full); the previous file is intact
+"""
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "torch")
+
+
+def add_backend_arg(p) -> None:
+    p.add_argument("--backend", default="auto", metavar="NAME",
+                   help="inference backend: auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > torch), or a "
+                        "name such as tensorrt, onnxruntime, torch (default: auto)")
+
+
+def add_json_arg(p) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def expand_images(paths: list[str], recursive: bool = True) -> list[str]:
+    """Files as given; directories expanded to the image files inside them (sorted, recursively)."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                found.extend(os.path.join(root, f) for f in sorted(files)
+                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+                if not recursive:
+                    break
+            if not found:
+                raise CliError(f"{p}: a directory with no image files ({', '.join(IMAGE_EXTENSIONS)})", EXIT_USAGE)
+            out.extend(found)
+        elif not os.path.exists(p):
+            raise CliError(f"{p}: no such file or directory", EXIT_USAGE)
+        else:
+            out.append(p)
+    if not out:
+        raise CliError("no images given", EXIT_USAGE)
+    return out
+
+
+@contextlib.contextmanager
+def errors_to_exit_codes():
+    """Library exceptions -> CliError with the documented exit code and the library's message."""
+    from metaedge._optional import MissingDependencyError
+    from metaedge.runtime.gallery import GalleryError, UnknownLabelError
+    from metaedge.runtime.spec import SpecError
+    data_errors: tuple = (GalleryError, SpecError)
+    try:
+        from metaedge.runtime.bundle import BundleError  # written by the export side
+        data_errors += (BundleError,)
+    except ImportError:
+        pass
+    try:
+        yield
+    except CliError:
+        raise
+    except MissingDependencyError as exc:
+        raise CliError(str(exc), EXIT_DEPENDENCY) from None
+    except data_errors as exc:
+        raise CliError(str(exc), EXIT_DATA) from None
+    except UnknownLabelError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except PermissionError as exc:
+        raise CliError(f"cannot write: {exc}", EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"I/O error: {exc}", EXIT_IO) from None
+
+
+@contextlib.contextmanager
+def gallery_lock(path: str):
+    """An exclusive advisory lock on ``PATH.lock`` while a command edits the gallery, so that two commands
+    run at once (e.g. from cron and a shell) serialise instead of the last writer silently winning."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CliError(f"{path}: directory {directory!r} does not exist", EXIT_USAGE)
+    try:
+        fd = os.open(os.path.abspath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CliError(f"cannot create the lock file for {path}: {exc}", EXIT_IO) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_classifier(args, gallery: str | None, must_exist: bool, autosave: bool = True):
+    """An EdgeClassifier on ``args.bundle`` with ``args.backend`` and the gallery file (hook for tests)."""
+    from metaedge.runtime.classifier import EdgeClassifier
+    if gallery is not None and must_exist and not os.path.exists(gallery):
+        raise CliError(f"{gallery}: no such gallery (enroll some classes first: metaedge enroll BUNDLE {gallery} "
+                       f"LABEL IMAGES...)", EXIT_DATA)
+    if not os.path.isdir(args.bundle):
+        raise CliError(f"{args.bundle}: not a bundle directory (make one with `metaedge export`)", EXIT_DATA)
+    return EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave)
+
+
+def timings_line(t) -> str:
+    if t is None:
+        return ""
+    return (f"{t.images} image(s): pre-processing {1e3 * t.preprocessing:.1f} ms, backbone {1e3 * t.backbone:.1f} ms, "
+            f"kernels {1e3 * t.kernels:.1f} ms, total {1e3 * t.total:.1f} ms")

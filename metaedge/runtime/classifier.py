@@ -1,0 +1,563 @@
+"""EdgeClassifier: enroll new classes from a few images, classify frames, adapt, never lose what was learned.
+
+Pipeline per call: images (paths, PIL, uint8 arrays, batches) -> uint8 batches grouped by size
+(:mod:`metaedge.runtime.images`) -> the bundle's pre-processing (``metaedge.kernels.preprocess``; on the GPU
+when the backend's output lives there) -> backend embeddings -> ``metaedge.kernels.topk`` against the
+gallery's class matrix (prototypes, or the adapted cosine head after :meth:`EdgeClassifier.adapt`).
+
+Thread safety: one classifier may be shared by threads. ``predict`` takes no lock: it scores against an
+immutable snapshot of the class matrix (copy-on-write; appending a class reuses spare rows, so it costs no
+copy), so a prediction always sees the classes as they were before or after a concurrent ``enroll`` /
+``forget`` / ``rename`` / ``adapt`` / ``save``, never a mix. Changes are serialised by the gallery's lock;
+``adapt`` holds it while it runs (other changes wait, predictions don't). The backend must allow concurrent
+``embed`` calls (ONNX Runtime and TensorRT contexts used by metaedge do).
+
+No torch anywhere on this path.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from metaedge import kernels
+from metaedge.runtime.backends.base import Backend
+from metaedge.runtime.gallery import (DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, Gallery, GalleryMismatchError,
+                                      check_label)
+from metaedge.runtime.images import ImageError, is_single_image, preprocess_groups, to_groups
+from metaedge.runtime.spec import ModelSpec
+
+__all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "Timings", "EmptyGalleryError"]
+
+_UNSET: Any = object()
+
+
+class EmptyGalleryError(ValueError):
+    """predict/adapt/calibrate on a gallery without (enough) classes."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The best class for one image.
+
+    ``label``/``score``: the nearest class and its score (cosine similarity in [-1, 1] for ``metric="cosine"``
+    and after adaptation; dot product; or minus the squared distance for ``"euclidean"``). ``topk``: the
+    ``k`` best ``(label, score)`` pairs, best first. ``unknown``: the score is below the open-set threshold -
+    the image probably shows none of the enrolled classes (``label`` is still the nearest one).
+    """
+    label: str
+    score: float
+    topk: tuple[tuple[str, float], ...]
+    unknown: bool
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "score": self.score, "unknown": self.unknown,
+                "topk": [{"label": lab, "score": s} for lab, s in self.topk]}
+
+
+@dataclass(frozen=True)
+class AdaptReport:
+    steps: int
+    lr: float
+    loss_before: float
+    loss_after: float
+    seconds: float
+    classes: int
+    support: int                     # embeddings fine-tuned on
+    losses: tuple[float, ...] = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "lr": self.lr, "loss_before": self.loss_before, "loss_after": self.loss_after,
+                "seconds": self.seconds, "classes": self.classes, "support": self.support}
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    threshold: float
+    target_fpr: float
+    fpr: float                # fraction of negatives scoring >= threshold (accepted as known)
+    known_accept_rate: float  # fraction of known images accepted (score >= threshold)
+    known_correct_rate: float | None  # accepted and right label (labelled knowns only)
+    negatives: str            # "others" (images of other classes) or "impostors" (best wrong-class scores)
+    n_known: int
+    n_negative: int
+    mode: str                 # "prototypes" or "adapted": the scores it was calibrated on
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent in the last call of this thread: image decoding/conversion (``load``), the
+    pre-processing kernel (``preprocess``), the network (``backbone``), top-k / prototype updates
+    (``kernels``), and ``total`` (which includes the rest: validation, bookkeeping, autosave)."""
+    load: float
+    preprocess: float
+    backbone: float
+    kernels: float
+    total: float
+    images: int
+
+    @property
+    def preprocessing(self) -> float:
+        """Everything before the network: ``load + preprocess``."""
+        return self.load + self.preprocess
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "preprocessing": self.preprocessing}
+
+
+def _to_host(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "to_numpy"):
+        return x.to_numpy()
+    return np.asarray(x)
+
+
+def _positive_finite(value, name: str, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}`: expected a number, got {type(value).__name__}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"`{name}`: expected a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return v
+
+
+class EdgeClassifier:
+    """Few-shot classifier on a device: a bundle's network + a gallery of enrolled classes.
+
+    ``bundle``: a bundle directory, a ``metaedge.Bundle``, or an already-open ``Backend`` (then ``spec`` - the
+    ``ModelSpec`` - is required and ``fingerprint`` identifies the network for the gallery).
+    ``gallery``: ``None`` (in memory), a file path (loaded if it exists, else created on the first save;
+    with ``autosave=True`` every change is saved before the call returns) or a ``Gallery``.
+    ``backend``: ``"auto"`` (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > torch), a backend name, or a
+    ``Backend`` instance. ``unknown_threshold``: scores below it are ``unknown``; by default the gallery's
+    calibrated threshold (see :meth:`calibrate_unknown`), else the bundle manifest's, else open-set detection
+    is off; ``None`` turns it off. ``support_cap``/``seed``: support memory per class kept for :meth:`adapt`
+    (new galleries only). ``max_batch``: images per backend call.
+    """
+
+    def __init__(self, bundle, gallery=None, backend="auto", unknown_threshold=_UNSET, *,
+                 spec: ModelSpec | None = None, fingerprint: str | None = None, autosave: bool = True,
+                 support_cap: int = DEFAULT_SUPPORT_CAP, seed: int = 0, max_batch: int = 32,
+                 backend_options: Mapping[str, Any] | None = None):
+        self._owns_backend = False
+        self._backend: Backend | None = None
+        self._closed = False
+        self._local = threading.local()
+        self.bundle = None
+        manifest: dict = {}
+        if isinstance(bundle, Backend):
+            if spec is None:
+                raise TypeError("EdgeClassifier(backend_instance, ...): pass spec=ModelSpec(...) describing its input "
+                                "and embeddings")
+            self._backend = bundle
+        else:
+            bundle_obj = self._load_bundle(bundle)
+            self.bundle = bundle_obj
+            spec = spec or bundle_obj.spec
+            fingerprint = fingerprint or bundle_obj.onnx_sha256
+            manifest = dict(getattr(bundle_obj, "manifest", None) or {})
+            if isinstance(backend, Backend):
+                self._backend = backend
+            else:
+                from metaedge.runtime.backends import open_backend
+                self._backend = open_backend(bundle_obj, backend=backend, **dict(backend_options or {}))
+                self._owns_backend = True
+        try:
+            if not isinstance(spec, ModelSpec):
+                raise TypeError(f"`spec`: expected a metaedge.runtime.spec.ModelSpec, got {type(spec).__name__}")
+            self.spec = spec.validate()
+            self._check_backend()
+            if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+                raise ValueError(f"`max_batch`: expected an int >= 1, got {max_batch!r}")
+            self.max_batch = max_batch
+            self.fingerprint = fingerprint
+            self.gallery = self._open_gallery(gallery, autosave, support_cap, seed)
+            self._manifest_threshold = self._default_threshold(manifest)
+            self._threshold_override = _UNSET
+            if unknown_threshold is not _UNSET:
+                self.unknown_threshold = unknown_threshold
+            self._pre_device = self._preprocess_device()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _load_bundle(bundle):
+        if isinstance(bundle, (str, os.PathLike)):
+            from metaedge.runtime.bundle import Bundle
+            return Bundle.load(bundle)
+        try:
+            from metaedge.runtime.bundle import Bundle
+        except ImportError:
+            Bundle = None
+        if Bundle is not None and isinstance(bundle, Bundle):
+            return bundle
+        raise TypeError(f"`bundle`: expected a bundle directory, a metaedge.Bundle or a Backend, got "
+                        f"{type(bundle).__name__}")
+
+    def _check_backend(self) -> None:
+        b = self._backend
+        if int(b.embedding_dim) != self.spec.embedding_dim:
+            raise GalleryMismatchError(f"backend {b.describe()} produces embeddings of dimension {b.embedding_dim}, "
+                                       f"the model spec says {self.spec.embedding_dim}")
+        shape = tuple(b.input_spec.shape)
+        if shape != tuple(self.spec.input_shape):
+            raise ValueError(f"backend {b.describe()} takes input {list(shape)}, the model spec's pre-processing "
+                             f"produces {list(self.spec.input_shape)}")
+
+    def _open_gallery(self, gallery, autosave: bool, support_cap: int, seed: int) -> Gallery:
+        dim, metric = self.spec.embedding_dim, self.spec.metric
+        if gallery is None:
+            return Gallery(dim, metric, self.fingerprint, support_cap=support_cap, seed=seed)
+        if isinstance(gallery, Gallery):
+            gallery.check_compatible(fingerprint=self.fingerprint, embedding_dim=dim, metric=metric)
+            if gallery.fingerprint is None:
+                gallery.fingerprint = self.fingerprint
+            return gallery
+        if isinstance(gallery, (str, os.PathLike)):
+            return Gallery.open(gallery, embedding_dim=dim, metric=metric, fingerprint=self.fingerprint,
+                                support_cap=support_cap, seed=seed, autosave=autosave)
+        raise TypeError(f"`gallery`: expected None, a file path or a Gallery, got {type(gallery).__name__}")
+
+    def _default_threshold(self, manifest: dict) -> float | None:
+        for source in (manifest.get("open_set") or {}, manifest, self.spec.extra):
+            value = source.get("unknown_threshold") if isinstance(source, dict) else None
+            if value is not None:
+                try:
+                    v = float(value)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(v):
+                    return v
+        return None
+
+    def _preprocess_device(self) -> str:
+        if getattr(self._backend, "output_device", "cpu") != "cuda":
+            return "cpu"
+        try:
+            from metaedge import cuda
+            return "cuda" if cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def labels(self) -> list[str]:
+        """Enrolled class labels, in enrollment order."""
+        return self.gallery.labels
+
+    def __len__(self) -> int:
+        return len(self.gallery)
+
+    def __contains__(self, label) -> bool:
+        return label in self.gallery
+
+    def classes(self) -> list[ClassInfo]:
+        """One ``ClassInfo`` per class: label, shots, support kept, enrolled/updated times, adapted."""
+        return self.gallery.classes()
+
+    @property
+    def adapted(self) -> bool:
+        return self.gallery.adapted
+
+    @property
+    def last_timings(self) -> Timings | None:
+        """Timing split of this thread's last enroll/predict call (``None`` before the first)."""
+        return getattr(self._local, "timings", None)
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        """Scores below this are ``unknown`` (``None``: open-set detection off). Set it to override the
+        calibrated/manifest value; :meth:`calibrate_unknown` sets it from data and stores it in the gallery."""
+        return self._threshold_for(self.gallery.adapted)
+
+    def _threshold_for(self, adapted: bool) -> float | None:
+        if self._threshold_override is not _UNSET:
+            return self._threshold_override
+        thresholds = self.gallery.thresholds
+        cosine = self.gallery.metric == "cosine"
+        if adapted:
+            t = thresholds.get("adapted")
+            if t is None and cosine:  # same score scale with or without adaptation
+                t = thresholds.get("prototypes")
+            return t if t is not None else (self._manifest_threshold if cosine else None)
+        t = thresholds.get("prototypes")
+        return t if t is not None else self._manifest_threshold
+
+    @unknown_threshold.setter
+    def unknown_threshold(self, value) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise TypeError(f"`unknown_threshold`: expected a number or None, got {type(value).__name__}")
+            if not math.isfinite(float(value)):
+                raise ValueError(f"`unknown_threshold`: expected a finite number, got {value}")
+            value = float(value)
+        self._threshold_override = value
+
+    def __repr__(self) -> str:
+        return (f"EdgeClassifier({self.spec.backbone}, backend={self._backend.describe() if self._backend else None}, "
+                f"{len(self.gallery)} classes, adapted={self.gallery.adapted})")
+
+    # ------------------------------------------------------------------ the pipeline
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this EdgeClassifier is closed")
+
+    def _embed(self, images) -> tuple[int, list, list, list[float]]:
+        """-> (n images, groups, embeddings per group (numpy or device), [load, preprocess, backbone] seconds)."""
+        t0 = time.perf_counter()
+        n, groups = to_groups(images, self.max_batch)
+        t1 = time.perf_counter()
+        batches = preprocess_groups(groups, self.spec.preprocess, device=self._pre_device)
+        t2 = time.perf_counter()
+        embs = []
+        for group, batch in zip(groups, batches):
+            e = self._backend.embed(batch)
+            shape = tuple(e.shape)
+            if shape != (len(group.indices), self.spec.embedding_dim):
+                raise RuntimeError(f"backend {self._backend.describe()} returned embeddings of shape {list(shape)} "
+                                   f"for {len(group.indices)} images, expected [{len(group.indices)}, "
+                                   f"{self.spec.embedding_dim}]")
+            embs.append(e)
+        t3 = time.perf_counter()
+        return n, groups, embs, [t1 - t0, t2 - t1, t3 - t2]
+
+    @staticmethod
+    def _check_finite(emb: np.ndarray, indices: np.ndarray) -> None:
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            raise ValueError(f"image {int(indices[int(np.argmax(bad))])}: the network produced NaN/Inf embeddings "
+                             f"(extreme pixel values, or a broken engine); nothing was changed")
+
+    def _host_embeddings(self, n: int, groups, embs) -> np.ndarray:
+        out = np.empty((n, self.spec.embedding_dim), np.float32)
+        for group, e in zip(groups, embs):
+            e = _to_host(e)
+            self._check_finite(e, group.indices)
+            out[group.indices] = e
+        return out
+
+    def embed(self, images) -> np.ndarray:
+        """Embeddings ``[n, d]`` (float32, numpy) of the images, in order, as the gallery stores them."""
+        self._check_open()
+        n, groups, embs, _ = self._embed(images)
+        return self._host_embeddings(n, groups, embs)
+
+    def enroll(self, label: str, images) -> ClassInfo:
+        """Add images of ``label``: a new class, or more shots of an existing one (exact running mean of all its
+        shots). Returns the class's ``ClassInfo``. Any bad input raises before anything changes."""
+        self._check_open()
+        label = check_label(label)
+        start = time.perf_counter()
+        n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
+        emb = self._host_embeddings(n, groups, embs)
+        t_k = time.perf_counter()
+        self.gallery.add(label, emb)
+        t_kernels = time.perf_counter() - t_k
+        self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
+        for info in self.gallery.classes():
+            if info.label == label:
+                return info
+        raise RuntimeError(f"class {label!r} vanished during enroll (forgotten by another thread)")
+
+    def predict(self, images, k: int = 1):
+        """Classify one image (-> ``Prediction``) or several (-> list of ``Prediction``, in order).
+
+        ``k``: how many ``(label, score)`` pairs ``topk`` holds (capped at the number of classes)."""
+        self._check_open()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"`k`: expected an int >= 1, got {k!r}")
+        single = is_single_image(images)
+        start = time.perf_counter()
+        snap: ClassMatrix = self.gallery.snapshot()
+        if len(snap) == 0:
+            raise EmptyGalleryError("predict(): no classes enrolled yet; enroll some first")
+        n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
+        t_k = time.perf_counter()
+        kk = min(int(k), len(snap))
+        scores = np.empty((n, kk), np.float32)
+        indices = np.empty((n, kk), np.int64)
+        for group, e in zip(groups, embs):
+            if isinstance(e, np.ndarray):
+                self._check_finite(e, group.indices)
+                s, i = kernels.topk(e, snap.kernel_weights, kk, snap.metric)
+            else:
+                s, i = kernels.topk(e, snap.device_weights(), kk, snap.metric)
+                s, i = _to_host(s), _to_host(i)
+            scores[group.indices], indices[group.indices] = s, i
+        t_kernels = time.perf_counter() - t_k
+        threshold = self._threshold_for(snap.adapted)
+        preds = []
+        labels = snap.labels
+        for row_s, row_i in zip(scores.tolist(), indices.tolist()):
+            top = tuple((labels[j], float(s)) for j, s in zip(row_i, row_s))
+            preds.append(Prediction(top[0][0], top[0][1], top, threshold is not None and top[0][1] < threshold))
+        self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
+        return preds[0] if single else preds
+
+    # ------------------------------------------------------------------ managing classes
+    def forget(self, label: str) -> None:
+        """Remove a class (KeyError - ``UnknownLabelError`` - if it is not enrolled)."""
+        self._check_open()
+        self.gallery.remove(label)
+
+    def rename(self, old: str, new: str) -> None:
+        self._check_open()
+        self.gallery.rename(old, new)
+
+    def save(self, path: str | os.PathLike | None = None) -> str:
+        """Write the gallery atomically (to its own path by default); returns the path."""
+        self._check_open()
+        return self.gallery.save(path)
+
+    # ------------------------------------------------------------------ adaptation
+    def adapt(self, steps: int = 100, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+              scale: float = 10.0, progress: Callable[[int, int, float], None] | None = None) -> AdaptReport:
+        """Fine-tune a cosine head on the stored support embeddings, starting from the (normalised)
+        prototypes - weight imprinting + fine-tuning with ``metaedge.kernels.adapt_head`` - and use it for
+        ``predict`` from now on. ``progress(step, steps, loss)`` is called as it goes. Classes enrolled later
+        are imprinted into the head (their prototype); :meth:`reset_adaptation` returns to pure prototypes."""
+        self._check_open()
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"`steps`: expected an int >= 1, got {steps!r}")
+        steps = int(steps)
+        lr = _positive_finite(lr, "lr")
+        momentum = _positive_finite(momentum, "momentum", allow_zero=True)
+        if momentum >= 1:
+            raise ValueError(f"`momentum`: expected a value in [0, 1), got {momentum}")
+        weight_decay = _positive_finite(weight_decay, "weight_decay", allow_zero=True)
+        scale = _positive_finite(scale, "scale")
+        start = time.perf_counter()
+        with self.gallery.transaction():
+            version = self.gallery.version
+            if len(self.gallery) < 2:
+                raise EmptyGalleryError(f"adapt(): needs at least 2 enrolled classes, the gallery has "
+                                        f"{len(self.gallery)}")
+            support, labels = self.gallery.support_set()
+            if len(support) == 0:
+                raise EmptyGalleryError("adapt(): no support embeddings stored (support_cap=0?)")
+            weights = kernels.l2_normalize(self.gallery.prototypes().copy())
+            velocity = np.zeros_like(weights)
+            losses: list[float] = []
+            chunk = steps if progress is None else max(1, steps // 20)
+            done = 0
+            while done < steps:
+                n = min(chunk, steps - done)
+                losses.extend(kernels.adapt_head(weights, support, labels, steps=n, lr=lr, momentum=momentum,
+                                                 weight_decay=weight_decay, scale=scale, velocity=velocity).tolist())
+                done += n
+                if progress is not None:
+                    progress(done, steps, losses[-1])
+            # The loss at the final weights: one step with lr=0 evaluates it with the same kernel.
+            loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=0.0, momentum=0.0,
+                                                  scale=scale)[0])
+            if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
+                raise ValueError(f"adapt(): the loss diverged (lr={lr} too high?); the classes were not changed")
+            seconds = time.perf_counter() - start
+            info = {"steps": steps, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "scale": scale,
+                    "loss_before": losses[0], "loss_after": loss_after, "seconds": seconds, "at": time.time(),
+                    "support": int(len(support))}
+            self.gallery.set_adapted(weights, info, expected_version=version)
+        return AdaptReport(steps, lr, float(losses[0]), loss_after, time.perf_counter() - start, len(self.gallery),
+                           int(len(support)), tuple(losses))
+
+    def reset_adaptation(self) -> None:
+        """Drop the adapted head; ``predict`` uses the prototypes again."""
+        self._check_open()
+        self.gallery.clear_adapted()
+
+    # ------------------------------------------------------------------ open set
+    def _score_top2(self, images, snap: ClassMatrix) -> tuple[np.ndarray, np.ndarray]:
+        emb = self.embed(images)
+        kk = min(2, len(snap))
+        return kernels.topk(emb, snap.kernel_weights, kk, snap.metric)
+
+    def calibrate_unknown(self, images_of_known, images_of_other=None, target_fpr: float = 0.05) -> CalibrationReport:
+        """Set the open-set threshold from data so that about ``target_fpr`` of non-enrolled images are
+        accepted as known, and store it in the gallery (for the current mode: prototypes or adapted).
+
+        ``images_of_known``: ``{label: images}`` of enrolled classes (preferably not the enrolled shots), or a
+        plain collection of images of enrolled classes. ``images_of_other``: images of objects that are
+        none of the classes. Without them the negatives are *impostor* scores: for each labelled known image,
+        its best score among the other classes (needs the ``{label: images}`` form and >= 2 classes).
+        """
+        self._check_open()
+        try:
+            target_fpr = float(target_fpr)
+        except (TypeError, ValueError):
+            raise TypeError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr!r}") from None
+        if not 0 < target_fpr < 1:
+            raise ValueError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr}")
+        snap = self.gallery.snapshot()
+        if len(snap) == 0:
+            raise EmptyGalleryError("calibrate_unknown(): no classes enrolled yet")
+        labelled = isinstance(images_of_known, Mapping)
+        known_scores, correct, impostor = [], [], []
+        if labelled:
+            if not images_of_known:
+                raise ImageError("`images_of_known`: empty mapping; pass {label: images} of enrolled classes")
+            for label, imgs in images_of_known.items():
+                if label not in snap.labels:
+                    raise ValueError(f"`images_of_known`: {label!r} is not an enrolled class")
+                true = snap.labels.index(label)
+                s, i = self._score_top2(imgs, snap)
+                known_scores.extend(s[:, 0].tolist())
+                correct.extend((i[:, 0] == true).tolist())
+                if s.shape[1] > 1:
+                    impostor.extend(np.where(i[:, 0] == true, s[:, 1], s[:, 0]).tolist())
+        else:
+            s, _ = self._score_top2(images_of_known, snap)
+            known_scores = s[:, 0].tolist()
+        if images_of_other is not None:
+            s, _ = self._score_top2(images_of_other, snap)
+            negatives, kind = np.asarray(s[:, 0], np.float64), "others"
+        elif labelled and impostor:
+            negatives, kind = np.asarray(impostor, np.float64), "impostors"
+        else:
+            raise ValueError("calibrate_unknown(): pass images_of_other (images of none of the classes), or "
+                             "images_of_known as {label: images} with at least 2 enrolled classes")
+        desc = np.sort(negatives)[::-1]
+        allowed = int(math.floor(target_fpr * len(desc)))
+        # Accept score >= threshold: put it just above the (allowed+1)-th highest negative.
+        threshold = float(np.nextafter(np.float32(desc[allowed]), np.float32(np.inf))) if allowed < len(desc) \
+            else float(desc[-1])
+        known = np.asarray(known_scores, np.float64)
+        mode = "adapted" if snap.adapted else "prototypes"
+        report = CalibrationReport(
+            threshold=threshold, target_fpr=target_fpr, fpr=float(np.mean(negatives >= threshold)),
+            known_accept_rate=float(np.mean(known >= threshold)),
+            known_correct_rate=float(np.mean((known >= threshold) & np.asarray(correct, bool))) if labelled else None,
+            negatives=kind, n_known=len(known), n_negative=len(negatives), mode=mode)
+        self.gallery.set_threshold(mode, threshold)
+        self._threshold_override = _UNSET
+        return report
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Release the backend (if this classifier opened it). Unsaved changes of a gallery without autosave
+        are not written - call :meth:`save`. Idempotent."""
+        self._closed = True
+        if self._owns_backend and self._backend is not None:
+            self._owns_backend = False
+            self._backend.close()
+
+    def __enter__(self) -> "EdgeClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

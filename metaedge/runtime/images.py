@@ -1,0 +1,221 @@
+"""Turn whatever a caller holds into uint8 pixel batches, then into network input.
+
+Accepted images: file paths (``str`` / ``os.PathLike``), encoded bytes, PIL images, numpy uint8 arrays
+``[h, w]`` or ``[h, w, c]`` with c in {1, 3, 4} (one image) or ``[n, h, w, c]`` (a batch), and lists/tuples/
+iterables mixing them. Images of different sizes are allowed: they are grouped by shape, so each group is
+one contiguous ``[n, h, w, c]`` batch for ``metaedge.kernels.preprocess``, and results are put back in the
+caller's order.
+
+Every problem is an :class:`ImageError` (a ``ValueError``) or a ``TypeError`` that says which image
+(index, file name) and what was expected; nothing is decoded lazily after the checks, so a caller can
+validate all its inputs before changing any state.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+__all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups",
+           "preprocess_groups"]
+
+_CHANNELS = (1, 3, 4)
+# PIL modes whose pixels are already uint8 in a layout preprocess understands.
+_DIRECT_MODES = {"L": 1, "RGB": 3, "RGBA": 4}
+
+
+class ImageError(ValueError):
+    """An image could not be read or has an unusable shape/dtype; the message names the image."""
+
+
+@dataclass(frozen=True)
+class ImageGroup:
+    """Images of one shape: ``pixels[n, h, w, c]`` uint8 and their positions in the caller's order."""
+    indices: np.ndarray   # int64 [n]
+    pixels: np.ndarray    # uint8 [n, h, w, c], C-contiguous
+
+
+def _describe(item: Any, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return f"image {index} ({os.fspath(item)!r})"
+    return f"image {index} ({type(item).__name__})"
+
+
+def _is_pil(obj) -> bool:
+    # Checked by class name so that PIL is imported only when a caller actually passes files or PIL images.
+    return any(cls.__module__.startswith("PIL.") and cls.__name__ == "Image" for cls in type(obj).__mro__)
+
+
+def _pil_to_array(img, what: str) -> np.ndarray:
+    mode = img.mode
+    if mode in _DIRECT_MODES:
+        arr = np.asarray(img, dtype=np.uint8)
+    elif mode in ("I;16", "I;16B", "I;16L"):  # 16-bit gray (e.g. some PNGs): keep the top 8 bits
+        arr = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+    elif mode in ("I", "F"):
+        raise ImageError(f"{what}: PIL mode {mode!r} (32-bit integer/float pixels) has no defined 0..255 range; "
+                         f"convert it to 'L' or 'RGB' first")
+    else:  # 1, P, LA, PA, CMYK, YCbCr, LAB, HSV, ...: let PIL do the colour maths
+        has_alpha = "A" in mode or (mode == "P" and "transparency" in img.info)
+        target = "RGBA" if has_alpha else ("L" if mode in ("1",) else "RGB")
+        arr = np.asarray(img.convert(target), dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def _decode(data: bytes | os.PathLike | str, what: str) -> np.ndarray:
+    from metaedge._optional import require
+    pil = require("PIL.Image", "reading image files")
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
+    if not isinstance(source, io.BytesIO):
+        if not os.path.exists(source):
+            raise ImageError(f"{what}: no such file")
+        if os.path.isdir(source):
+            raise ImageError(f"{what}: is a directory, not an image file")
+    try:
+        with pil.open(source) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            return _pil_to_array(img, what)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for unknown/truncated/corrupt files
+        raise ImageError(f"{what}: cannot decode as an image ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # e.g. DecompressionBombError or a plugin bug: still name the file
+        raise ImageError(f"{what}: cannot decode as an image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_array(arr: np.ndarray, what: str) -> np.ndarray:
+    """A single image array -> [h, w, c] uint8, or a batch -> [n, h, w, c] uint8."""
+    if arr.dtype != np.uint8:
+        detail = ""
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)):
+                detail = " (and it contains NaN or Inf values)"
+            hint = ("; convert floats in [0, 1] with (x * 255).round().astype(np.uint8), in [0, 255] with "
+                    "x.round().astype(np.uint8)")
+        elif arr.dtype.kind in "iub":
+            hint = "; convert with np.clip(x, 0, 255).astype(np.uint8)"
+        else:
+            hint = ""
+        raise TypeError(f"{what}: expected uint8 pixels (0..255), got dtype {arr.dtype}{detail}{hint}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim == 3:
+        if arr.shape[2] not in _CHANNELS:
+            raise ImageError(f"{what}: expected [h, w], [h, w, c] with c in {_CHANNELS} or [n, h, w, c]; got shape "
+                             f"{tuple(arr.shape)} (a batch of gray images must be [n, h, w, 1])")
+    elif arr.ndim == 4:
+        if arr.shape[3] not in _CHANNELS:
+            raise ImageError(f"{what}: a batch must be [n, h, w, c] with c in {_CHANNELS}; got shape "
+                             f"{tuple(arr.shape)}")
+    else:
+        raise ImageError(f"{what}: expected [h, w], [h, w, c] or [n, h, w, c]; got {arr.ndim}-d shape "
+                         f"{tuple(arr.shape)}")
+    spatial = arr.shape[-3:-1]
+    if min(spatial) < 1:
+        raise ImageError(f"{what}: empty image (height x width = {spatial[0]} x {spatial[1]})")
+    return arr
+
+
+def is_single_image(images) -> bool:
+    """True when ``images`` is one image (path, bytes, PIL image, 2-d/3-d array), not a collection."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(images):
+        return True
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)
+    return False
+
+
+def _iter_items(images) -> Iterable:
+    if is_single_image(images) or isinstance(images, np.ndarray):
+        return [images]
+    if isinstance(images, dict):
+        raise TypeError("images: expected an image, a batch array or a sequence of images, got a dict")
+    try:
+        return list(images)
+    except TypeError:
+        raise TypeError(f"images: expected a file path, PIL image, uint8 array or a sequence of them, "
+                        f"got {type(images).__name__}") from None
+
+
+def load_images(images) -> list[np.ndarray]:
+    """Every image as a ``[h, w, c]`` uint8 array (views where possible), in order.
+
+    Raises ``ImageError``/``TypeError`` naming the first bad image; an empty collection is an error.
+    """
+    out: list[np.ndarray] = []
+    for index, item in enumerate(_iter_items(images)):
+        what = _describe(item, index)
+        if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+            out.append(_decode(item, what))
+        elif _is_pil(item):
+            try:
+                out.append(_pil_to_array(item, what))
+            except ImageError:
+                raise
+            except Exception as exc:
+                raise ImageError(f"{what}: cannot read PIL image ({type(exc).__name__}: {exc})") from None
+        elif isinstance(item, np.ndarray) or hasattr(item, "__array_interface__") or hasattr(item, "__array__"):
+            arr = _check_array(np.asarray(item), what)
+            if arr.ndim == 4 and arr.shape[0] == 0:
+                raise ImageError(f"{what}: empty batch (0 images)")
+            out.extend(arr if arr.ndim == 4 else [arr])
+        elif isinstance(item, (list, tuple)):
+            raise TypeError(f"{what}: nested sequences are not images; pass numpy arrays, PIL images or paths")
+        else:
+            raise TypeError(f"{what}: expected a file path, PIL image or uint8 array, got {type(item).__name__}")
+    if not out:
+        raise ImageError("images: got an empty collection; pass at least one image")
+    return out
+
+
+def group_by_shape(images: list[np.ndarray], max_batch: int | None = None) -> list[ImageGroup]:
+    """Stack same-shape images into contiguous batches (at most ``max_batch`` each), keeping their indices."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    groups = []
+    for idx in by_shape.values():
+        step = max_batch or len(idx)
+        for start in range(0, len(idx), step):
+            part = idx[start:start + step]
+            pixels = np.ascontiguousarray(np.stack([images[i] for i in part]))
+            groups.append(ImageGroup(np.asarray(part, np.int64), pixels))
+    return groups
+
+
+def _single_batch(images) -> np.ndarray | None:
+    """Fast path for the real-time case: one uint8 array that is already a valid image or batch."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        try:
+            arr = _check_array(images, "images")
+        except ImageError:
+            return None
+        return np.ascontiguousarray(arr if arr.ndim == 4 else arr[None])
+    return None
+
+
+def to_groups(images, max_batch: int | None = None) -> tuple[int, list[ImageGroup]]:
+    """``(number of images, shape groups)`` for any accepted input."""
+    batch = _single_batch(images)
+    if batch is not None and batch.shape[0] > 0 and (max_batch is None or batch.shape[0] <= max_batch):
+        return batch.shape[0], [ImageGroup(np.arange(batch.shape[0], dtype=np.int64), batch)]
+    loaded = load_images(images)
+    return len(loaded), group_by_shape(loaded, max_batch)
+
+
+def preprocess_groups(groups: list[ImageGroup], spec, device: str = "cpu") -> list:
+    """Run ``spec.apply`` (a ``PreprocessSpec``) on each group; on ``device="cuda"`` the pixels are uploaded
+    first so the fused CUDA kernel does the work and the result stays on the GPU."""
+    out = []
+    for group in groups:
+        pixels = group.pixels
+        if device == "cuda":
+            from metaedge import cuda
+            pixels = cuda.DeviceArray.from_numpy(pixels)
+        out.append(spec.apply(pixels))
+    return out

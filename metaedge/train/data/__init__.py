@@ -1,0 +1,15 @@
+"""Few-shot data: sources decoded once into an in-memory uint8 cache, and reproducible samplers.
+
+- ``SyntheticGlyphs``: built-in procedural characters (offline default, seconds to build);
+- ``Omniglot``: the original zips or the torchvision layout, alphabets as groups, rotations as classes;
+- ``ImageFolderDataset``: one folder per class;
+- ``TaskSampler`` (N-way K-shot Q-query episodes), ``ClassBalancedBatchSampler`` (supervised batches).
+"""
+from metaedge.train.data.base import DataError, FewShotDataset, resize_and_color
+from metaedge.train.data.folder import ImageFolderDataset
+from metaedge.train.data.omniglot import Omniglot
+from metaedge.train.data.samplers import ClassBalancedBatchSampler, Episode, TaskSampler
+from metaedge.train.data.synthetic import SyntheticGlyphs
+
+__all__ = ["DataError", "FewShotDataset", "resize_and_color", "ImageFolderDataset", "Omniglot", "SyntheticGlyphs",
+           "TaskSampler", "ClassBalancedBatchSampler", "Episode"]
