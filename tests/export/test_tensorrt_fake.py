@@ -154,3 +154,17 @@ def test_backend_refuses_stale_engines_and_missing_pieces(bundle_copy):
         TensorRTBackend(bundle_copy, memory=memory, trt=bad, device=ORIN)
     with pytest.raises(BackendUnavailable, match="(?i)cuda"):
         TensorRTBackend(bundle_copy, trt=make_fake_tensorrt("10.3.0", memory), device=ORIN)  # real metaedge.cuda
+
+
+def test_backend_embed_is_safe_from_several_threads(bundle_copy, tiny_model):
+    from concurrent.futures import ThreadPoolExecutor
+    memory = FakeMemory()
+    trt = make_fake_tensorrt("10.3.0", memory=memory)
+    backend = TensorRTBackend(bundle_copy, precision="fp32", max_batch=3, memory=memory, trt=trt, device=ORIN)
+    inputs = [np.random.default_rng(i).standard_normal((1 + i % 7, 1, 12, 12)).astype(np.float32)
+              for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda x: backend.embed(x).to_numpy(), inputs))
+    with torch.no_grad():
+        for x, got in zip(inputs, outs):
+            np.testing.assert_allclose(got, tiny_model(torch.from_numpy(x)).numpy(), atol=1e-5)

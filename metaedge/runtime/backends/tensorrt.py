@@ -10,6 +10,7 @@ Imports tensorrt when a backend is created, never at module import.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +52,9 @@ class TensorRTBackend(Backend):
     """``precision``: ``"auto"`` (fp16 where this TensorRT can build it from the bundle), ``"fp16"`` or
     ``"fp32"``; ``max_batch``: the engine's batch range (larger batches run in chunks). ``stream``: a
     ``cudaStream_t`` handle (int); 0, the legacy default stream, orders the engine with metaedge's kernels and
-    copies without extra synchronisation. ``build=False`` refuses to build a missing engine (fails fast)."""
+    copies without extra synchronisation. ``build=False`` refuses to build a missing engine (fails fast).
+    Thread-safe: an execution context holds per-call shapes and addresses, so concurrent ``embed`` calls take
+    turns enqueueing (the GPU serialises them on the stream anyway)."""
 
     name = "tensorrt"
 
@@ -114,6 +117,7 @@ class TensorRTBackend(Backend):
         self._dim = spec.embedding_dim
         self._plan = plan_path
         self._inflight_input = None
+        self._lock = threading.Lock()
 
     @property
     def input_spec(self) -> InputSpec:
@@ -168,16 +172,20 @@ class TensorRTBackend(Backend):
         out, out_ptr = self._memory.empty((b, self._dim))
         c, h, w = self._input.shape
         name_in, name_out = self._input.name, self._bundle.spec.output_name
-        for start in range(0, b, self._max_batch):
-            n = min(self._max_batch, b - start)
-            if not self._context.set_input_shape(name_in, (n, c, h, w)):
-                raise RuntimeError(f"TensorRT rejected input shape {[n, c, h, w]}")
-            self._context.set_tensor_address(name_in, in_ptr + start * c * h * w * _F32)
-            self._context.set_tensor_address(name_out, out_ptr + start * self._dim * _F32)
-            if not self._context.execute_async_v3(self._stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed: " + "; ".join(self._logger.errors[-3:]))
-        # The engine may still be reading the input when we return: keep it alive until the next call.
-        self._inflight_input = keep
+        with self._lock:
+            context = self._context
+            if context is None:
+                raise RuntimeError("tensorrt backend is closed")
+            for start in range(0, b, self._max_batch):
+                n = min(self._max_batch, b - start)
+                if not context.set_input_shape(name_in, (n, c, h, w)):
+                    raise RuntimeError(f"TensorRT rejected input shape {[n, c, h, w]}")
+                context.set_tensor_address(name_in, in_ptr + start * c * h * w * _F32)
+                context.set_tensor_address(name_out, out_ptr + start * self._dim * _F32)
+                if not context.execute_async_v3(self._stream):
+                    raise RuntimeError("TensorRT execute_async_v3 failed: " + "; ".join(self._logger.errors[-3:]))
+            # The engine may still be reading the input when we return: keep it alive until the next call.
+            self._inflight_input = keep
         return out
 
     def describe(self) -> str:
@@ -186,7 +194,8 @@ class TensorRTBackend(Backend):
                 f"{k.gpu_name} (sm {k.compute_capability}), engine {self._plan.name}")
 
     def close(self) -> None:
-        self._inflight_input = None
-        self._context = None
-        self._engine = None
-        self._runtime = None
+        with self._lock:
+            self._inflight_input = None
+            self._context = None
+            self._engine = None
+            self._runtime = None
