@@ -204,9 +204,10 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
 
     All steps run in one native call. On the CPU the kernel picks, by flop count, between the direct
     algorithm (two ``n x C x d`` products per step) and an exact reformulation in the span of the
-    normalised support rows (one ``n x n x C`` product per step; faster when ``n < 2 d``, the few-shot case);
-    both agree with a float64 reference to float32 rounding. ``METAEDGE_ADAPT_HEAD_ALGO=direct|span``
-    forces one (diagnostics).
+    normalised support rows (one ``n x n x C`` product per step; faster when ``n < 2 d``, the few-shot case,
+    and handing the remaining steps to the direct one if steps grow far larger than ``||W_c||``); both agree
+    with a float64 reference to float32 rounding. ``METAEDGE_ADAPT_HEAD_ALGO=direct|span`` forces the first
+    choice (diagnostics).
     """
     _same_side(weights=weights, support=support, labels=labels, velocity=velocity)
     _inplace(weights, "weights", np.float32)

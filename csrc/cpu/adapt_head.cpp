@@ -5,11 +5,10 @@
 //  * direct: per step two sgemms (logits = Sn W^T, G = R^T Sn, each n*C*d) plus fused O(nC) and O(Cd) passes.
 //  * span: the normalised support rows Sn are fixed and every gradient lies in span{Sn rows, W_c}, so
 //    W_c = a_c W0_c + b_c V0_c + A_c Sn and V_c = p_c W0_c + q_c V0_c + B_c Sn at every step. Tracking the raw
-//    logits s = Sn W^T, r = Sn V^T, the coefficients and the per-class scalars |W|^2, W.V, |V|^2 needs one
-//    n x n x C product per step (K R with the Gram matrix K = Sn Sn^T) instead of two n x C x d products, and
-//    W, V are rebuilt once at the end. Nothing is solved or inverted, so it is as well conditioned as the
-//    direct path (no loss of accuracy when support rows are (nearly) collinear). It wins when n < 2d, the
-//    few-shot case.
+//    logits s = Sn W^T, r = Sn V^T and the coefficients (|W_c|^2 follows from them in O(n)) needs one
+//    n x n x C product per step (R K with the Gram matrix K = Sn Sn^T) instead of two n x C x d products, and
+//    W, V are rebuilt once at the end. Nothing is solved or inverted, so (nearly) collinear support rows cost
+//    no accuracy; its rounding errors are those of the direct path. It wins when n < 2d, the few-shot case.
 // Both allocate their workspace once per call. METAEDGE_ADAPT_HEAD_ALGO=direct|span forces one (diagnostics,
 // tests); anything else means auto. The per-step loops (adapt_head_impl.h) are compiled for the baseline and
 // for AVX2+FMA and picked by simd_target() like gemm and topk (METAEDGE_CPU_SIMD caps it).
@@ -112,11 +111,15 @@ void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& sup
     run_direct = &adapt_avx2::run_direct;
   }
 #endif
+  int64_t done = 0;
   if (algo == Algo::kSpan)
-    run_span(W, V, support.ptr<float>(), labels.ptr<int64_t>(), losses.ptr<float>(), C, d, n, hyper,
-             has_velocity);
-  else
-    run_direct(W, V, support.ptr<float>(), labels.ptr<int64_t>(), losses.ptr<float>(), C, d, n, hyper);
+    done = run_span(W, V, support.ptr<float>(), labels.ptr<int64_t>(), losses.ptr<float>(), C, d, n, hyper,
+                    has_velocity);
+  if (done < steps) {
+    Hyper rest = hyper;
+    rest.steps = steps - done;
+    run_direct(W, V, support.ptr<float>(), labels.ptr<int64_t>(), losses.ptr<float>() + done, C, d, n, rest);
+  }
 }
 
 }  // namespace metaedge::cpu

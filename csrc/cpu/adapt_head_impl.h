@@ -153,27 +153,75 @@ void run_direct(float* W, float* V, const float* S, const int64_t* y, float* los
   }
 }
 
-void run_span(float* W, float* V, const float* S, const int64_t* y, float* losses, int64_t C, int64_t d,
-              int64_t n, const Hyper& h, bool has_velocity) {
+// Returns the number of steps taken: fewer than h.steps when the representation stopped being accurate
+// (see `rebuild`); W and V are then those of that step and the caller finishes with run_direct.
+int64_t run_span(float* W, float* V, const float* S, const int64_t* y, float* losses, int64_t C, int64_t d,
+                 int64_t n, const Hyper& h, bool has_velocity) {
   const std::vector<float> Sn = normalized_support(S, n, d);
   std::vector<float> gram(static_cast<size_t>(n * n));
   gram_matrix(Sn.data(), n, d, gram.data());
+  // |A Sn| <= sqrt(lambda_max(K)) |A|, and lambda_max(K) <= the largest absolute row sum (Gershgorin).
+  double gram_bound = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    double row = 0.0;
+    for (int64_t j = 0; j < n; ++j) row += std::fabs(gram[i * n + j]);
+    gram_bound = std::max(gram_bound, row);
+  }
+  const double support_gain = std::sqrt(gram_bound);
   // All [C, n], class-major so that every per-class pass is a contiguous loop over the samples: s = W Sn^T
-  // and r = V Sn^T (the raw logits and their velocity), the loss gradient R and R K, and the coefficients
-  // A, B of W and V on the support rows.
+  // and r = V Sn^T (the raw logits and their velocity), the loss gradient R and R K, the coefficients A, B
+  // of W and V on the support rows, and s0, r0: s and r when the coefficients were last reset.
   const size_t Cn = static_cast<size_t>(C * n);
-  std::vector<float> s(Cn), r(Cn, 0.f), R(Cn), RK(Cn), A(Cn, 0.f), B(Cn, 0.f);
+  std::vector<float> s(Cn), r(Cn, 0.f), R(Cn), RK(Cn), A(Cn, 0.f), B(Cn, 0.f), s0(Cn), r0(Cn);
   const bool parallel_setup = n * C * d > kParallelGemm;
   sgemm(false, true, C, n, d, 1.f, W, d, Sn.data(), d, 0.f, s.data(), n, parallel_setup);
   if (has_velocity) sgemm(false, true, C, n, d, 1.f, V, d, Sn.data(), d, 0.f, r.data(), n, parallel_setup);
-  // Per class: |W|^2, W.V, |V|^2 and the coefficients of W0 and V0 in W (a, b) and in V (p, q).
-  std::vector<double> ww(C), wv(C), vv(C), a(C, 1.0), b(C, 0.0), p(C, 0.0), q(C, 1.0);
-  for (int64_t c = 0; c < C; ++c) {
-    const float *w = W + c * d, *v = V + c * d;
-    ww[c] = row_dot(w, w, d);
-    wv[c] = has_velocity ? row_dot(w, v, d) : 0.0;
-    vv[c] = has_velocity ? row_dot(v, v, d) : 0.0;
-  }
+  // Per class: the coefficients of W0 and V0 (W and V at the last reset) in W (a, b) and in V (p, q), the
+  // Gram entries of W0 and V0, and |W|^2, evaluated from the coefficients at every step. (Propagating |W|^2
+  // through |g|^2 would subtract nearly equal squares whenever the gradient is nearly radial.)
+  std::vector<double> a(C), b(C), p(C), q(C), ww(C), ww0(C), wv0(C), vv0(C);
+  std::vector<float> from_support_w(static_cast<size_t>(C * d)), from_support_v(static_cast<size_t>(C * d));
+
+  // W <- diag(a) W0 + diag(b) V0 + A Sn, V <- diag(p) W0 + diag(q) V0 + B Sn (`first`: only initialise the
+  // coefficients). The rounding error of the representation is float epsilon times the ratio of its terms
+  // to |W| (squared for |W|^2, and s drifts from Sn W by as much). The ratio stays near 1 while steps are
+  // small against |W|; steps much larger than |W| make a W0 and A Sn nearly cancel, and then the remaining
+  // steps are left to the direct algorithm, whose error grows only linearly with the step size.
+  auto rebuild = [&](bool first) {
+    if (!first) {
+      sgemm(false, false, C, d, n, 1.f, A.data(), n, Sn.data(), d, 0.f, from_support_w.data(), d, parallel_setup);
+      sgemm(false, false, C, d, n, 1.f, B.data(), n, Sn.data(), d, 0.f, from_support_v.data(), d, parallel_setup);
+    }
+#pragma omp parallel for schedule(static) if (C * d > kParallelWork)
+    for (int64_t c = 0; c < C; ++c) {
+      float* w = W + c * d;
+      float* v = V + c * d;
+      if (!first) {
+        const float ac = static_cast<float>(a[c]), bc = static_cast<float>(b[c]);
+        const float pc = static_cast<float>(p[c]), qc = static_cast<float>(q[c]);
+        const float* sw = from_support_w.data() + c * d;
+        const float* sv = from_support_v.data() + c * d;
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) {
+          const float w0 = w[j], v0 = v[j];
+          w[j] = ac * w0 + bc * v0 + sw[j];
+          v[j] = pc * w0 + qc * v0 + sv[j];
+        }
+      }
+      ww[c] = ww0[c] = row_dot(w, w, d);
+      wv0[c] = row_dot(w, v, d);
+      vv0[c] = row_dot(v, v, d);
+      a[c] = q[c] = 1.0;
+      b[c] = p[c] = 0.0;
+    }
+    std::fill(A.begin(), A.end(), 0.f);
+    std::fill(B.begin(), B.end(), 0.f);
+    s0 = s;
+    r0 = r;
+  };
+  rebuild(true);
+  constexpr double kMaxGrowth = 8.0;
+
   std::vector<float> peak(n), sum(n), label_logit(n);
   ClassNorms norms(C);
   const bool parallel_gemm = n * n * C > kParallelGemm;
@@ -219,6 +267,7 @@ void run_span(float* W, float* V, const float* S, const int64_t* y, float* losse
     // R K = (K R^T)^T: row c is Sn G_c with G_c = sum_i R_ci Sn_i (K is symmetric).
     sgemm(false, false, C, n, n, 1.f, R.data(), n, gram.data(), n, 0.f, RK.data(), n, parallel_gemm);
     // g_c = G_c/|W_c| + kappa_c W_c; Sn g_c = (R K)_c/|W_c| + kappa_c s_c; v <- m v + g; W <- W - lr v.
+    bool degenerate = false;
     for (int64_t c = 0; c < C; ++c) {
       float* sc = s.data() + c * n;
       float* rc = r.data() + c * n;
@@ -226,51 +275,50 @@ void run_span(float* W, float* V, const float* S, const int64_t* y, float* losse
       float* Bc = B.data() + c * n;
       const float* Rc = R.data() + c * n;
       const float* RKc = RK.data() + c * n;
-      const double w_dot_g = row_dot(Rc, sc, n), v_dot_g = row_dot(Rc, rc, n), g_dot_g = row_dot(Rc, RKc, n);
+      const double w_dot_g = row_dot(Rc, sc, n);
       const double inv = norms.inv[c], k = norms.kappa(c, w_dot_g, h.weight_decay);
       const float inv_f = static_cast<float>(inv), k_f = static_cast<float>(k);
-#pragma omp simd
+      const float* s0c = s0.data() + c * n;
+      const float* r0c = r0.data() + c * n;
+      double a_dot_s0 = 0.0, a_dot_r0 = 0.0, a_dot_s = 0.0;
+      float a_squares = 0.f, b_squares = 0.f;
+#pragma omp simd reduction(+ : a_dot_s0, a_dot_r0, a_dot_s, a_squares, b_squares)
       for (int64_t i = 0; i < n; ++i) {
         const float rv = m_f * rc[i] + (RKc[i] * inv_f + k_f * sc[i]);
         rc[i] = rv;
-        sc[i] -= lr_f * rv;
+        const float si = sc[i] - lr_f * rv;
+        sc[i] = si;
         const float bv = m_f * Bc[i] + (Rc[i] * inv_f + k_f * Ac[i]);
         Bc[i] = bv;
-        Ac[i] -= lr_f * bv;
+        const float ai = Ac[i] - lr_f * bv;
+        Ac[i] = ai;
+        a_dot_s0 += static_cast<double>(ai) * s0c[i];
+        a_dot_r0 += static_cast<double>(ai) * r0c[i];
+        a_dot_s += static_cast<double>(ai) * si;
+        a_squares += ai * ai;
+        b_squares += bv * bv;
       }
-      // The same step on the scalars: |g|^2, g.W, g.V, then v' = m v + g and W' = W - lr v'.
-      const double gg = g_dot_g * inv * inv + 2.0 * k * inv * w_dot_g + k * k * ww[c];
-      const double gw = w_dot_g * inv + k * ww[c];
-      const double gv = v_dot_g * inv + k * wv[c];
-      const double vv_next = m * m * vv[c] + 2.0 * m * gv + gg;
-      const double wv_mid = m * wv[c] + gw;  // W . v', before W moves
-      ww[c] = std::max(ww[c] - 2.0 * lr * wv_mid + lr * lr * vv_next, 0.0);
-      wv[c] = wv_mid - lr * vv_next;
-      vv[c] = vv_next;
       p[c] = m * p[c] + k * a[c];
       q[c] = m * q[c] + k * b[c];
       a[c] -= lr * p[c];
       b[c] -= lr * q[c];
+      // |W|^2 = a W0.W + b V0.W + A.(Sn W), with W0.W = a |W0|^2 + b W0.V0 + A.s0, V0.W likewise.
+      const double w0_dot_w = a[c] * ww0[c] + b[c] * wv0[c] + a_dot_s0;
+      const double v0_dot_w = a[c] * wv0[c] + b[c] * vv0[c] + a_dot_r0;
+      ww[c] = std::max(a[c] * w0_dot_w + b[c] * v0_dot_w + a_dot_s, 0.0);
+      // Bounds on the terms that sum to W and to lr V.
+      const double w0_norm = std::sqrt(ww0[c]), v0_norm = std::sqrt(vv0[c]);
+      const double w_terms = std::fabs(a[c]) * w0_norm + std::fabs(b[c]) * v0_norm +
+                             support_gain * std::sqrt(static_cast<double>(a_squares));
+      const double v_terms = std::fabs(p[c]) * w0_norm + std::fabs(q[c]) * v0_norm +
+                             support_gain * std::sqrt(static_cast<double>(b_squares));
+      if (w_terms + lr * v_terms > kMaxGrowth * std::max(std::sqrt(ww[c]), kNormEps)) degenerate = true;
+    }
+    if (degenerate) {
+      rebuild(false);
+      return t + 1;
     }
   }
-
-  // W = diag(a) W0 + diag(b) V0 + A Sn and V = diag(p) W0 + diag(q) V0 + B Sn.
-  std::vector<float> from_support_w(static_cast<size_t>(C * d)), from_support_v(static_cast<size_t>(C * d));
-  sgemm(false, false, C, d, n, 1.f, A.data(), n, Sn.data(), d, 0.f, from_support_w.data(), d, parallel_setup);
-  sgemm(false, false, C, d, n, 1.f, B.data(), n, Sn.data(), d, 0.f, from_support_v.data(), d, parallel_setup);
-#pragma omp parallel for schedule(static) if (C * d > kParallelWork)
-  for (int64_t c = 0; c < C; ++c) {
-    const float ac = static_cast<float>(a[c]), bc = static_cast<float>(b[c]);
-    const float pc = static_cast<float>(p[c]), qc = static_cast<float>(q[c]);
-    float* w = W + c * d;
-    float* v = V + c * d;
-    const float* sw = from_support_w.data() + c * d;
-    const float* sv = from_support_v.data() + c * d;
-#pragma omp simd
-    for (int64_t j = 0; j < d; ++j) {
-      const float w0 = w[j], v0 = v[j];
-      w[j] = ac * w0 + bc * v0 + sw[j];
-      v[j] = pc * w0 + qc * v0 + sv[j];
-    }
-  }
+  rebuild(false);
+  return h.steps;
 }
