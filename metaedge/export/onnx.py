@@ -295,6 +295,8 @@ def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False,
         results = verify.check_parity(reference, _ort_runner(onnx_path, spec), spec, images=real, seed=seed)
         for r in results:
             say(f"  parity fp32 {r}")
+        if real is None:
+            say("  (no real images given: parity on seeded random inputs only; pass images= / --images DIR|ZIP)")
         fp32 = verify.summarize(results, tolerance_abs=tolerance)
         if not fp32["passed"]:
             raise ExportError(f"fp32 ONNX does not match torch: max abs error {fp32['max_abs']:.3e} > tolerance "
