@@ -160,3 +160,15 @@ def test_training_inputs_match_device_preprocess(rng, src, dst, color):
     device_input = pre.apply(img[None])
     training_input = FewShotDataset(resize_and_color([img], dst, color), [0], ["a"], pre).batch([0]).numpy()
     assert np.abs(device_input - training_input).max() <= 0.5 / 255 / 0.5 + 1e-6
+
+
+def test_split_keeps_rotations_of_a_character_together():
+    from metaedge.runtime.spec import PreprocessSpec
+    names = [f"A/char{i}" for i in range(10)]
+    names += [f"{n}/rot{deg}" for deg in (90, 180) for n in names[:10]]
+    images = torch.zeros(len(names), 1, 2, 2, dtype=torch.uint8)
+    ds = FewShotDataset(images, range(len(names)), names, PreprocessSpec(size=(2, 2), color="gray"))
+    train, val = ds.split((0.7, 0.3), seed=0)
+    base = lambda n: n.split("/rot")[0]  # noqa: E731
+    assert not {base(n) for n in train.class_names} & {base(n) for n in val.class_names}
+    assert val.num_classes == 9
