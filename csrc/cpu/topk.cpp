@@ -88,18 +88,19 @@ ScoringLoops scoring_loops() {
 
 enum StreamMode { kStreamDot = 0, kStreamDotAndNorm = 1, kStreamSquaredDistance = 2 };
 
-// Batches from this size use the gemm path. METAEDGE_TOPK_GEMM_MIN_BATCH overrides it (tests use it to run
-// both paths on the same inputs; benchmarks to find the crossover).
-int64_t gemm_min_batch() {
-  static const int64_t value = [] {
+// Batches from this size use the gemm path. Measured on AVX-512 (Zen 4, one thread, C = 50k): with long rows
+// the stream path's extra work per query (a horizontal sum per row) is cheap next to the row, and it wins up
+// to ~10 queries; with short rows (d = 64) the gemm path wins from 3-4 queries.
+// METAEDGE_TOPK_GEMM_MIN_BATCH overrides it (tests use it to run both paths on the same inputs; benchmarks to
+// find the crossover).
+int64_t gemm_min_batch(int64_t d) {
+  static const int64_t forced = [] {
     const char* env = std::getenv("METAEDGE_TOPK_GEMM_MIN_BATCH");
-    if (env != nullptr && *env != '\0') {
-      const long long parsed = std::atoll(env);
-      if (parsed >= 1) return static_cast<int64_t>(parsed);
-    }
-    return static_cast<int64_t>(4);
+    const long long parsed = env != nullptr ? std::atoll(env) : 0;
+    return static_cast<int64_t>(parsed >= 1 ? parsed : 0);
   }();
-  return value;
+  if (forced > 0) return forced;
+  return d >= 256 ? 10 : 4;
 }
 
 constexpr int64_t kStreamQueriesPerPass = 4;  // stream_rows handles up to 4 queries per read of a row
@@ -293,7 +294,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   const float* P = protos.ptr<float>();
   const float* Q = queries.ptr<float>();
   const ScoringLoops loops = scoring_loops();
-  const bool use_gemm = b >= gemm_min_batch();
+  const bool use_gemm = b >= gemm_min_batch(d);
 
   // Per-query preparation: unit queries for cosine (exactly, in double: tiny or huge queries are fine), squared
   // norms for the expanded euclidean form.
@@ -322,7 +323,10 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   Transform transform = Transform::kIdentity;
   if (metric == Metric::kCosine) transform = Transform::kScaleByClass;
   if (metric == Metric::kEuclidean) transform = use_gemm ? Transform::kNegateExpanded : Transform::kNegate;
-  const bool needs_sumsq = metric != Metric::kDot && (use_gemm || metric == Metric::kCosine);
+  // The gemm path runs the sum-of-squares pass for dot too: that sequential read brings the block into L2
+  // at full bandwidth, and the gemm's packing, which reads 16 rows at a time, then hits L2 instead of DRAM
+  // (measured faster than packing straight from memory).
+  const bool needs_sumsq = use_gemm || metric == Metric::kCosine;
 
   // Blocks: the stream path takes all queries at once; the gemm path blocks queries so that a block of
   // classes (rows of `protos`) plus its score buffer stays in L2 (~512 KiB).
