@@ -27,8 +27,11 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda_common.cuh"
@@ -263,25 +266,34 @@ __device__ __forceinline__ float score_of_key(uint32_t key) {
 
 // ---- prep ----------------------------------------------------------------------------------------------
 
-// Also the NaN/Inf check of `queries` (first bad flat index into *bad_query).
+// Also the NaN/Inf check of `queries`: flags[2 + row] = flat index of the row's first bad element (or
+// ULLONG_MAX). Block 0 initialises flags[0] (first bad element of protos) and flags[1] (first non-finite
+// score), which only the kernels after this one touch, so no separate memset is needed.
 template <typename T>
 __global__ void topk_prep_kernel(const T* __restrict__ q, int64_t d, int metric, float* qf, float* qsq,
-                                 unsigned long long* bad_query) {
+                                 unsigned long long* flags) {
   __shared__ double scratch[32];
+  __shared__ unsigned long long first_bad;
   const int64_t row = blockIdx.x;
   const T* src = q + row * d;
+  if (threadIdx.x == 0) {
+    first_bad = ULLONG_MAX;
+    if (row == 0) flags[0] = flags[1] = ULLONG_MAX;
+  }
+  __syncthreads();
   double sq = 0.0;
   bool reported = false;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float x = static_cast<float>(src[j]);
     if (!isfinite(x) && !reported) {
-      atomicMin(bad_query, static_cast<unsigned long long>(row * d + j));  // later j of this thread are larger
+      atomicMin(&first_bad, static_cast<unsigned long long>(row * d + j));  // later j of this thread are larger
       reported = true;
     }
     const double v = x;
     sq += v * v;
   }
-  sq = block_sum(sq, scratch);
+  sq = block_sum(sq, scratch);  // its barriers also publish first_bad
+  if (threadIdx.x == 0) flags[2 + row] = first_bad;
   // Cosine: unit queries computed in double (a zero query stays zero and scores 0), as the CPU kernel does.
   // Squares of float values cannot overflow or underflow in double, so no peak scaling is needed here.
   const double inv = metric != kCos ? 1.0 : (sq > 0.0 ? 1.0 / sqrt(sq) : 0.0);
@@ -798,11 +810,51 @@ int kp_for(int64_t k) {
   return kp;
 }
 
+// Occupancy per (device, kernel, dynamic shared memory), computed once: the query costs microseconds, and
+// small top-k calls are latency-bound.
 template <typename Kernel>
 int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  int device = 0;
+  METAEDGE_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), smem);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
   int n = 0;
   METAEDGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
-  return std::max(n, 1);
+  n = std::max(n, 1);
+  std::lock_guard<std::mutex> lock(mu);
+  cache[key] = n;
+  return n;
+}
+
+// Copies `count` flags to page-locked host memory owned by the calling thread (a small pinned copy returns
+// sooner than one to pageable memory) and waits for the stream. Valid until the thread's next call.
+const unsigned long long* read_back(const unsigned long long* device_flags, int64_t count, cudaStream_t stream) {
+  struct Pinned {
+    unsigned long long* ptr = nullptr;
+    int64_t capacity = 0;
+    ~Pinned() {
+      if (ptr) cudaFreeHost(ptr);
+    }
+  };
+  static thread_local Pinned pinned;
+  if (pinned.capacity < count) {
+    if (pinned.ptr) METAEDGE_CUDA_CHECK(cudaFreeHost(pinned.ptr));
+    pinned.ptr = nullptr;
+    pinned.capacity = 0;
+    const int64_t capacity = std::max<int64_t>(count, 512);
+    METAEDGE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned.ptr), capacity * sizeof(unsigned long long)));
+    pinned.capacity = capacity;
+  }
+  METAEDGE_CUDA_CHECK(cudaMemcpyAsync(pinned.ptr, device_flags, count * sizeof(unsigned long long),
+                                      cudaMemcpyDeviceToHost, stream));
+  METAEDGE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return pinned.ptr;
 }
 
 template <typename T, int QT>
@@ -882,8 +934,9 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
                     uint64_t** keys, uint32_t** rows, uint64_t** keys_out, uint32_t** rows_out) {
     *qf = c.take<float>(b * d);
     *qsq = c.take<float>(b);
-    // [0] first bad element of protos, [1] of queries, [2] first non-finite score (class * b + query)
-    *bad = c.take<unsigned long long>(3);
+    // [0] first bad element of protos, [1] first non-finite score (class * b + query), [2 + q] first bad
+    // element of query q
+    *bad = c.take<unsigned long long>(2 + b);
     *ps = c.take<float>(fused ? b * parts : 0);
     *pi = c.take<int64_t>(fused ? b * parts : 0);
     *keys = c.take<uint64_t>(chunk_items);
@@ -902,13 +955,12 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   Carver carve(ws.data());
   layout(carve, &qf, &qsq, &bad, &ps, &pi, &keys, &rows, &keys_out, &rows_out);
 
-  METAEDGE_CUDA_CHECK(cudaMemsetAsync(bad, 0xff, 3 * sizeof(unsigned long long), stream));
   if (queries.dtype == DType::kFloat16) {
     topk_prep_kernel<__half><<<static_cast<unsigned>(b), 256, 0, stream>>>(queries.ptr<__half>(), d,
-                                                                           metric_code, qf, qsq, bad + 1);
+                                                                           metric_code, qf, qsq, bad);
   } else {
     topk_prep_kernel<float><<<static_cast<unsigned>(b), 256, 0, stream>>>(queries.ptr<float>(), d, metric_code,
-                                                                          qf, qsq, bad + 1);
+                                                                          qf, qsq, bad);
   }
   METAEDGE_CUDA_CHECK_LAUNCH("topk_prep");
 
@@ -916,7 +968,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   int64_t* out_i = indices.ptr<int64_t>();
   if (tiled) {
     TiledParams prm{protos.data, qf, qsq, b, C, d, 0, tiles_per_block, metric_code, static_cast<int>(k),
-                    parts, ps, pi, bad, bad + 2};
+                    parts, ps, pi, bad, bad + 1};
     const int64_t max_y = 65535;
     for (int64_t qb = 0; qb < b; qb += max_y * kTQ) {
       prm.q_begin = qb;
@@ -927,7 +979,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     }
   } else if (fused) {
     RowsParams prm{protos.data, qf, qsq, C, d, 0, b, rows_per_block, metric_code, static_cast<int>(k), kp,
-                   aligned, parts, ps, pi, bad, bad + 2, b, nullptr, nullptr};
+                   aligned, parts, ps, pi, bad, bad + 1, b, nullptr, nullptr};
     if (half) {
       if (qt == 1) launch_rows<__half, 1>(prm, stream, grid_x);
       else launch_rows<__half, 4>(prm, stream, grid_x);
@@ -947,7 +999,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     for (int64_t qb = 0; qb < b; qb += chunk_rows) {
       const int64_t qe = std::min(b, qb + chunk_rows);
       RowsParams prm{protos.data, qf, qsq, C, d, qb, qe, rows_per_block, metric_code, static_cast<int>(k), 0,
-                     aligned, 0, nullptr, nullptr, bad, bad + 2, b, keys, rows};
+                     aligned, 0, nullptr, nullptr, bad, bad + 1, b, keys, rows};
       if (half) launch_rows<__half, 4>(prm, stream, rows_grid_x);
       else launch_rows<float, 4>(prm, stream, rows_grid_x);
       const int64_t items = (qe - qb) * C;
@@ -961,21 +1013,21 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   }
 
   // The one synchronisation of a call: NaN/Inf found inside the kernels must become a ValueError here.
-  unsigned long long first_bad[3] = {kNoBadIndex, kNoBadIndex, kNoBadIndex};
-  METAEDGE_CUDA_CHECK(cudaMemcpyAsync(first_bad, bad, sizeof first_bad, cudaMemcpyDeviceToHost, stream));
-  METAEDGE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (first_bad[1] != kNoBadIndex) {  // queries first, as the shared checker orders them
+  const unsigned long long* flags = read_back(bad, 2 + b, stream);
+  unsigned long long first_bad[3] = {flags[0], flags[1], kNoBadIndex};
+  for (int64_t q = 0; q < b; ++q) first_bad[2] = std::min(first_bad[2], flags[2 + q]);
+  if (first_bad[2] != kNoBadIndex) {  // queries first, as the shared checker orders them
     throw ArgumentError("`queries`: expected finite values, got NaN or Inf at flat index " +
-                        std::to_string(first_bad[1]) + " of " + queries.describe());
+                        std::to_string(first_bad[2]) + " of " + queries.describe());
   }
   if (first_bad[0] != kNoBadIndex) {  // same wording as csrc/cpu/topk.cpp
     throw ArgumentError("`protos`: expected finite values, got NaN or Inf in row " +
                         std::to_string(first_bad[0] / std::max<int64_t>(d, 1)) + " (flat index " +
                         std::to_string(first_bad[0]) + ") of " + protos.describe());
   }
-  if (first_bad[2] != kNoBadIndex) {
-    const int64_t cls = static_cast<int64_t>(first_bad[2] / static_cast<unsigned long long>(b));
-    const int64_t query = static_cast<int64_t>(first_bad[2] % static_cast<unsigned long long>(b));
+  if (first_bad[1] != kNoBadIndex) {
+    const int64_t cls = static_cast<int64_t>(first_bad[1] / static_cast<unsigned long long>(b));
+    const int64_t query = static_cast<int64_t>(first_bad[1] % static_cast<unsigned long long>(b));
     report_overflow(queries, protos, metric, query, cls, stream);
   }
 }
