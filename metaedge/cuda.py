@@ -155,6 +155,12 @@ class Stream:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
     def __repr__(self) -> str:
         return f"Stream(handle={self._handle:#x}, device={self.device})" if self._handle else "Stream(closed)"
 
