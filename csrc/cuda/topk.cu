@@ -319,8 +319,9 @@ struct RowsParams {
   unsigned long long* bad;        // first non-finite element of protos (flat index)
   unsigned long long* bad_score;  // first non-finite score, as class * b + query
   int64_t b;
-  uint64_t* keys;             // materialise mode when not null: [(q - q_begin) * C + c]
+  uint64_t* keys;             // materialise mode when not null: [(q - key_q0) * C + c]
   uint32_t* key_rows;
+  int64_t key_q0;             // first query of the materialised chunk
 };
 
 template <int N>
@@ -474,8 +475,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) topk_rows_kernel(const RowsPar
       }
       if (materialise) {
         if (is_mine) {
-          const int64_t at = (qrow[q] - p.q_begin) * p.C + row;
-          p.keys[at] = (static_cast<uint64_t>(qrow[q] - p.q_begin) << 32) | descending_key(score);
+          const int64_t at = (qrow[q] - p.key_q0) * p.C + row;
+          p.keys[at] = (static_cast<uint64_t>(qrow[q] - p.key_q0) << 32) | descending_key(score);
           p.key_rows[at] = static_cast<uint32_t>(row);
         }
       } else {
@@ -979,7 +980,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     }
   } else if (fused) {
     RowsParams prm{protos.data, qf, qsq, C, d, 0, b, rows_per_block, metric_code, static_cast<int>(k), kp,
-                   aligned, parts, ps, pi, bad, bad + 1, b, nullptr, nullptr};
+                   aligned, parts, ps, pi, bad, bad + 1, b, nullptr, nullptr, 0};
     if (half) {
       if (qt == 1) launch_rows<__half, 1>(prm, stream, grid_x);
       else launch_rows<__half, 4>(prm, stream, grid_x);
@@ -999,7 +1000,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     for (int64_t qb = 0; qb < b; qb += chunk_rows) {
       const int64_t qe = std::min(b, qb + chunk_rows);
       RowsParams prm{protos.data, qf, qsq, C, d, qb, qe, rows_per_block, metric_code, static_cast<int>(k), 0,
-                     aligned, 0, nullptr, nullptr, bad, bad + 1, b, keys, rows};
+                     aligned, 0, nullptr, nullptr, bad, bad + 1, b, keys, rows, qb};
       if (half) launch_rows<__half, 4>(prm, stream, rows_grid_x);
       else launch_rows<float, 4>(prm, stream, rows_grid_x);
       const int64_t items = (qe - qb) * C;
