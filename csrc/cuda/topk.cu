@@ -84,7 +84,7 @@ __device__ void sel_init(Sel st, int kp, int lane) {
 }
 
 // Sorts list + buffer (2 kp entries, bitonic, best-first) so that [0, kp) is the best kp seen; empties the buffer.
-__device__ void sel_sort(Sel st, int kp, int lane) {
+__device__ __noinline__ void sel_sort(Sel st, int kp, int lane) {
   const int n = *st.count;
   for (int t = kp + n + lane; t < 2 * kp; t += 32) {
     st.s[t] = -INFINITY;
@@ -188,7 +188,7 @@ struct Elem<__half> {
 // non-finite element (then returns 0), else returns 1/|p| computed in double with scaling (0 for a zero row),
 // as inverse_norm in csrc/cpu/topk.cpp.
 template <typename T>
-__device__ float exact_inverse_norm_serial(const T* protos, int64_t row, int64_t d, unsigned long long* bad) {
+__device__ __noinline__ float exact_inverse_norm_serial(const T* protos, int64_t row, int64_t d, unsigned long long* bad) {
   const T* p = protos + row * d;
   double peak = 0.0;
   for (int64_t j = 0; j < d; ++j) {
@@ -225,7 +225,7 @@ __device__ __forceinline__ double warp_max_d(double v) {
 
 // The same, by a whole warp (call from warp-uniform code only).
 template <typename T>
-__device__ float exact_inverse_norm_warp(const T* protos, int64_t row, int64_t d, int lane, unsigned long long* bad) {
+__device__ __noinline__ float exact_inverse_norm_warp(const T* protos, int64_t row, int64_t d, int lane, unsigned long long* bad) {
   const T* p = protos + row * d;
   double peak = 0.0;
   unsigned long long first_bad = ULLONG_MAX;
