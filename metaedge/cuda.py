@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 import numpy as np
 
 __all__ = ["CudaUnavailableError", "is_available", "why_unavailable", "device_count", "current_device",
@@ -156,11 +155,23 @@ class Stream:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
     def __repr__(self) -> str:
         return f"Stream(handle={self._handle:#x}, device={self.device})" if self._handle else "Stream(closed)"
 
 
 def _normalize_shape(shape) -> tuple[int, ...]:
+    if type(shape) is tuple:  # fast path: every kernel call allocates its outputs through here
+        for s in shape:
+            if type(s) is not int or s < 0:
+                break
+        else:
+            return shape
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
@@ -172,7 +183,16 @@ def _normalize_shape(shape) -> tuple[int, ...]:
     return shape
 
 
+_DTYPES = {}
+for _t in SUPPORTED_DTYPES:
+    _DTYPES[_t] = _DTYPES[_t.type] = _DTYPES[_t.str] = _DTYPES[_t.name] = _t
+
+
 def _normalize_dtype(dtype) -> np.dtype:
+    try:
+        return _DTYPES[dtype]
+    except (KeyError, TypeError):
+        pass
     dt = np.dtype(dtype)
     if dt not in SUPPORTED_DTYPES:
         raise TypeError(f"`dtype`: expected one of {[str(t) for t in SUPPORTED_DTYPES]}, got {dt}")
@@ -180,15 +200,17 @@ def _normalize_dtype(dtype) -> np.dtype:
 
 
 class _Buffer:
-    """One allocation; freed explicitly or when the last array using it goes away."""
+    """One allocation, released by free() or when the last array using it is garbage-collected."""
+
+    __slots__ = ("nbytes", "device", "stream", "memory", "ptr", "host_ptr", "stream_ordered", "alive")
 
     def __init__(self, nbytes: int, device: int, stream: int, memory: str):
         self.nbytes, self.device, self.stream, self.memory = nbytes, device, stream, memory
         self.ptr = 0          # device-side address
         self.host_ptr = 0     # mapped memory only
         self.stream_ordered = False
+        self.alive = True
         if nbytes == 0:
-            self._finalizer = None
             return
         C = _native()
         if memory == "device":
@@ -198,28 +220,32 @@ class _Buffer:
             self.ptr = int(C.cuda_host_device_pointer(self.host_ptr))
         else:
             raise ValueError(f"`memory`: expected 'device' or 'mapped', got {memory!r}")
-        self._finalizer = weakref.finalize(self, _Buffer._release, memory, self.ptr, self.host_ptr, device,
-                                           stream, self.stream_ordered)
-        self._finalizer.atexit = False  # at exit the process returns everything; CUDA may already be gone
 
-    @staticmethod
-    def _release(memory, ptr, host_ptr, device, stream, stream_ordered):
-        try:
-            C = _native()
-            if memory == "device":
-                C.cuda_free(ptr, device, stream, stream_ordered)
-            else:
-                C.cuda_free_host(host_ptr)
-        except Exception:  # noqa: BLE001 - never raise from a finalizer; a sticky CUDA error is reported elsewhere
-            pass
-
-    @property
-    def alive(self) -> bool:
-        return self.nbytes == 0 or (self._finalizer is not None and self._finalizer.alive)
+    @classmethod
+    def foreign(cls, ptr: int, device: int, stream: int) -> "_Buffer":
+        """Memory owned by someone else (a torch tensor...): never freed here."""
+        buf = cls.__new__(cls)
+        buf.nbytes, buf.device, buf.stream, buf.memory = 0, device, stream, "foreign"
+        buf.ptr, buf.host_ptr, buf.stream_ordered, buf.alive = ptr, 0, False, True
+        return buf
 
     def free(self) -> None:
-        if self._finalizer is not None and self._finalizer.alive:
-            self._finalizer()  # runs _release once
+        if not self.alive:
+            return
+        self.alive = False
+        if self.nbytes == 0 or self.memory == "foreign":
+            return
+        C = _native()
+        if self.memory == "device":
+            C.cuda_free(self.ptr, self.device, self.stream, self.stream_ordered)
+        else:
+            C.cuda_free_host(self.host_ptr)
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer; a sticky CUDA error shows elsewhere
+            pass
 
 
 class _HostView:
@@ -239,6 +265,7 @@ class DeviceArray:
     """
 
     __slots__ = ("_buffer", "_offset", "_shape", "_dtype", "_device", "_stream", "_owner", "__weakref__")
+    _metaedge_device_array = True  # lets metaedge.kernels recognise it without building the interface dict
 
     def __init__(self, *, buffer: _Buffer | None, offset: int, shape, dtype, device: int, stream: int,
                  owner=None):
@@ -248,7 +275,15 @@ class DeviceArray:
         self._dtype = np.dtype(dtype)
         self._device = int(device)
         self._stream = int(stream)
-        self._owner = owner  # foreign object (torch tensor...) or raw pointer holder
+        self._owner = owner  # the foreign object (torch tensor...) whose memory this views, kept alive
+
+    @classmethod
+    def _new(cls, buffer, offset, shape, dtype, device, stream, owner=None) -> "DeviceArray":
+        """Internal constructor for already-normalised fields (kernel calls allocate through here)."""
+        self = object.__new__(cls)
+        self._buffer, self._offset, self._shape, self._dtype = buffer, offset, shape, dtype
+        self._device, self._stream, self._owner = device, stream, owner
+        return self
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -261,7 +296,7 @@ class DeviceArray:
         shape, dt = _normalize_shape(shape), _normalize_dtype(dtype)
         dev, st = _placement(like, stream, device)
         nbytes = math.prod(shape) * dt.itemsize
-        return cls(buffer=_Buffer(nbytes, dev, st, memory), offset=0, shape=shape, dtype=dt, device=dev, stream=st)
+        return cls._new(_Buffer(nbytes, dev, st, memory), 0, shape, dt, dev, st)
 
     @classmethod
     def zeros(cls, shape, dtype=np.float32, like=None, stream=None, device: int | None = None,
@@ -303,11 +338,8 @@ class DeviceArray:
         ptr = int(cai["data"][0])
         stream = cai.get("stream")
         stream = 0 if stream in (None, 1) else int(stream)
-        device = _native().cuda_pointer_device(ptr) if ptr else 0
-        holder = _Buffer.__new__(_Buffer)
-        holder.nbytes, holder.ptr, holder.host_ptr, holder.device = 0, ptr, 0, max(device, 0)
-        holder.stream, holder.memory, holder.stream_ordered, holder._finalizer = stream, "foreign", False, None
-        return cls(buffer=holder, offset=0, shape=shape, dtype=dt, device=max(device, 0), stream=stream, owner=obj)
+        device = max(_native().cuda_pointer_device(ptr), 0) if ptr else 0
+        return cls._new(_Buffer.foreign(ptr, device, stream), 0, shape, dt, device, stream, obj)
 
     # ---- properties ------------------------------------------------------------------------------------
     @property
@@ -345,7 +377,7 @@ class DeviceArray:
 
     @property
     def freed(self) -> bool:
-        return self._buffer is None or (self._buffer.memory != "foreign" and not self._buffer.alive)
+        return self._buffer is None or not self._buffer.alive
 
     @property
     def ptr(self) -> int:
@@ -429,8 +461,8 @@ class DeviceArray:
     def free(self) -> None:
         """Release the memory now (ordered on the array's stream). Views of it become unusable. No-op for
         arrays wrapping a foreign tensor (its owner manages that memory) and for arrays already freed."""
-        if self._buffer is not None and self._buffer.memory != "foreign":
-            self._buffer.free()
+        if self._buffer is not None:
+            self._buffer.free()  # a foreign buffer only forgets its pointer
         self._buffer = None
         self._owner = None
 

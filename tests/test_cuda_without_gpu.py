@@ -95,9 +95,7 @@ def test_mixing_host_and_cuda_arrays_names_both():
 
 
 def _fake_array(shape, dtype=np.float32, offset=0):
-    buf = cuda._Buffer.__new__(cuda._Buffer)
-    buf.nbytes, buf.ptr, buf.host_ptr, buf.device, buf.stream = 0, 0x7000_0000, 0, 0, 0
-    buf.memory, buf.stream_ordered, buf._finalizer = "foreign", False, None
+    buf = cuda._Buffer.foreign(0x7000_0000, device=0, stream=0)
     return cuda.DeviceArray(buffer=buf, offset=offset, shape=shape, dtype=dtype, device=0, stream=0)
 
 

@@ -84,8 +84,9 @@ __global__ void adapt_forward_kernel(const float* __restrict__ Sn, const float* 
     if (c == y) g -= coef;
     r[c] = g;
   }
+  // As the CPU kernel: the largest logit gives exp(0) = 1 exactly, so sum >= 1 and the loss is never negative.
   if (threadIdx.x == 0)
-    row_loss[i] = static_cast<double>(peak) + log(static_cast<double>(sum)) - static_cast<double>(label_logit);
+    row_loss[i] = (static_cast<double>(peak) - static_cast<double>(label_logit)) + log(static_cast<double>(sum));
 }
 
 __global__ void adapt_update_kernel(const float* __restrict__ Sn, const float* __restrict__ R, int64_t n, int64_t C,

@@ -13,14 +13,26 @@
 // full buffer is merged by a bitonic sort in shared memory. After the first few hundred classes almost nothing
 // passes the threshold, so selection costs a compare and a ballot per candidate.
 // Order: score descending, ties -> lower class index (lower position in the merge, which is the same order).
-// NaN scores (only from inf - inf, since inputs are finite) rank as -inf. protos is checked for NaN/Inf in
-// the same pass: a row whose |p|^2 is not finite is rescanned for the first bad element.
+// Semantics follow csrc/cpu/topk.cpp exactly: cosine scores are <q_hat, p> * (1/|p|) with 1/|p| from the float
+// |p|^2 when it lies in [1e-30, 1e30] and recomputed in double with scaling otherwise (tiny, huge and zero
+// rows: a zero row scores 0); euclidean is -(|q|^2 - 2<q,p> + |p|^2) clamped to <= 0. A non-finite score stops
+// the call: NaN/Inf in `protos` (found in the same pass, as the first bad element of rows whose |p|^2 is not
+// finite) is reported as such, a finite input whose score overflows float32 names the query and class.
+// During selection a non-finite score ranks as -inf; the call raises afterwards.
 // k > 256: scores of a chunk of queries are materialised as sortable keys and radix-sorted (stable), bounded
 // to ~4M scores per chunk.
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "cuda_common.cuh"
 #include "cuda_kernels.h"
@@ -30,9 +42,8 @@ namespace {
 
 constexpr uint32_t kSentinel = 0xffffffffu;  // index of an empty slot; ranks below every real candidate
 constexpr int kWarps = 8;                    // rows and merge kernels: 256 threads
-constexpr int kGroupRows = 4;                // class rows per warp iteration in the rows kernel
+constexpr int kGroupRows = 4;                // class rows per warp iteration in the rows kernel (at most)
 constexpr int kFusedKMax = 256;
-constexpr float kCosineEps = 1e-12f;
 constexpr unsigned long long kNoBadIndex = ULLONG_MAX;
 
 // tiled kernel geometry
@@ -45,13 +56,15 @@ __device__ __forceinline__ bool better(float s1, uint32_t i1, float s2, uint32_t
   return s1 > s2 || (s1 == s2 && i1 < i2);
 }
 
-__device__ __forceinline__ float make_score(int metric, float dot, float pp, float qq) {
-  float s;
-  if (metric == kCos) s = dot / fmaxf(sqrtf(pp), kCosineEps);
-  else if (metric == kDotM) s = dot;
-  else s = -fmaxf(qq + pp - 2.f * dot, 0.f);  // rounding can make a tiny distance negative; it is >= 0
-  return isnan(s) ? -INFINITY : s;
+// The score from the raw dot product (queries already unit for cosine), as the CPU kernel forms it.
+__device__ __forceinline__ float make_score(int metric, float dot, float pp, float inv_norm, float qq) {
+  if (metric == kCos) return dot * inv_norm;
+  if (metric == kDotM) return dot;
+  const float dist = qq - 2.f * dot + pp;
+  return dist <= 0.f ? 0.f : -dist;  // rounding can push a distance below 0; NaN stays NaN
 }
+
+__device__ __forceinline__ bool in_float_range(float pp) { return pp >= 1e-30f && pp <= 1e30f; }
 
 // ---- warp-owned selection state ------------------------------------------------------------------------
 
@@ -71,7 +84,7 @@ __device__ void sel_init(Sel st, int kp, int lane) {
 }
 
 // Sorts list + buffer (2 kp entries, bitonic, best-first) so that [0, kp) is the best kp seen; empties the buffer.
-__device__ void sel_sort(Sel st, int kp, int lane) {
+__device__ __noinline__ void sel_sort(Sel st, int kp, int lane) {
   const int n = *st.count;
   for (int t = kp + n + lane; t < 2 * kp; t += 32) {
     st.s[t] = -INFINITY;
@@ -171,16 +184,70 @@ struct Elem<__half> {
   }
 };
 
-// Index of the first non-finite element of row `row` (called only for rows whose |p|^2 is not finite).
+// For a row whose float |p|^2 is out of range (tiny, huge, zero or non-finite), serially: reports its first
+// non-finite element (then returns 0), else returns 1/|p| computed in double with scaling (0 for a zero row),
+// as inverse_norm in csrc/cpu/topk.cpp.
 template <typename T>
-__device__ void report_bad_row(const T* protos, int64_t row, int64_t d, unsigned long long* bad) {
+__device__ __noinline__ float exact_inverse_norm_serial(const T* protos, int64_t row, int64_t d, unsigned long long* bad) {
   const T* p = protos + row * d;
+  double peak = 0.0;
   for (int64_t j = 0; j < d; ++j) {
-    if (!isfinite(Elem<T>::load1(p + j))) {
+    const float x = Elem<T>::load1(p + j);
+    if (!isfinite(x)) {
       atomicMin(bad, static_cast<unsigned long long>(row * d + j));
-      return;
+      return 0.f;
     }
+    peak = fmax(peak, static_cast<double>(fabsf(x)));
   }
+  if (!(peak > 0.0)) return 0.f;
+  double sq = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double v = Elem<T>::load1(p + j) / peak;
+    sq += v * v;
+  }
+  return static_cast<float>(1.0 / (sqrt(sq) * peak));
+}
+
+__device__ __forceinline__ unsigned long long warp_min_u64(unsigned long long v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const unsigned long long o = __shfl_xor_sync(kFullMask, v, off);
+    v = o < v ? o : v;
+  }
+  return v;
+}
+
+__device__ __forceinline__ double warp_max_d(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
+// The same, by a whole warp (call from warp-uniform code only).
+template <typename T>
+__device__ __noinline__ float exact_inverse_norm_warp(const T* protos, int64_t row, int64_t d, int lane, unsigned long long* bad) {
+  const T* p = protos + row * d;
+  double peak = 0.0;
+  unsigned long long first_bad = ULLONG_MAX;
+  for (int64_t j = lane; j < d; j += 32) {
+    const float x = Elem<T>::load1(p + j);
+    if (!isfinite(x) && first_bad == ULLONG_MAX) first_bad = static_cast<unsigned long long>(j);
+    peak = fmax(peak, static_cast<double>(fabsf(x)));
+  }
+  first_bad = warp_min_u64(first_bad);
+  if (first_bad != ULLONG_MAX) {
+    if (lane == 0) atomicMin(bad, static_cast<unsigned long long>(row * d) + first_bad);
+    return 0.f;
+  }
+  peak = warp_max_d(peak);
+  if (!(peak > 0.0)) return 0.f;
+  double sq = 0.0;
+  for (int64_t j = lane; j < d; j += 32) {
+    const double v = Elem<T>::load1(p + j) / peak;
+    sq += v * v;
+  }
+  sq = warp_sum(sq);
+  return static_cast<float>(1.0 / (sqrt(sq) * peak));
 }
 
 // Sortable key: ascending key order = descending score; -0 and +0 are one key.
@@ -199,27 +266,39 @@ __device__ __forceinline__ float score_of_key(uint32_t key) {
 
 // ---- prep ----------------------------------------------------------------------------------------------
 
-// Also the NaN/Inf check of `queries` (first bad flat index into *bad_query).
+// Also the NaN/Inf check of `queries`: flags[2 + row] = flat index of the row's first bad element (or
+// ULLONG_MAX). Block 0 initialises flags[0] (first bad element of protos) and flags[1] (first non-finite
+// score), which only the kernels after this one touch, so no separate memset is needed.
 template <typename T>
 __global__ void topk_prep_kernel(const T* __restrict__ q, int64_t d, int metric, float* qf, float* qsq,
-                                 unsigned long long* bad_query) {
+                                 unsigned long long* flags) {
   __shared__ double scratch[32];
+  __shared__ unsigned long long first_bad;
   const int64_t row = blockIdx.x;
   const T* src = q + row * d;
+  if (threadIdx.x == 0) {
+    first_bad = ULLONG_MAX;
+    if (row == 0) flags[0] = flags[1] = ULLONG_MAX;
+  }
+  __syncthreads();
   double sq = 0.0;
   bool reported = false;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float x = static_cast<float>(src[j]);
     if (!isfinite(x) && !reported) {
-      atomicMin(bad_query, static_cast<unsigned long long>(row * d + j));  // later j of this thread are larger
+      atomicMin(&first_bad, static_cast<unsigned long long>(row * d + j));  // later j of this thread are larger
       reported = true;
     }
     const double v = x;
     sq += v * v;
   }
-  sq = block_sum(sq, scratch);
-  const float scale = metric == kCos ? static_cast<float>(1.0 / fmax(sqrt(sq), 1e-12)) : 1.f;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) qf[row * d + j] = static_cast<float>(src[j]) * scale;
+  sq = block_sum(sq, scratch);  // its barriers also publish first_bad
+  if (threadIdx.x == 0) flags[2 + row] = first_bad;
+  // Cosine: unit queries computed in double (a zero query stays zero and scores 0), as the CPU kernel does.
+  // Squares of float values cannot overflow or underflow in double, so no peak scaling is needed here.
+  const double inv = metric != kCos ? 1.0 : (sq > 0.0 ? 1.0 / sqrt(sq) : 0.0);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    qf[row * d + j] = static_cast<float>(static_cast<double>(static_cast<float>(src[j])) * inv);
   if (threadIdx.x == 0) qsq[row] = static_cast<float>(sq);
 }
 
@@ -237,9 +316,12 @@ struct RowsParams {
   int64_t parts_per_query;    // gridDim.x * k (selection mode)
   float* part_s;              // [b, gridDim.x, k]
   int64_t* part_i;
-  unsigned long long* bad;
-  uint64_t* keys;             // materialise mode when not null: [(q - q_begin) * C + c]
+  unsigned long long* bad;        // first non-finite element of protos (flat index)
+  unsigned long long* bad_score;  // first non-finite score, as class * b + query
+  int64_t b;
+  uint64_t* keys;             // materialise mode when not null: [(q - key_q0) * C + c]
   uint32_t* key_rows;
+  int64_t key_q0;             // first query of the materialised chunk
 };
 
 template <int N>
@@ -254,10 +336,12 @@ struct Pow2Ceil<1> {
 template <typename T, int QT>
 __global__ void __launch_bounds__(kWarps * 32, 2) topk_rows_kernel(const RowsParams p) {
   constexpr int kVec = Elem<T>::kVec;
+  // Rows per warp iteration: 4 for one query (loads in flight), 2 for four (registers for the queries).
+  constexpr int kRows = QT == 1 ? kGroupRows : kGroupRows / 2;
   constexpr int kNvr = QT + 1;                                // per row: |p|^2, then one dot per query
-  constexpr int kNv = Pow2Ceil<kGroupRows * kNvr>::value;     // values reduced per group (padded)
+  constexpr int kNv = Pow2Ceil<kRows * kNvr>::value;          // values reduced per group (padded)
   constexpr int kShift = 5 - (kNv == 1 ? 0 : (kNv == 2 ? 1 : (kNv == 4 ? 2 : (kNv == 8 ? 3 : (kNv == 16 ? 4 : 5)))));
-  static_assert(kGroupRows * kNvr <= 32, "too many values per group");
+  static_assert(kRows * kNvr <= 32, "too many values per group");
 
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -293,28 +377,30 @@ __global__ void __launch_bounds__(kWarps * 32, 2) topk_rows_kernel(const RowsPar
     for (int q = 0; q < QT; ++q) sel_init(state(warp, q), p.kp, lane);
   }
 
-  for (int64_t g0 = r0 + static_cast<int64_t>(warp) * kGroupRows; g0 < r1;
-       g0 += static_cast<int64_t>(kWarps) * kGroupRows) {
-    float acc[kGroupRows][kNvr];
-    const T* rowp[kGroupRows];
+  for (int64_t g0 = r0 + static_cast<int64_t>(warp) * kRows; g0 < r1;
+       g0 += static_cast<int64_t>(kWarps) * kRows) {
+    float acc[kRows][kNvr];
+    const T* rowp[kRows];
 #pragma unroll
-    for (int r = 0; r < kGroupRows; ++r) {
+    for (int r = 0; r < kRows; ++r) {
 #pragma unroll
       for (int j = 0; j < kNvr; ++j) acc[r][j] = 0.f;
       rowp[r] = protos + min(g0 + r, r1 - 1) * d;  // rows past the range reread the last one, discarded
     }
     if (p.vectorized) {
       const int64_t nvec = d / kVec;
-#pragma unroll 2
+      // Two iterations in flight hide load latency; with 4 queries the registers are better spent on them.
+      constexpr int kUnroll = QT == 1 ? 2 : 1;
+#pragma unroll kUnroll
       for (int64_t v = lane; v < nvec; v += 32) {
-        uint4 raw[kGroupRows];
+        uint4 raw[kRows];
 #pragma unroll
-        for (int r = 0; r < kGroupRows; ++r) raw[r] = __ldg(reinterpret_cast<const uint4*>(rowp[r]) + v);
-        float x[kGroupRows][kVec];
+        for (int r = 0; r < kRows; ++r) raw[r] = __ldg(reinterpret_cast<const uint4*>(rowp[r]) + v);
+        float x[kRows][kVec];
 #pragma unroll
-        for (int r = 0; r < kGroupRows; ++r) Elem<T>::convert(raw[r], x[r]);
+        for (int r = 0; r < kRows; ++r) Elem<T>::convert(raw[r], x[r]);
 #pragma unroll
-        for (int r = 0; r < kGroupRows; ++r)
+        for (int r = 0; r < kRows; ++r)
 #pragma unroll
           for (int e = 0; e < kVec; ++e) acc[r][0] = fmaf(x[r][e], x[r][e], acc[r][0]);
         // Four query elements at a time keeps QT x 4 of them live rather than QT x kVec.
@@ -325,7 +411,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) topk_rows_kernel(const RowsPar
             const float4 f = __ldg(reinterpret_cast<const float4*>(p.qf + qrow[q] * d + v * kVec) + h);
             const float qv[4] = {f.x, f.y, f.z, f.w};
 #pragma unroll
-            for (int r = 0; r < kGroupRows; ++r)
+            for (int r = 0; r < kRows; ++r)
 #pragma unroll
               for (int e = 0; e < 4; ++e) acc[r][1 + q] = fmaf(x[r][4 * h + e], qv[e], acc[r][1 + q]);
           }
@@ -337,7 +423,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) topk_rows_kernel(const RowsPar
 #pragma unroll
         for (int q = 0; q < QT; ++q) qv[q] = __ldg(p.qf + qrow[q] * d + j);
 #pragma unroll
-        for (int r = 0; r < kGroupRows; ++r) {
+        for (int r = 0; r < kRows; ++r) {
           const float x = Elem<T>::load1(rowp[r] + j);
           acc[r][0] = fmaf(x, x, acc[r][0]);
 #pragma unroll
@@ -348,28 +434,49 @@ __global__ void __launch_bounds__(kWarps * 32, 2) topk_rows_kernel(const RowsPar
 
     float vals[kNv];
 #pragma unroll
-    for (int t = kGroupRows * kNvr; t < kNv; ++t) vals[t] = 0.f;
+    for (int t = kRows * kNvr; t < kNv; ++t) vals[t] = 0.f;
 #pragma unroll
-    for (int r = 0; r < kGroupRows; ++r)
+    for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int j = 0; j < kNvr; ++j) vals[r * kNvr + j] = acc[r][j];
     const float mine = transpose_reduce<kNv>(vals, lane);
     // Lane L holds value index L >> kShift; the first lane of each such group speaks for it.
     const int vidx = lane >> kShift;
     const int r = vidx / kNvr, j = vidx % kNvr;
-    const float pp = __shfl_sync(kFullMask, mine, (r * kNvr) << kShift);
     const int64_t row = g0 + r;
-    const bool speaker = (lane & ((1 << kShift) - 1)) == 0 && vidx < kGroupRows * kNvr && row < r1;
-    if (speaker && j == 0 && !isfinite(mine)) report_bad_row(protos, row, d, p.bad);
+    const bool speaker = (lane & ((1 << kShift) - 1)) == 0 && vidx < kRows * kNvr && row < r1;
+    // |p|^2 and 1/|p| of each row of the group, known to every lane (so the rare exact path is warp-uniform).
+    float pp = 0.f, inv = 0.f;
+#pragma unroll
+    for (int rr = 0; rr < kRows; ++rr) {
+      const float pp_rr = __shfl_sync(kFullMask, mine, (rr * kNvr) << kShift);
+      float inv_rr = 0.f;
+      if (g0 + rr < r1) {
+        if (p.metric == kCos) {
+          inv_rr = in_float_range(pp_rr) ? 1.f / sqrtf(pp_rr)
+                                         : exact_inverse_norm_warp(protos, g0 + rr, d, lane, p.bad);
+        } else if (!isfinite(pp_rr)) {
+          exact_inverse_norm_warp(protos, g0 + rr, d, lane, p.bad);  // only to find the first bad element
+        }
+      }
+      if (r == rr) {
+        pp = pp_rr;
+        inv = inv_rr;
+      }
+    }
 
 #pragma unroll
     for (int q = 0; q < QT; ++q) {
       const bool is_mine = speaker && j == 1 + q && qvalid[q];
-      const float score = make_score(p.metric, mine, pp, qq[q]);
+      float score = make_score(p.metric, mine, pp, inv, qq[q]);
+      if (!isfinite(score)) {
+        if (is_mine) atomicMin(p.bad_score, static_cast<unsigned long long>(row * p.b + qrow[q]));
+        score = -INFINITY;  // the call raises; until then the order stays total
+      }
       if (materialise) {
         if (is_mine) {
-          const int64_t at = (qrow[q] - p.q_begin) * p.C + row;
-          p.keys[at] = (static_cast<uint64_t>(qrow[q] - p.q_begin) << 32) | descending_key(score);
+          const int64_t at = (qrow[q] - p.key_q0) * p.C + row;
+          p.keys[at] = (static_cast<uint64_t>(qrow[q] - p.key_q0) << 32) | descending_key(score);
           p.key_rows[at] = static_cast<uint32_t>(row);
         }
       } else {
@@ -417,11 +524,12 @@ struct TiledParams {
   float* part_s;
   int64_t* part_i;
   unsigned long long* bad;
+  unsigned long long* bad_score;
 };
 
 constexpr int kTiledSmemFloats = (kTQ * kTStride > 2 * kTK * (kTQ + kTC) ? kTQ * kTStride : 2 * kTK * (kTQ + kTC));
 constexpr size_t kTiledSmemBytes =
-    sizeof(float) * (kTiledSmemFloats + kTC) + kTQ * 2 * kTKp * (sizeof(float) + sizeof(uint32_t)) +
+    sizeof(float) * (kTiledSmemFloats + 2 * kTC) + kTQ * 2 * kTKp * (sizeof(float) + sizeof(uint32_t)) +
     kTQ * sizeof(int);
 
 // Loads the 8 elements [k0, k0 + 8) of a row as floats (zeros past the last class).
@@ -453,8 +561,9 @@ __global__ void __launch_bounds__(kTThreads, 3) topk_tiled_kernel(const TiledPar
   float* Qs = region;                              // [2][kTK][kTQ]
   float* Ps = region + 2 * kTK * kTQ;              // [2][kTK][kTC]
   float* St = region;                              // [kTQ][kTStride]
-  float* ppS = region + kTiledSmemFloats;          // [kTC]
-  float* sel_s = ppS + kTC;                        // [kTQ][2 kTKp]
+  float* ppS = region + kTiledSmemFloats;          // [kTC] |p|^2 of the tile's classes
+  float* invS = ppS + kTC;                         // [kTC] 1/|p| (cosine)
+  float* sel_s = invS + kTC;                       // [kTQ][2 kTKp]
   uint32_t* sel_i = reinterpret_cast<uint32_t*>(sel_s + kTQ * 2 * kTKp);
   int* sel_n = reinterpret_cast<int*>(sel_i + kTQ * 2 * kTKp);
 
@@ -537,9 +646,17 @@ __global__ void __launch_bounds__(kTThreads, 3) topk_tiled_kernel(const TiledPar
       __syncthreads();
     }
 
+    float inv = 0.f;
+    if (class_ok) {
+      if (p.metric == kCos) {
+        inv = in_float_range(pp) ? 1.f / sqrtf(pp) : exact_inverse_norm_serial(protos, my_class, d, p.bad);
+      } else if (!isfinite(pp)) {
+        exact_inverse_norm_serial(protos, my_class, d, p.bad);  // only to find the first bad element
+      }
+    }
     ppS[tid] = pp;
-    if (class_ok && !isfinite(pp)) report_bad_row(protos, my_class, d, p.bad);
-    __syncthreads();  // ppS complete; every thread is past the K loop, so St may overwrite Qs/Ps
+    invS[tid] = inv;
+    __syncthreads();  // ppS/invS complete; every thread is past the K loop, so St may overwrite Qs/Ps
 
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -550,7 +667,11 @@ __global__ void __launch_bounds__(kTThreads, 3) topk_tiled_kernel(const TiledPar
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const int cl = j < 4 ? tc * 4 + j : 64 + tc * 4 + (j - 4);
-        s[j] = make_score(p.metric, acc[i][j], ppS[cl], qq);
+        s[j] = make_score(p.metric, acc[i][j], ppS[cl], invS[cl], qq);
+        if (!isfinite(s[j])) {
+          if (q < p.b && c0 + cl < p.C) atomicMin(p.bad_score, static_cast<unsigned long long>((c0 + cl) * p.b + q));
+          s[j] = -INFINITY;
+        }
       }
       *reinterpret_cast<float4*>(St + ql * kTStride + tc * 4) = make_float4(s[0], s[1], s[2], s[3]);
       *reinterpret_cast<float4*>(St + ql * kTStride + 64 + tc * 4) = make_float4(s[4], s[5], s[6], s[7]);
@@ -639,17 +760,102 @@ __global__ void topk_extract_kernel(const uint64_t* __restrict__ keys, const uin
   out_i[(q_begin + ql) * k + rank] = rows[at];
 }
 
+// Largest |x| of row `row` of a float32/float16 device matrix (error path only: one small copy).
+double row_peak(const Tensor& t, int64_t row, cudaStream_t stream) {
+  const int64_t d = t.size(1);
+  const int64_t elem = t.dtype == DType::kFloat16 ? 2 : 4;
+  std::vector<unsigned char> bytes(static_cast<size_t>(d * elem));
+  if (d > 0) {
+    METAEDGE_CUDA_CHECK(cudaMemcpyAsync(bytes.data(), static_cast<const char*>(t.data) + row * d * elem,
+                                        bytes.size(), cudaMemcpyDeviceToHost, stream));
+    METAEDGE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  double peak = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    float x;
+    if (elem == 2) {
+      __half h;
+      std::memcpy(&h, bytes.data() + j * 2, 2);
+      x = __half2float(h);
+    } else {
+      std::memcpy(&x, bytes.data() + j * 4, 4);
+    }
+    peak = std::max(peak, static_cast<double>(std::fabs(x)));
+  }
+  return peak;
+}
+
+std::string format_number(double v) {
+  std::ostringstream os;
+  os.precision(4);
+  os << v;
+  return os.str();
+}
+
+// Same message as csrc/cpu/topk.cpp for finite inputs whose score is not representable in float32.
+[[noreturn]] void report_overflow(const Tensor& queries, const Tensor& protos, Metric metric, int64_t query,
+                                  int64_t cls, cudaStream_t stream) {
+  const double q_peak = row_peak(queries, query, stream);
+  const double p_peak = row_peak(protos, cls, stream);
+  throw ArgumentError(std::string("topk: the ") + metric_name(metric) + " score of `queries` row " +
+                      std::to_string(query) + " against `protos` row " + std::to_string(cls) +
+                      " is not representable in float32 (largest magnitudes: " + format_number(q_peak) +
+                      " in that query, " + format_number(p_peak) +
+                      " in that prototype). Scores, and for 'euclidean' squared norms, must stay within float32 "
+                      "range (about 3.4e38): rescale the inputs, or use metric='cosine', which normalises them.");
+}
+
 int kp_for(int64_t k) {
   int kp = 32;
   while (kp < k) kp <<= 1;
   return kp;
 }
 
+// Occupancy per (device, kernel, dynamic shared memory), computed once: the query costs microseconds, and
+// small top-k calls are latency-bound.
 template <typename Kernel>
 int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  int device = 0;
+  METAEDGE_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), smem);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
   int n = 0;
   METAEDGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
-  return std::max(n, 1);
+  n = std::max(n, 1);
+  std::lock_guard<std::mutex> lock(mu);
+  cache[key] = n;
+  return n;
+}
+
+// Copies `count` flags to page-locked host memory owned by the calling thread (a small pinned copy returns
+// sooner than one to pageable memory) and waits for the stream. Valid until the thread's next call.
+const unsigned long long* read_back(const unsigned long long* device_flags, int64_t count, cudaStream_t stream) {
+  struct Pinned {
+    unsigned long long* ptr = nullptr;
+    int64_t capacity = 0;
+    ~Pinned() {
+      if (ptr) cudaFreeHost(ptr);
+    }
+  };
+  static thread_local Pinned pinned;
+  if (pinned.capacity < count) {
+    if (pinned.ptr) METAEDGE_CUDA_CHECK(cudaFreeHost(pinned.ptr));
+    pinned.ptr = nullptr;
+    pinned.capacity = 0;
+    const int64_t capacity = std::max<int64_t>(count, 512);
+    METAEDGE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned.ptr), capacity * sizeof(unsigned long long)));
+    pinned.capacity = capacity;
+  }
+  METAEDGE_CUDA_CHECK(cudaMemcpyAsync(pinned.ptr, device_flags, count * sizeof(unsigned long long),
+                                      cudaMemcpyDeviceToHost, stream));
+  METAEDGE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return pinned.ptr;
 }
 
 template <typename T, int QT>
@@ -704,7 +910,14 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     grid_x = ceil_div(n_tiles, tiles_per_block);
   } else {
     const int64_t grid_y = ceil_div(b, qt);
-    const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(lim.multiprocessors) * 8 / grid_y);
+    const size_t smem = fused ? static_cast<size_t>(kWarps) * qt * (2 * kp * 8 + sizeof(int)) : 0;
+    int per_sm;
+    if (half) per_sm = qt == 1 ? blocks_per_sm(topk_rows_kernel<__half, 1>, kWarps * 32, smem)
+                               : blocks_per_sm(topk_rows_kernel<__half, 4>, kWarps * 32, smem);
+    else per_sm = qt == 1 ? blocks_per_sm(topk_rows_kernel<float, 1>, kWarps * 32, smem)
+                          : blocks_per_sm(topk_rows_kernel<float, 4>, kWarps * 32, smem);
+    // Every block gets the same number of classes, so one full wave finishes together.
+    const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(lim.multiprocessors) * per_sm / grid_y);
     const int64_t unit = kGroupRows * kWarps;
     grid_x = std::min(ceil_div(C, unit), want);
     rows_per_block = ceil_div(ceil_div(C, grid_x), unit) * unit;
@@ -722,7 +935,9 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
                     uint64_t** keys, uint32_t** rows, uint64_t** keys_out, uint32_t** rows_out) {
     *qf = c.take<float>(b * d);
     *qsq = c.take<float>(b);
-    *bad = c.take<unsigned long long>(2);  // [0]: first bad element of protos, [1]: of queries
+    // [0] first bad element of protos, [1] first non-finite score (class * b + query), [2 + q] first bad
+    // element of query q
+    *bad = c.take<unsigned long long>(2 + b);
     *ps = c.take<float>(fused ? b * parts : 0);
     *pi = c.take<int64_t>(fused ? b * parts : 0);
     *keys = c.take<uint64_t>(chunk_items);
@@ -741,13 +956,12 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   Carver carve(ws.data());
   layout(carve, &qf, &qsq, &bad, &ps, &pi, &keys, &rows, &keys_out, &rows_out);
 
-  METAEDGE_CUDA_CHECK(cudaMemsetAsync(bad, 0xff, 2 * sizeof(unsigned long long), stream));
   if (queries.dtype == DType::kFloat16) {
     topk_prep_kernel<__half><<<static_cast<unsigned>(b), 256, 0, stream>>>(queries.ptr<__half>(), d,
-                                                                           metric_code, qf, qsq, bad + 1);
+                                                                           metric_code, qf, qsq, bad);
   } else {
     topk_prep_kernel<float><<<static_cast<unsigned>(b), 256, 0, stream>>>(queries.ptr<float>(), d, metric_code,
-                                                                          qf, qsq, bad + 1);
+                                                                          qf, qsq, bad);
   }
   METAEDGE_CUDA_CHECK_LAUNCH("topk_prep");
 
@@ -755,7 +969,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   int64_t* out_i = indices.ptr<int64_t>();
   if (tiled) {
     TiledParams prm{protos.data, qf, qsq, b, C, d, 0, tiles_per_block, metric_code, static_cast<int>(k),
-                    parts, ps, pi, bad};
+                    parts, ps, pi, bad, bad + 1};
     const int64_t max_y = 65535;
     for (int64_t qb = 0; qb < b; qb += max_y * kTQ) {
       prm.q_begin = qb;
@@ -766,7 +980,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     }
   } else if (fused) {
     RowsParams prm{protos.data, qf, qsq, C, d, 0, b, rows_per_block, metric_code, static_cast<int>(k), kp,
-                   aligned, parts, ps, pi, bad, nullptr, nullptr};
+                   aligned, parts, ps, pi, bad, bad + 1, b, nullptr, nullptr, 0};
     if (half) {
       if (qt == 1) launch_rows<__half, 1>(prm, stream, grid_x);
       else launch_rows<__half, 4>(prm, stream, grid_x);
@@ -786,7 +1000,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     for (int64_t qb = 0; qb < b; qb += chunk_rows) {
       const int64_t qe = std::min(b, qb + chunk_rows);
       RowsParams prm{protos.data, qf, qsq, C, d, qb, qe, rows_per_block, metric_code, static_cast<int>(k), 0,
-                     aligned, 0, nullptr, nullptr, bad, keys, rows};
+                     aligned, 0, nullptr, nullptr, bad, bad + 1, b, keys, rows, qb};
       if (half) launch_rows<__half, 4>(prm, stream, rows_grid_x);
       else launch_rows<float, 4>(prm, stream, rows_grid_x);
       const int64_t items = (qe - qb) * C;
@@ -800,16 +1014,22 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   }
 
   // The one synchronisation of a call: NaN/Inf found inside the kernels must become a ValueError here.
-  unsigned long long first_bad[2] = {kNoBadIndex, kNoBadIndex};
-  METAEDGE_CUDA_CHECK(cudaMemcpyAsync(first_bad, bad, sizeof first_bad, cudaMemcpyDeviceToHost, stream));
-  METAEDGE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (first_bad[1] != kNoBadIndex) {  // queries first, as the CPU checker orders them
+  const unsigned long long* flags = read_back(bad, 2 + b, stream);
+  unsigned long long first_bad[3] = {flags[0], flags[1], kNoBadIndex};
+  for (int64_t q = 0; q < b; ++q) first_bad[2] = std::min(first_bad[2], flags[2 + q]);
+  if (first_bad[2] != kNoBadIndex) {  // queries first, as the shared checker orders them
     throw ArgumentError("`queries`: expected finite values, got NaN or Inf at flat index " +
-                        std::to_string(first_bad[1]) + " of " + queries.describe());
+                        std::to_string(first_bad[2]) + " of " + queries.describe());
   }
-  if (first_bad[0] != kNoBadIndex) {
-    throw ArgumentError("`protos`: expected finite values, got NaN or Inf at flat index " +
-                        std::to_string(first_bad[0]) + " of " + protos.describe());
+  if (first_bad[0] != kNoBadIndex) {  // same wording as csrc/cpu/topk.cpp
+    throw ArgumentError("`protos`: expected finite values, got NaN or Inf in row " +
+                        std::to_string(first_bad[0] / std::max<int64_t>(d, 1)) + " (flat index " +
+                        std::to_string(first_bad[0]) + ") of " + protos.describe());
+  }
+  if (first_bad[1] != kNoBadIndex) {
+    const int64_t cls = static_cast<int64_t>(first_bad[1] / static_cast<unsigned long long>(b));
+    const int64_t query = static_cast<int64_t>(first_bad[1] % static_cast<unsigned long long>(b));
+    report_overflow(queries, protos, metric, query, cls, stream);
   }
 }
 

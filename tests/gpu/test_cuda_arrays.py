@@ -183,6 +183,7 @@ def test_a_cuda_fault_is_a_python_error_not_an_abort(tmp_path):
         except RuntimeError as exc:
             print("RAISED", exc)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "RAISED CUDA error" in proc.stdout, proc.stdout + proc.stderr

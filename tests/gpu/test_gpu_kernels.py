@@ -146,22 +146,24 @@ def _scale(metric, q, p):
 
 def _check_topk(ref_topk, q, p, k, metric, scores, indices):
     q64, p64 = q.astype(np.float64), p.astype(np.float64)
-    want_s, _ = ref_topk.topk(q64, p64, k, metric)
+    want_s, _, full = ref_topk.topk(q64, p64, k, metric)
     tol = 1e-5 * _scale(metric, q64, p64)
     assert np.isfinite(scores).all() and (indices >= 0).all() and (indices < len(p)).all()
     np.testing.assert_allclose(scores, want_s, rtol=0, atol=tol)
     # The scores returned belong to the classes returned, every class appears once, order is descending.
-    full_at_idx = np.stack([ref_topk.topk(q64[i:i + 1], p64[indices[i]], k, metric)[0][0] for i in range(len(q))])
-    np.testing.assert_allclose(np.sort(scores, axis=1), np.sort(full_at_idx, axis=1), rtol=0, atol=tol)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, indices, axis=1), rtol=0, atol=tol)
     assert all(len(set(row)) == k for row in indices.tolist())
     assert (np.diff(scores, axis=1) <= 0).all()
+    # And the CPU kernel agrees (it computes in float32 too, with the same score formulas).
+    cpu_s, _ = kernels.topk(q.astype(np.float32), p.astype(np.float32), k, metric)
+    np.testing.assert_allclose(scores, cpu_s, rtol=0, atol=tol)
 
 
 # (b, C, d, k): b=1 -> rows kernel, 1 query per block; b<=8 -> rows, 4 queries; b>=9 & k<=32 & d%8==0 -> tiled;
 # 32<k<=256 -> rows with longer lists; k>256 -> materialised + radix sort; d*elem % 16 != 0 -> scalar loads.
 TOPK_CASES = [
     (1, 1, 8, 1), (1, 1000, 128, 5), (1, 5000, 512, 10), (3, 777, 64, 5), (8, 2048, 96, 32),
-    (9, 300, 64, 3), (64, 1000, 128, 5), (100, 4099, 256, 32), (130, 513, 8, 1),
+    (9, 300, 64, 3), (64, 1000, 128, 5), (100, 2049, 64, 32), (130, 513, 8, 1),
     (20, 3000, 64, 40), (5, 2000, 128, 100), (2, 1500, 32, 256),
     (5, 300, 16, 257), (3, 300, 16, 300), (2, 5000, 64, 1000),
     (4, 500, 3, 7), (64, 700, 37, 9), (1, 100000, 20, 16),
@@ -253,8 +255,31 @@ def test_topk_rejects_non_finite_protos_naming_the_first(gpu, rng, b, k, dtype):
     p[700, 5] = np.inf
     p[321, 63] = np.nan
     q = rng.standard_normal((b, 64)).astype(np.float32)
-    with pytest.raises(ValueError, match=rf"`protos`.*NaN or Inf at flat index {321 * 64 + 63} "):
+    with pytest.raises(ValueError, match=rf"`protos`.*NaN or Inf in row 321 \(flat index {321 * 64 + 63}\)"):
         kernels.topk(gpu(q), gpu(p), k)
+
+
+@pytest.mark.parametrize("b,k", [(1, 3), (64, 3), (2, 300)])
+def test_topk_overflowing_scores_name_the_query_and_class(gpu, b, k):
+    p = np.ones((400, 16), np.float32)
+    p[5] = 1e30  # finite, but its dot product with these queries is not
+    q = np.full((b, 16), 1e10, np.float32)
+    for metric in ("dot", "euclidean"):
+        with pytest.raises(ValueError, match=r"dot|euclidean") as info:
+            kernels.topk(gpu(q), gpu(p), k, metric)
+        assert "`queries` row 0 against `protos` row 5 is not representable in float32" in str(info.value)
+
+
+@pytest.mark.parametrize("magnitude", [1e-25, 1e-15, 1e25, 1e35])
+def test_topk_cosine_of_tiny_and_huge_rows_is_exact(rng, gpu, ref_topk, magnitude):
+    # |p|^2 underflows or overflows float32 here: the kernels recompute 1/|p| in double, like the CPU kernel.
+    p = rng.standard_normal((300, 32)).astype(np.float32)
+    p[::3] *= np.float32(magnitude)
+    p[7] = 0  # a zero row scores 0
+    for b in (1, 3, 64):
+        q = rng.standard_normal((b, 32)).astype(np.float32) * np.float32(magnitude)
+        s, idx = kernels.topk(gpu(q), gpu(p), 5, "cosine")
+        _check_topk(ref_topk, q, p, 5, "cosine", s.to_numpy(), idx.to_numpy())
 
 
 def test_topk_rejects_non_finite_queries(gpu):
@@ -299,7 +324,7 @@ def test_topk_index_arithmetic_past_2_31_elements(torch_cuda):
     assert idx.to_numpy()[0, 0] == C - 2
     assert s.to_numpy()[0, 0] > 0.99
     p[C - 1, 7] = float("nan")
-    with pytest.raises(ValueError, match=rf"flat index {(C - 1) * d + 7} "):
+    with pytest.raises(ValueError, match=rf"flat index {(C - 1) * d + 7}\)"):
         kernels.topk(q, p, 3, "cosine")
     del p
     torch.cuda.empty_cache()

@@ -51,7 +51,7 @@ def copy_bandwidth(torch, nbytes: int, reps: int) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9  # GB/s, read + write
 
 
-def bench_topk(torch, kernels, sizes, reps, copy_gbps, k=5):
+def bench_topk(torch, cuda, kernels, sizes, reps, copy_gbps, k=5):
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for dtype_name, C, d, b in sizes:
@@ -59,9 +59,12 @@ def bench_topk(torch, kernels, sizes, reps, copy_gbps, k=5):
         p = torch.randn((C, d), generator=gen, device="cuda", dtype=dtype)
         q = torch.randn((b, d), generator=gen, device="cuda", dtype=torch.float32)
         q_t = q.to(dtype)
+        # On the device the inputs are DeviceArrays (TensorRT outputs, galleries): wrap torch's memory once,
+        # no copy, as an application would.
+        q_dev, p_dev = cuda.as_device_array(q), cuda.as_device_array(p)
 
         def ours():
-            return kernels.topk(q, p, k, "dot")
+            return kernels.topk(q_dev, p_dev, k, "dot")
 
         def theirs():
             return torch.topk(q_t @ p.T, k, dim=1)
@@ -70,13 +73,13 @@ def bench_topk(torch, kernels, sizes, reps, copy_gbps, k=5):
         s_ref, _ = theirs()
         agree = float((torch.as_tensor(s_ours, device="cuda") - s_ref.float()).abs().max().item())
         t_ours = _time_ms(torch, ours, 3, reps)
-        t_cos = _time_ms(torch, lambda: kernels.topk(q, p, k, "cosine"), 3, reps)
+        t_cos = _time_ms(torch, lambda: kernels.topk(q_dev, p_dev, k, "cosine"), 3, reps)
         t_torch = _time_ms(torch, theirs, 3, reps)
         gbps = C * d * p.element_size() / (t_ours * 1e-3) / 1e9
         rows.append({"dtype": dtype_name, "C": C, "d": d, "batch": b, "k": k, "ms": t_ours, "ms_cosine": t_cos,
                      "torch_ms": t_torch, "speedup_vs_torch": t_torch / t_ours, "GBps": gbps,
                      "pct_of_copy_bw": 100 * gbps / copy_gbps, "max_abs_score_diff_vs_torch": agree})
-        del p, q, q_t
+        del p, q, q_t, q_dev, p_dev, s_ours, i_ours, s_ref
         torch.cuda.empty_cache()
     return rows
 
@@ -89,10 +92,13 @@ def bench_adapt(torch, kernels, reps, C=20, d=512, n=100, steps=100):
     y = torch.randint(0, C, (n,), generator=gen, device="cuda")
     lr, momentum, wd, scale = 0.1, 0.9, 5e-4, 10.0
     W = W0.clone()
+    from metaedge import cuda
+    W_dev, S_dev, y_dev = cuda.as_device_array(W), cuda.as_device_array(S), cuda.as_device_array(y)
 
     def ours():
         W.copy_(W0)
-        return kernels.adapt_head(W, S, y, steps=steps, lr=lr, momentum=momentum, weight_decay=wd, scale=scale)
+        return kernels.adapt_head(W_dev, S_dev, y_dev, steps=steps, lr=lr, momentum=momentum, weight_decay=wd,
+                                  scale=scale)
 
     def theirs():
         Wt = W0.clone().requires_grad_(True)
@@ -127,9 +133,11 @@ def bench_preprocess(torch, kernels, reps, shapes):
     gen = torch.Generator(device="cuda").manual_seed(2)
     for b, h, w, H, W in shapes:
         frames = torch.randint(0, 256, (b, h, w, 3), generator=gen, device="cuda", dtype=torch.uint8)
+        from metaedge import cuda
+        frames_dev = cuda.as_device_array(frames)
 
         def ours():
-            return kernels.preprocess(frames, (H, W), mean=mean, std=std)
+            return kernels.preprocess(frames_dev, (H, W), mean=mean, std=std)
 
         def theirs():
             x = frames.permute(0, 3, 1, 2).float()
@@ -189,7 +197,7 @@ def main(argv=None) -> int:
         sizes = [("float32", C, d, b) for C in (1000, 10_000, 100_000, 1_000_000) for d in (128, 512)
                  for b in (1, 64)]
         sizes += [("float16", 1_000_000, 512, 1), ("float16", 1_000_000, 512, 64)]
-    topk_rows = bench_topk(torch, kernels, sizes, args.reps, copy_gbps)
+    topk_rows = bench_topk(torch, cuda, kernels, sizes, args.reps, copy_gbps)
     adapt = bench_adapt(torch, kernels, args.reps)
     pre = bench_preprocess(torch, kernels, args.reps, [(1, 480, 640, 224, 224), (8, 480, 640, 224, 224)])
 
