@@ -229,6 +229,9 @@ def _fake_ort(available, active=None):
         def __init__(self, path, sess_options=None, providers=None):
             seen["providers"], seen["options"] = providers, sess_options
 
+        def run(self, names, feeds):  # pragma: no cover - not called here
+            raise AssertionError
+
         def get_providers(self):
             return active if active is not None else [p if isinstance(p, str) else p[0] for p in seen["providers"]]
 
