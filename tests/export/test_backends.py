@@ -243,7 +243,8 @@ def _fake_ort(available, active=None):
     return ort, seen
 
 
-def test_ort_cuda_provider_list_with_fake_onnxruntime(tiny_bundle_dir, monkeypatch):
+def test_ort_cuda_provider_list_with_fake_onnxruntime(bundle_copy, monkeypatch):
+    tiny_bundle_dir = bundle_copy  # the TensorRT provider creates engines/ort-trt inside the bundle
     from metaedge.runtime.backends import onnxruntime as ort_backend
     all_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     fake, seen = _fake_ort(all_eps)
