@@ -168,20 +168,29 @@ inline float max_magnitude(const float* row, int64_t d) {
   return peak;
 }
 
-// 1 / ||row|| for cosine. The float sum of squares is used when it is comfortably inside float range; rows
-// that are tiny (sum underflows), huge (overflows), zero or non-finite are redone in double with scaling, so
-// any finite non-zero row is normalised exactly. A zero row gets 0 (its cosine with anything is 0).
-// Non-finite rows get any value: their dot product is already non-finite and is reported.
-inline float inverse_norm(float sumsq, const float* row, int64_t d) {
+// Cosine scale of one prototype row, given its float sum of squares. Inside a comfortable range this is
+// 1 / ||p|| (raw dot products are then multiplied by it). Rows that are tiny (the float sum underflows), huge
+// (overflows), zero or non-finite are rare; their cosines against the block's queries are recomputed here in
+// double with scaling, written over `raw_row`, and the scale is 1. So any finite row is normalised exactly,
+// a zero row scores 0, and a non-finite row yields NaN scores, which the selection reports.
+inline float cosine_scale(float sumsq, const float* row, int64_t d, const float* const* queries, int64_t nq,
+                          float* raw_row) {
   if (sumsq >= 1e-30f && sumsq <= 1e30f) return 1.f / std::sqrt(sumsq);
   const double peak = max_magnitude(row, d);
-  if (!(peak > 0.0) || !std::isfinite(peak)) return 0.f;
-  double sq = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
-    const double v = row[j] / peak;
-    sq += v * v;
+  if (!(peak > 0.0) || !std::isfinite(peak)) {
+    const float value = peak == 0.0 ? 0.f : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t j = 0; j < nq; ++j) raw_row[j] = value;
+    return 1.f;
   }
-  return static_cast<float>(1.0 / (std::sqrt(sq) * peak));
+  double sq = 0.0;
+  for (int64_t t = 0; t < d; ++t) sq += (row[t] / peak) * (row[t] / peak);
+  const double inv_scaled_norm = 1.0 / std::sqrt(sq);  // of row / peak
+  for (int64_t j = 0; j < nq; ++j) {
+    double dot = 0.0;  // NaN in the row (which max_magnitude skips) propagates here
+    for (int64_t t = 0; t < d; ++t) dot += static_cast<double>(queries[j][t]) * (row[t] / peak);
+    raw_row[j] = static_cast<float>(dot * inv_scaled_norm);
+  }
+  return 1.f;
 }
 
 inline bool not_finite(float s) { return (s - s) != 0.f; }  // NaN for +-Inf and NaN, 0 otherwise
@@ -382,7 +391,8 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
           }
         }
         if (metric == Metric::kCosine)
-          for (int64_t c = 0; c < rows; ++c) aux[c] = inverse_norm(aux[c], block + c * d, d);
+          for (int64_t c = 0; c < rows; ++c)
+            aux[c] = cosine_scale(aux[c], block + c * d, d, query_ptrs.data(), nq, raw + c * nq);
         scan_block(transform, raw, nq, rows, nq, c0, aux,
                    query_sq_norms.empty() ? nullptr : query_sq_norms.data() + q0, selectors.data(),
                    thresholds.data(), bad);

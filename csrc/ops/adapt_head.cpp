@@ -22,7 +22,7 @@ static void check_adapt_head(const Tensor& weights, const Tensor& velocity, cons
   if (steps > 0 && support.size(0) == 0)
     throw ArgumentError("`support`: expected at least one support embedding to adapt on, got shape " +
                         shape_str(support.shape));
-  check_positive(lr, "lr");
+  check_non_negative(lr, "lr");  // lr = 0 evaluates the loss at the given weights
   if (!(momentum >= 0 && momentum < 1))
     throw ArgumentError("`momentum`: expected 0 <= momentum < 1, got " + std::to_string(momentum));
   check_non_negative(weight_decay, "weight_decay");
