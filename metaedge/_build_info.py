@@ -102,7 +102,8 @@ def probe_backends(cuda_status: dict | None = None) -> dict[str, str]:
                            else f"no (onnxruntime {ort_version} has no CUDA provider; install onnxruntime-gpu)")
         out["ort-cpu"] = f"yes (onnxruntime {ort_version})" if "CPUExecutionProvider" in providers else "no"
     torch_version = version_of("torch")
-    out["torch"] = f"yes (torch {torch_version}; needs the model object)" if torch_version else "no (torch not installed)"
+    out["torch"] = (f"yes (torch {torch_version}; needs the model object)" if torch_version
+                    else "no (torch not installed)")
     return out
 
 

@@ -31,7 +31,9 @@ def _open_ort(device):
         if not available("onnxruntime"):
             raise BackendUnavailable("the onnxruntime package is not installed")
         from metaedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(bundle, device=device, intra_op_threads=opts.get("threads"))
+        return OnnxRuntimeBackend(bundle, device=device, intra_op_threads=opts.get("threads"),
+                                  tensorrt_ep=opts.get("ort_tensorrt_ep", True),
+                                  fp16=opts.get("precision", "auto") != "fp32")
     return opener
 
 
@@ -50,13 +52,15 @@ _OPENERS: dict[str, Callable] = {"tensorrt": _open_tensorrt, "ort-cuda": _open_o
 
 def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_batch: int = 32,
                  threads: int | None = None, model=None, build: bool = True,
-                 progress: Callable[[str], None] | None = None) -> Backend:
+                 progress: Callable[[str], None] | None = None, ort_tensorrt_ep: bool = True) -> Backend:
     """Open the bundle (a directory or a loaded ``Bundle``) on ``backend``.
 
     ``"auto"`` tries ``BACKENDS`` in order; a named backend is the only one tried and its failure is raised.
     TensorRT options: ``precision`` (auto/fp16/fp32), ``max_batch``, ``build`` (build a missing engine:
     minutes, once), ``progress`` (callable for build messages). ONNX Runtime CPU: ``threads`` (intra-op,
-    default = usable cores). torch: ``model`` (the torch module; a bundle holds no torch weights).
+    default = usable cores). ONNX Runtime CUDA: ``ort_tensorrt_ep`` puts onnxruntime's own TensorRT provider
+    first when it has one (engines cached in bundle/engines/ort-trt). torch: ``model`` (the torch module; a
+    bundle holds no torch weights).
     The returned backend has ``selection_log``: ``[(name, "selected: ..." | "skipped: why"), ...]``.
     """
     from metaedge.runtime.bundle import Bundle
@@ -64,7 +68,7 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
     bundle = Bundle.load(bundle)
     opts = {"precision": precision, "max_batch": max_batch, "threads": threads, "model": model, "build": build,
-            "progress": progress}
+            "progress": progress, "ort_tensorrt_ep": ort_tensorrt_ep}
     selection: list[tuple[str, str]] = []
     for name in (BACKENDS if backend == "auto" else (backend,)):
         try:

@@ -43,8 +43,8 @@ class CudaMemory:
         except ImportError as exc:
             raise BackendUnavailable(f"metaedge.cuda is not importable: {exc}") from exc
         if not cuda.is_available():
-            raise BackendUnavailable("metaedge's CUDA kernels are not built or no GPU is visible (see `metaedge "
-                                     "info`); the TensorRT backend keeps its embeddings on the GPU through them")
+            raise BackendUnavailable(f"metaedge.cuda is not usable ({cuda.why_unavailable()}); the TensorRT backend "
+                                     "keeps its embeddings on the GPU through it")
         self.cuda = cuda
         self._own = cuda.Stream() if stream is None else None
         self.stream = self._own.handle if self._own is not None else int(stream)
