@@ -21,9 +21,6 @@ EXCEPTIONS = {
     # without torch and imports train only inside the function that loads the checkpoint.
     ("runtime/backends/torch.py", "train"),
     ("runtime/backends/torch.py", "torch"),
-    # export_bundle(model_or_checkpoint_path): given a path, it loads the training checkpoint (the API,
-    # used by `metaedge export`); lazily, inside _resolve_model, and only for a path.
-    ("export/onnx.py", "train"),
 }
 
 

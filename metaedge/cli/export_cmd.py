@@ -39,7 +39,8 @@ def run(args) -> int:
     if args.num_images < 1:
         raise CliError(f"--num-images: expected >= 1, got {args.num_images}")
     try:
-        bundle = export_bundle(args.checkpoint, args.out, fp16_onnx=args.fp16_onnx, images=args.images,
+        from metaedge.train.checkpoint import load_checkpoint
+        bundle = export_bundle(load_checkpoint(args.checkpoint), args.out, fp16_onnx=args.fp16_onnx, images=args.images,
                                num_images=args.num_images, tolerance=args.tolerance, overwrite=args.force,
                                progress=print)
     except (ExportError, CheckpointError, BundleError, ValueError) as exc:
