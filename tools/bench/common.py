@@ -6,6 +6,7 @@ Typical use::
     common.pin_threads(2)          # before numpy/torch/faiss are imported: every library gets 2 threads
     import numpy as np
     t = common.time_call(lambda: np.dot(a, b))        # {"median_ms", "min_ms", "max_ms", "repeats"}
+    ts = common.time_interleaved({"numpy": f, "mine": g})  # round-robin: fair under a changing load
     rows = [{"case": "n=1000", "method": "numpy", "ms": t["median_ms"]}, ...]
     common.add_ratios(rows, group=("case",), reference="metaedge")
     common.print_table(rows, [("case", "case", "{}"), ("method", "method", "{}"), ("ms", "ms", "{:.3f}"),
@@ -60,6 +61,28 @@ def time_call(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 15, m
         spent += elapsed
     return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3,
             "repeats": len(times)}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 15,
+                     max_seconds: float = 10.0, min_repeats: int = 3) -> dict[str, dict]:
+    """Like time_call for several callables at once, measured round-robin (one call of each per round), so a
+    change of machine load during the run hits all of them alike and their ratios stay meaningful. Stops after
+    `repeats` rounds, or once `max_seconds` have been spent in total (but not before `min_repeats` rounds)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    spent, rounds = 0.0, 0
+    while rounds < repeats and (rounds < min_repeats or spent < max_seconds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+        rounds += 1
+    return {name: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3,
+                   "repeats": len(t)} for name, t in times.items()}
 
 
 def _cpu_model() -> str:

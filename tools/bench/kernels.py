@@ -10,8 +10,9 @@ Sections (--only picks one; default all):
               Column "x metaedge" divides by metaedge's time for the same metric (dot for numpy, torch and
               faiss IP; euclidean for faiss L2): above 1 means metaedge is faster. For batch 1 the
               memory-bandwidth floor is the bytes of the prototype matrix divided by the copy bandwidth
-              measured in this run (read + write bytes of a large copy, best of a 1-thread and an N-thread copy),
-              and "x floor" is each method's time over it.
+              measured in this run (read + write bytes of a 256 MiB copy, the faster of a 1-thread and an
+              N-thread copy, timed in the same rounds as the methods), and "x floor" is each method's time over
+              it. All methods of a case are timed round-robin, so a change of load hits them alike.
 
   adapt       metaedge.kernels.adapt_head against the same maths in torch eager autograd, 100 steps, (C, d) in
               {(5, 64), (20, 512), (100, 512), (1000, 512)}, n = 5 shots x C support rows (standard normal),
@@ -73,12 +74,11 @@ class Timer:
     def __init__(self, quick: bool):
         self.quick = quick
 
-    def __call__(self, fn, slow: bool = False) -> dict:
+    def many(self, fns: dict, slow: bool = False) -> dict:
         if self.quick:
-            return common.time_call(fn, warmup=1, repeats=5, max_seconds=0.5, min_repeats=1 if slow else 3)
-        if slow:
-            return common.time_call(fn, warmup=1, repeats=5, max_seconds=20.0, min_repeats=3)
-        return common.time_call(fn, warmup=2, repeats=21, max_seconds=3.0, min_repeats=5)
+            return common.time_interleaved(fns, warmup=1, repeats=5, max_seconds=2.0, min_repeats=1 if slow else 3)
+        return common.time_interleaved(fns, warmup=1, repeats=21, max_seconds=30.0 if slow else 10.0,
+                                       min_repeats=3 if slow else 5)
 
 
 def not_implemented(exc: Exception) -> bool:
@@ -86,24 +86,35 @@ def not_implemented(exc: Exception) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------- topk
-def copy_bandwidth(threads: int, nbytes: int = 256 << 20) -> dict:
-    """Read + write bytes per second of a large copy, with 1 thread and with `threads` threads."""
-    from concurrent.futures import ThreadPoolExecutor
+class CopyProbe:
+    """Copies of a buffer much larger than the caches, with 1 thread and with N threads, to time alongside the
+    methods (round-robin), so the bandwidth floor is measured under the same load as what it bounds."""
 
-    import numpy as np
+    def __init__(self, threads: int, nbytes: int = 256 << 20):
+        from concurrent.futures import ThreadPoolExecutor
 
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    single = common.time_call(lambda: np.copyto(dst, src), warmup=1, repeats=7)["median_ms"]
-    parts = np.array_split(np.arange(src.size), threads)
-    bounds = [(p[0], p[-1] + 1) for p in parts if len(p)]
-    with ThreadPoolExecutor(threads) as pool:
-        def parallel_copy():  # numpy releases the GIL while copying
-            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
-        multi = common.time_call(parallel_copy, warmup=1, repeats=7)["median_ms"]
-    best = min(single, multi)
-    return {"bytes": nbytes, "copy_1_thread_ms": single, f"copy_{threads}_threads_ms": multi,
-            "bandwidth_gb_s": 2 * nbytes / (best * 1e-3) / 1e9}
+        import numpy as np
+        self.nbytes = nbytes
+        self.src = np.ones(nbytes // 4, np.float32)
+        self.dst = np.empty_like(self.src)
+        edges = np.linspace(0, self.src.size, threads + 1).astype(int)
+        self.bounds = list(zip(edges[:-1], edges[1:]))
+        self.pool = ThreadPoolExecutor(threads)
+        self.threads = threads
+
+    def copy_1(self):
+        import numpy as np
+        np.copyto(self.dst, self.src)
+
+    def copy_n(self):  # numpy releases the GIL while copying
+        import numpy as np
+        list(self.pool.map(lambda b: np.copyto(self.dst[b[0]:b[1]], self.src[b[0]:b[1]]), self.bounds))
+
+    def bandwidth(self, timings: dict) -> dict:
+        """Read + write bytes per second of the faster copy."""
+        single, multi = timings["copy 1 thread"]["median_ms"], timings[f"copy {self.threads} threads"]["median_ms"]
+        return {"copy_1_thread_ms": single, f"copy_{self.threads}_threads_ms": multi,
+                "bandwidth_gb_s": 2 * self.nbytes / (min(single, multi) * 1e-3) / 1e9}
 
 
 def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
@@ -131,15 +142,14 @@ def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
             return [], {}
         raise
 
-    bandwidth = copy_bandwidth(args.threads)
-    log(f"topk: copy bandwidth {bandwidth['bandwidth_gb_s']:.1f} GB/s (read + write)")
+    probe = CopyProbe(args.threads)
+    bandwidths = []
     rng = np.random.default_rng(0)
     k = TOPK_K
     rows: list[dict] = []
     for C in TOPK_CLASSES:
         for d in TOPK_DIMS:
             protos = rng.standard_normal((C, d)).astype(np.float32)
-            floor_ms = protos.nbytes / (bandwidth["bandwidth_gb_s"] * 1e9) * 1e3
             indexes = {}
             if "faiss" in baselines:
                 faiss = baselines["faiss"]
@@ -187,22 +197,32 @@ def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
                     log(f"  WARNING: metaedge and numpy disagree on the top-{k} dot scores at C={C} d={d} b={b}")
 
                 case = {"C": C, "d": d, "batch": b}
-                for method, (metric, fn) in methods.items():
-                    t = timer(fn, slow=C * d * b >= 100000 * 512 * 32)
+                fns = {method: fn for method, (_, fn) in methods.items()}
+                if b == 1:
+                    fns.update({"copy 1 thread": probe.copy_1, f"copy {args.threads} threads": probe.copy_n})
+                timings = timer.many(fns, slow=C * d * b >= 10000 * 512 * 32)
+                floor_ms = None
+                if b == 1:
+                    bw = probe.bandwidth(timings)
+                    bandwidths.append({**case, **bw})
+                    floor_ms = protos.nbytes / (bw["bandwidth_gb_s"] * 1e9) * 1e3
+                for method, (metric, _) in methods.items():
+                    t = timings[method]
                     rows.append({**case, "method": method, "metric": metric, "ms": t["median_ms"],
-                                 "min_ms": t["min_ms"], "repeats": t["repeats"],
-                                 "floor_ms": floor_ms if b == 1 else None})
+                                 "min_ms": t["min_ms"], "repeats": t["repeats"], "floor_ms": floor_ms})
     reference = {(r["C"], r["d"], r["batch"], r["metric"]): r["ms"] for r in rows if r["method"].startswith("metaedge")}
     for r in rows:
         r["x_metaedge"] = r["ms"] / reference[(r["C"], r["d"], r["batch"], r["metric"])]
         r["x_floor"] = r["ms"] / r["floor_ms"] if r["floor_ms"] else None
+    measured = ", ".join(f"{bw['bandwidth_gb_s']:.1f}" for bw in bandwidths)
     common.print_table(rows, [("C", "C", "{}"), ("d", "d", "{}"), ("batch", "batch", "{}"),
                               ("method", "method", "{}"), ("ms", "median ms", "{:.3f}"),
                               ("x_metaedge", "x metaedge", "{:.2f}"), ("floor_ms", "floor ms", "{:.2f}"),
                               ("x_floor", "x floor", "{:.2f}")],
-                       title=f"topk, k={k}, {args.threads} threads; floor = protos bytes / "
-                             f"{bandwidth['bandwidth_gb_s']:.1f} GB/s copy bandwidth")
-    return rows, {"copy_bandwidth": bandwidth, "targets": topk_targets(rows)}
+                       title=f"topk, k={k}, {args.threads} threads; batch-1 floor = protos bytes / copy bandwidth "
+                             f"(read + write of a 256 MiB copy, timed round-robin with the methods: {measured} GB/s)")
+    probe.pool.shutdown()
+    return rows, {"copy_bandwidth": bandwidths, "targets": topk_targets(rows)}
 
 
 def topk_targets(rows: list[dict]) -> list[dict]:
@@ -287,9 +307,8 @@ def bench_adapt(args, timer: Timer) -> tuple[list[dict], dict]:
                 losses.append(loss.detach())
             result["torch"] = torch.stack(losses).numpy()
 
-        slow = C * d >= 100 * 512
-        t_me = timer(run_metaedge, slow=slow)
-        t_torch = timer(run_torch, slow=slow)
+        timings = timer.many({"metaedge": run_metaedge, "torch": run_torch}, slow=C * d >= 100 * 512)
+        t_me, t_torch = timings["metaedge"], timings["torch"]
         dloss = float(np.abs(result["metaedge"].astype(np.float64) - result["torch"]).max())
         case = {"C": C, "d": d, "n": n}
         rows.append({**case, "method": "metaedge adapt_head", "ms": t_me["median_ms"],
@@ -370,8 +389,7 @@ def bench_preprocess(args, timer: Timer) -> tuple[list[dict], dict]:
                         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
                         return (x / 255.0 - mean_t) / std_t
                 methods["torch interpolate"] = run_torch
-            for method, fn in methods.items():
-                t = timer(fn)
+            for method, t in timer.many(methods).items():
                 rows.append({"frames": count, "output": name, "method": method, "ms": t["median_ms"]})
     common.add_ratios(rows, group=("frames", "output"), reference="metaedge preprocess", out="x_metaedge")
     common.print_table(rows, [("frames", "frames", "{}"), ("output", "output", "{}"), ("method", "method", "{}"),
