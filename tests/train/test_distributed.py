@@ -29,13 +29,25 @@ def expected_params(method, data):
             for (name, p), g0, g1 in zip(model.named_parameters(), *grads)}
 
 
+def _run_torchrun(cmd, env, attempts=2, timeout=130):
+    """torchrun's rendezvous once stalled in a CI run on a heavily loaded 2-core machine (it takes ~8 s
+    normally); keep what it printed and try once more rather than hang the suite."""
+    for attempt in range(attempts):
+        try:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"")[-2000:], (exc.stderr or b"")[-2000:]
+            print(f"torchrun attempt {attempt + 1} timed out after {timeout} s; output: {out}")
+    pytest.fail(f"torchrun timed out {attempts} times")
+
+
 @pytest.mark.timeout(300)
 def test_torchrun_two_gloo_ranks_average_gradients_of_different_episodes(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    proc = _run_torchrun(cmd, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = SyntheticGlyphs("train", num_classes=40, samples_per_class=10, seed=3)
     ep0, ep1 = (TaskSampler(data, 4, 1, 2, seed=11, rank=r).sample(0) for r in (0, 1))
