@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -30,14 +31,19 @@ def expected_params(method, data):
 
 
 def _run_torchrun(cmd, env, attempts=2, timeout=130):
-    """torchrun's rendezvous once stalled in a CI run on a heavily loaded 2-core machine (it takes ~8 s
-    normally); keep what it printed and try once more rather than hang the suite."""
+    """torchrun's rendezvous stalled when another torchrun ran on the same machine at the same time (it
+    takes ~8 s normally); keep what it printed and try once more rather than hang the suite."""
     for attempt in range(attempts):
+        # Its own session, so that a timeout kills the workers too, not only the torchrun launcher.
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"")[-2000:], (exc.stderr or b"")[-2000:]
-            print(f"torchrun attempt {attempt + 1} timed out after {timeout} s; output: {out}")
+            stdout, stderr = proc.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            print(f"torchrun attempt {attempt + 1} timed out after {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     pytest.fail(f"torchrun timed out {attempts} times")
 
 
