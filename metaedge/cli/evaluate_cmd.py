@@ -11,7 +11,7 @@ from metaedge.cli.train_cmd import add_data_arguments, build_dataset, data_args
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "eval", help="few-shot accuracy of a checkpoint with 95% confidence intervals",
+        "eval", help="few-shot accuracy of a checkpoint with 95%% confidence intervals",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate a trained checkpoint on classes it never saw: seeded N-way K-shot episodes, mean "
                     "accuracy +- 1.96 std / sqrt(episodes). The data is pre-processed as the checkpoint's model.json "
