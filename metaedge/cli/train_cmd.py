@@ -62,6 +62,8 @@ def add_data_arguments(p: argparse.ArgumentParser, for_eval: bool = False) -> No
                    help="Omniglot: leave these alphabets out")
     g.add_argument("--rotations", type=lambda s: [int(v) for v in _csv(s)], default=None, metavar="0,90,180,270",
                    help="Omniglot: add rotated copies of every character as new classes (default: 0 only)")
+    g.add_argument("--mirror", action="store_true",
+                   help="Omniglot: add the mirror image of every (rotated) character as a new class")
     g.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="which class split to use for synthetic data / image folders (default: "
                         + ("test" if for_eval else "train") + "; 'all' for every class)")
@@ -78,7 +80,7 @@ def add_data_arguments(p: argparse.ArgumentParser, for_eval: bool = False) -> No
 
 def data_args(args) -> dict:
     keys = ("data", "size", "color", "invert", "mean", "std", "sets", "alphabets", "exclude_alphabets", "rotations",
-            "split", "split_fractions", "split_by", "on_error", "synthetic_classes", "synthetic_samples", "data_seed")
+            "mirror", "split", "split_fractions", "split_by", "on_error", "synthetic_classes", "synthetic_samples", "data_seed")
     d = {k: getattr(args, k) for k in keys}
     if d["split_fractions"] is not None:
         d["split_fractions"] = list(d["split_fractions"])
@@ -104,6 +106,7 @@ def build_dataset(d: dict, default_split: str):
                 raise CliError("Omniglot is gray: --color rgb does not apply")
             return Omniglot(root, sets=d.get("sets"), alphabets=d.get("alphabets"),
                             exclude_alphabets=d.get("exclude_alphabets"), rotations=d.get("rotations") or (0,),
+                            mirror=bool(d.get("mirror")),
                             size=d.get("size") or 28, invert=True if d.get("invert") is None else d["invert"],
                             mean=(d.get("mean") or [0.0])[0], std=(d.get("std") or [1.0])[0])
         if not os.path.isdir(source):
@@ -242,9 +245,10 @@ def register(sub) -> None:
     r.add_argument("--seed", type=int, default=None, help="seed of episodes, augmentation and weights [0]")
     r.add_argument("--device", default=None, help="auto (CUDA if available), cpu, cuda, cuda:1 [auto]")
     r.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=None,
-                   help="mixed precision: auto = bf16/fp16 on CUDA, off on CPU [auto]")
+                   help="mixed precision (weights stay fp32): auto = bf16/fp16 on CUDA, bf16 on CPUs with native "
+                        "bf16 (AVX512-BF16/AMX), else off [auto]")
     r.add_argument("--channels-last", choices=("auto", "on", "off"), default=None,
-                   help="channels-last memory format (auto: on with CUDA) [auto]")
+                   help="channels-last memory format (auto: on with CUDA or oneDNN) [auto]")
     r.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--log-every", type=int, default=None, help="episodes between log lines/scalars [20]")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

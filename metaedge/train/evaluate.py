@@ -93,7 +93,8 @@ def _adaptation_method(model, method: str, options: dict[str, Any] | None):
     from metaedge.train.methods import MAML, Reptile
     info = getattr(model, "train_info", None) or (getattr(model, "checkpoint_meta", None) or {}).get("training", {})
     trained = info.get("method") if isinstance(info, dict) else None
-    opts = dict(info.get("method_options") or {}) if trained in ("maml", "fomaml", "reptile") else {}
+    stored = info.get("method_options_resolved") or info.get("method_options") or {} if isinstance(info, dict) else {}
+    opts = dict(stored) if trained in ("maml", "fomaml", "reptile") else {}
     if method == "maml":
         opts = {k: v for k, v in opts.items() if k in ("inner_steps", "inner_lr", "head_init", "adapt",
                                                       "eval_inner_steps")}

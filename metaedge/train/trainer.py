@@ -71,8 +71,8 @@ class TrainConfig:
     adv_steps: int = 3
     adv_alpha: float | None = None
     grad_clip: float | None = None        # max global gradient norm
-    amp: str = "auto"                     # auto (CUDA: bf16/fp16), off, bf16, fp16
-    channels_last: str = "auto"           # auto (CUDA), on, off
+    amp: str = "auto"                     # auto (CUDA: bf16/fp16; CPU with native bf16: bf16), off, bf16, fp16
+    channels_last: str = "auto"           # auto (CUDA, or CPU with oneDNN), on, off
     augment: Any = None                   # None | preset name | dict of Augment fields
     seed: int = 0
     val_every: int = 500
@@ -271,7 +271,9 @@ class _Trainer:
             model.spec = dataclasses.replace(model.spec, metric=method.metric)
             model.backbone_options["metric"] = method.metric
         self.is_cuda = self.device.type == "cuda"
-        self.channels_last = c.channels_last == "on" or (c.channels_last == "auto" and self.is_cuda)
+        # channels-last pays on CUDA and with oneDNN on CPU (conv4 on 2 cores: ~1.25x)
+        self.channels_last = c.channels_last == "on" or (c.channels_last == "auto" and (
+            self.is_cuda or torch.backends.mkldnn.is_available()))
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -279,7 +281,11 @@ class _Trainer:
         self.model.train_info = {"method": c.method, "method_options": method.options()}
         amp = c.amp
         if amp == "auto":
-            amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if self.is_cuda else "off"
+            if self.is_cuda:
+                amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:  # CPUs with native bf16 (AVX512-BF16 / AMX) run oneDNN convolutions ~2x faster in bf16
+                amp = "bf16" if _cpu_has_native_bf16() else "off"
+        self.amp_name = amp
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler("cuda") if (self.amp_dtype == torch.float16 and self.is_cuda) else None
         self.params = [p for p in list(self.model.parameters()) + list(self.method.parameters()) if p.requires_grad]
@@ -439,7 +445,8 @@ class _Trainer:
 
     def _training_record(self) -> dict[str, Any]:
         return {**self.config.to_dict(), "method_options_resolved": self.method.options(),
-                "data": self.data_description, "world_size": self.dist.world_size}
+                "data": self.data_description, "world_size": self.dist.world_size, "device": str(self.device),
+                "amp_resolved": self.amp_name, "channels_last_resolved": self.channels_last}
 
     def _save_last(self):
         if not self.run_dir or not self.dist.main:
@@ -597,7 +604,8 @@ class _Trainer:
                             "episodes": self.state["episode"], "elapsed_s": self.state["elapsed_s"],
                             "best_val_accuracy": None if self.best_state is None else self.state["best_val"],
                             "best_val_ci95": None if self.best_state is None else self.state["best_val_ci95"],
-                            "best_episode": self.state["best_episode"], "stopped_by": why or "schedule"}
+                            "best_episode": self.state["best_episode"], "stopped_by": why or "schedule",
+                            "amp": self.amp_name, "channels_last": self.channels_last}
         return model
 
     def _agree(self, flag: bool) -> bool:
@@ -613,6 +621,13 @@ class _Trainer:
         if self.dist.world_size > 1:
             import torch.distributed as dist
             dist.barrier()
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _in_main_thread() -> bool:

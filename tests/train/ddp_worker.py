@@ -16,5 +16,5 @@ rank = int(os.environ["RANK"])
 for method, options in (("protonet", {}), ("fomaml", {"inner_steps": 1, "inner_lr": 0.1})):
     model = fit("conv4", method, data, ways=4, shots=1, queries=2, episodes=1, optimizer="sgd", momentum=0.0,
                 lr=0.5, schedule="constant", backbone_options={"hidden": 8}, method_options=options, seed=11,
-                progress=False, device="cpu")
+                progress=False, device="cpu", amp="off")
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, os.path.join(out, f"{method}-{rank}.safetensors"))

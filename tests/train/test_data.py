@@ -93,6 +93,14 @@ def test_omniglot_from_zip(omniglot_dir):
     # raw pixels: white background, dark strokes; the network input has strokes = 1
     assert ds.images.float().mean() > 200
     assert ds.batch(range(20)).mean() < 0.3
+    mirrored = Omniglot(omniglot_dir, sets="images_background_small2", alphabets=["Tagalog"], rotations=(0, 90),
+                        mirror=True)
+    assert mirrored.num_classes == 4 * 17 and mirrored.class_names[-1].endswith("/rot90/mirror")
+    m = mirrored.class_names.index(mirrored.class_names[0] + "/mirror")
+    assert torch.equal(mirrored.images[mirrored.class_indices(m)],
+                       torch.flip(mirrored.images[mirrored.class_indices(0)], dims=(3,)))
+    train, val = mirrored.split((0.5, 0.5), seed=0)  # a character's 4 variants stay in one split
+    assert train.num_classes % 4 == 0 and val.num_classes % 4 == 0
     both = Omniglot(omniglot_dir, sets=["images_background_small1", "images_background_small2"])
     assert both.num_classes == 136 + 106  # Greek and Latin appear in both zips: kept once
     with pytest.raises(DataError, match="not in the data"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -119,6 +118,8 @@ def main(argv=None):
     ap.add_argument("--variants", default="fp32,channels_last,bf16", help="metaedge variants to run")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    from tools.bench import common
+    common.pin_threads(args.threads)
     torch.set_num_threads(args.threads)
     easyfsl, TaskSampler, PrototypicalNetworks = import_easyfsl()
     data = load_data(args.omniglot)
@@ -126,7 +127,10 @@ def main(argv=None):
                 "channels_last": {"channels_last": "on", "amp": "off"},
                 "bf16": {"channels_last": "on", "amp": "bf16"}}
     chosen = [v for v in args.variants.split(",") if v]
-    results = []
+    unknown = set(chosen) - set(variants)
+    if unknown:
+        ap.error(f"--variants: unknown {sorted(unknown)}; choose from {sorted(variants)}")
+    rows = []
     for shape in args.shapes.split(","):
         ways, shots, queries = (int(v) for v in shape.split("x"))
         runs: dict[str, list[float]] = {"easyfsl": [], **{f"metaedge-{v}": [] for v in chosen}}
@@ -139,22 +143,18 @@ def main(argv=None):
         base = statistics.median(runs["easyfsl"])
         for name, values in runs.items():
             med = statistics.median(values)
-            results.append({"shape": f"{ways}-way {shots}-shot {queries}-query", "contender": name,
-                            "episodes_per_s": med, "rounds": values, "ratio_vs_easyfsl": med / base})
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+            rows.append({"shape": f"{ways}-way {shots}-shot {queries}-query", "method": name,
+                         "episodes_per_s": med, "rounds": values, "vs_easyfsl": med / base})
     doc = {"benchmark": "train_protonet_conv4_28x28", "data": repr(data), "threads": args.threads,
-           "episodes_per_round": args.episodes, "rounds": args.rounds, "torch": torch.__version__,
-           "easyfsl": getattr(easyfsl, "__version__", "1.5.0"), "machine": platform.machine(),
-           "processor": platform.processor(), "loadavg_at_end": load, "results": results}
-    print(f"{'episode shape':<28} {'contender':<26} {'episodes/s':>10} {'vs easyfsl':>10}")
-    for row in results:
-        print(f"{row['shape']:<28} {row['contender']:<26} {row['episodes_per_s']:>10.3f} "
-              f"{row['ratio_vs_easyfsl']:>9.2f}x")
-    print(f"(median of {args.rounds} interleaved rounds x {args.episodes} episodes, {args.threads} threads, "
-          f"load average at end {load})")
+           "episodes_per_round": args.episodes, "rounds": args.rounds,
+           "easyfsl": getattr(easyfsl, "__version__", "1.5.0"), "environment": common.environment(),
+           "results": rows}
+    common.print_table(rows, [("shape", "episode shape", "{}"), ("method", "contender", "{}"),
+                              ("episodes_per_s", "episodes/s", "{:.3f}"), ("vs_easyfsl", "x easyfsl", "{:.2f}")],
+                       title=f"conv4 ProtoNet training, 28x28, {args.threads} threads, median of {args.rounds} "
+                             f"interleaved rounds x {args.episodes} episodes")
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
+        common.write_json(args.out, doc)
     return doc
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from metaedge.runtime.spec import PreprocessSpec
 
 LUMA = (0.299, 0.587, 0.114)
-_ROTATION_SUFFIX = re.compile(r"/rot(90|180|270)$")  # ITU-R 601, as metaedge.kernels.preprocess
+_ROTATION_SUFFIX = re.compile(r"(/rot(90|180|270))?(/mirror)?$")  # ITU-R 601, as metaedge.kernels.preprocess
 
 
 class DataError(ValueError):
@@ -173,7 +173,7 @@ class FewShotDataset:
         fr = fr / fr.sum()
         rng = np.random.default_rng(seed)
         if by == "class":
-            # rotated copies of a character ("<name>/rot90", Omniglot) stay with the original: no leakage
+            # rotated/mirrored copies of a character ("<name>/rot90/mirror", Omniglot) stay with the original
             by_base: dict[str, list[int]] = {}
             for c, name in enumerate(self.class_names):
                 by_base.setdefault(_ROTATION_SUFFIX.sub("", name), []).append(c)

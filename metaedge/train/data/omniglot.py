@@ -100,13 +100,16 @@ class Omniglot(FewShotDataset):
     - ``alphabets`` / ``exclude_alphabets``: keep / drop alphabets by name.
     - ``rotations``: degrees among 0/90/180/270; each non-zero rotation adds every character again as a new
       class (Snell et al., 2017), named ``<alphabet>/<character>/rot<deg>``.
+    - ``mirror``: also add the left-right mirror image of every (rotated) character as a new class
+      (``.../mirror``): a mirrored glyph is a different character, so like rotations this multiplies the
+      number of base classes.
     - ``size``, ``invert`` (default True: strokes = 1), ``mean``/``std``: the pre-processing (see spec).
     """
 
     def __init__(self, root: str | None = None, sets: Sequence[str] | str | None = None,
                  alphabets: Iterable[str] | None = None, exclude_alphabets: Iterable[str] | None = None,
                  rotations: Sequence[int] = (0,), size: int = 28, invert: bool = True,
-                 mean: float = 0.0, std: float = 1.0):
+                 mean: float = 0.0, std: float = 1.0, mirror: bool = False):
         root = root or os.environ.get(ENV_VAR)
         if not root:
             raise DataError(f"Omniglot: no root given and ${ENV_VAR} is not set")
@@ -157,6 +160,12 @@ class Omniglot(FewShotDataset):
             all_labels.append(labels_t + r * len(class_names))
             all_names += [n if deg == 0 else f"{n}/rot{deg}" for n in class_names]
             all_groups += groups
+        if mirror:
+            n = len(all_names)
+            all_images += [torch.flip(img, dims=(3,)) for img in all_images]
+            all_labels += [lab + n for lab in all_labels]
+            all_names += [f"{name}/mirror" for name in all_names]
+            all_groups += list(all_groups)
         pre = PreprocessSpec(size=(size, size), color="gray", invert=bool(invert), mean=(float(mean),),
                              std=(float(std),))
         super().__init__(torch.cat(all_images).contiguous(), torch.cat(all_labels), all_names, pre, all_groups,
