@@ -171,4 +171,45 @@ void gemm_serial(const GemmProblem& g) {
   }
 }
 
+// out[j * out_stride] = alpha * sum_p x[p] Y(p, j) + beta * out[...], for j < n (one row or column of C).
+// Y(p, j) = y[p*ldy + j] when y_contiguous_in_j (axpy over rows of Y), else y[j*ldy + p] (a dot product per j).
+// Matrix-vector products gain nothing from packing: each element of Y is used once, so Y is streamed as is.
+void gemv_serial(int64_t n, int64_t K, float alpha, const float* __restrict x, const float* __restrict y,
+                 int64_t ldy, bool y_contiguous_in_j, float beta, float* __restrict out, int64_t out_stride) {
+  static thread_local ScratchBuffer acc_buffer;
+  float* acc = acc_buffer.get(static_cast<size_t>(y_contiguous_in_j ? n : 0) + 1);
+  if (y_contiguous_in_j) {
+    for (int64_t j = 0; j < n; ++j) acc[j] = 0.f;
+    const int64_t n_vec = n / kVecLanes * kVecLanes;
+    for (int64_t p = 0; p < K; ++p) {
+      const float xp = x[p];
+      const float* row = y + p * ldy;
+      for (int64_t j = 0; j < n_vec; j += kVecLanes)
+        store_aligned(acc + j, load_aligned(acc + j) + xp * load_unaligned(row + j));
+      for (int64_t j = n_vec; j < n; ++j) acc[j] += xp * row[j];
+    }
+  } else {
+    const int64_t k_vec = K / kVecLanes * kVecLanes, k_pair = K / (2 * kVecLanes) * (2 * kVecLanes);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* col = y + j * ldy;
+      Vec s0 = Vec{}, s1 = Vec{};
+      int64_t p = 0;
+      for (; p < k_pair; p += 2 * kVecLanes) {
+        s0 += load_unaligned(x + p) * load_unaligned(col + p);
+        s1 += load_unaligned(x + p + kVecLanes) * load_unaligned(col + p + kVecLanes);
+      }
+      for (; p < k_vec; p += kVecLanes) s0 += load_unaligned(x + p) * load_unaligned(col + p);
+      float sum = horizontal_sum(s0 + s1);
+      for (; p < K; ++p) sum += x[p] * col[p];
+      float& o = out[j * out_stride];
+      o = beta == 0.f ? alpha * sum : alpha * sum + beta * o;
+    }
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float& o = out[j * out_stride];
+    o = beta == 0.f ? alpha * acc[j] : alpha * acc[j] + beta * o;
+  }
+}
+
 GemmTile gemm_tile() { return {kMR, kNR, kVecLanes}; }
