@@ -124,7 +124,10 @@ def cxx_flags() -> list[str]:
 
 def nvcc_flags(cfg: dict) -> list[str]:
     archs = cfg["archs"]
-    flags = ["-std=c++17", "-O3", "--use_fast_math", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+    # No --use_fast_math: it flushes denormals and approximates division/sqrt, so the GPU kernels would stop
+    # matching the CPU kernels (cosine scores, softmax, tiny rows in l2_normalize). The hot loops are plain
+    # FMAs; the exact division/sqrt runs once per score, not per element.
+    flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden",
              "--expt-relaxed-constexpr", "-lineinfo", "--threads", "0"]
     for a in archs:
         flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]

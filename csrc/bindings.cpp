@@ -12,6 +12,7 @@
 #include "metaedge/ops.h"
 #if METAEDGE_WITH_CUDA
 #include "cuda/cuda_kernels.h"
+#include "cuda/cuda_memory.h"
 #endif
 
 namespace py = pybind11;
@@ -57,7 +58,15 @@ Tensor from_cuda_array_interface(py::handle obj, const char* name) {
     const auto stream = cai["stream"].cast<std::uintptr_t>();
     t.stream = stream == 1 ? 0 : stream;  // 1 = legacy default stream in the v3 protocol
   }
-  if (py::hasattr(obj, "device_index")) t.device_index = obj.attr("device_index").cast<int>();
+  if (py::hasattr(obj, "device_index")) {
+    t.device_index = obj.attr("device_index").cast<int>();
+  } else {
+#if METAEDGE_WITH_CUDA
+    // Foreign arrays (torch, CuPy) don't say which device holds them in the protocol: ask the driver.
+    const int device = metaedge::cuda::pointer_device(reinterpret_cast<std::uintptr_t>(t.data));
+    if (device >= 0) t.device_index = device;
+#endif
+  }
   return t;
 }
 
@@ -197,5 +206,42 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_runtime_version", &metaedge::cuda::runtime_version);
   m.def("cuda_driver_version", &metaedge::cuda::driver_version);
   m.def("cuda_device_properties", &metaedge::cuda::device_properties);
+
+  // Memory, copies and streams for metaedge.cuda (pointers and stream handles travel as integers).
+  namespace mc = metaedge::cuda;
+  m.def("cuda_malloc", [](int64_t bytes, int device, std::uintptr_t stream) {
+    const mc::Allocation a = mc::malloc_device(bytes, device, stream);
+    return py::make_tuple(a.ptr, a.stream_ordered);
+  }, py::arg("nbytes"), py::arg("device"), py::arg("stream"));
+  m.def("cuda_free", &mc::free_device, py::arg("ptr"), py::arg("device"), py::arg("stream"),
+        py::arg("stream_ordered"));
+  m.def("cuda_host_alloc", &mc::host_alloc, py::arg("nbytes"), py::arg("mapped"));
+  m.def("cuda_host_device_pointer", &mc::host_device_pointer, py::arg("host_ptr"));
+  m.def("cuda_free_host", &mc::free_host, py::arg("ptr"));
+  m.def("cuda_memcpy", [](std::uintptr_t dst, std::uintptr_t src, int64_t bytes, const std::string& kind,
+                          int device, std::uintptr_t stream, bool synchronize) {
+    mc::CopyKind k = mc::CopyKind::kDefault;
+    if (kind == "h2d") k = mc::CopyKind::kHostToDevice;
+    else if (kind == "d2h") k = mc::CopyKind::kDeviceToHost;
+    else if (kind == "d2d") k = mc::CopyKind::kDeviceToDevice;
+    else if (kind != "default") throw metaedge::ArgumentError("cuda_memcpy: unknown kind '" + kind + "'");
+    py::gil_scoped_release nogil;
+    mc::copy_bytes(dst, src, bytes, k, device, stream, synchronize);
+  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::arg("kind"), py::arg("device"), py::arg("stream"),
+     py::arg("synchronize"));
+  m.def("cuda_memset", &mc::fill_bytes, py::arg("ptr"), py::arg("value"), py::arg("nbytes"), py::arg("device"),
+        py::arg("stream"));
+  m.def("cuda_stream_create", &mc::stream_create, py::arg("device"), py::arg("non_blocking"));
+  m.def("cuda_stream_destroy", &mc::stream_destroy, py::arg("stream"), py::arg("device"));
+  m.def("cuda_stream_synchronize", [](std::uintptr_t stream, int device) {
+    py::gil_scoped_release nogil;
+    mc::stream_synchronize(stream, device);
+  }, py::arg("stream"), py::arg("device"));
+  m.def("cuda_device_synchronize", [](int device) {
+    py::gil_scoped_release nogil;
+    mc::device_synchronize(device);
+  }, py::arg("device"));
+  m.def("cuda_current_device", &mc::current_device);
+  m.def("cuda_pointer_device", &mc::pointer_device, py::arg("ptr"));
 #endif
 }

@@ -46,9 +46,10 @@ def _cuda_status(native, config: dict) -> dict:
     return status
 
 
-def build_info() -> dict:
-    """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not)
-    and the optional packages present. Never raises for a missing optional piece."""
+def build_info(backends: bool = True) -> dict:
+    """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not),
+    the optional packages present and (``backends``) which inference backends could run here, with versions.
+    Never raises for a missing optional piece."""
     from metaedge import __version__
     info: dict = {"version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
                   "machine": platform.machine()}
@@ -65,4 +66,50 @@ def build_info() -> dict:
                           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
         info["cuda"] = _cuda_status(C, config)
     info["packages"] = {name: version_of(name) for name in OPTIONAL_PACKAGES}
+    if backends:
+        try:
+            info["backends"] = probe_backends(info["cuda"])
+        except Exception as exc:  # info must always print; say what broke instead
+            info["backends"] = {"error": f"{type(exc).__name__}: {exc}"}
     return info
+
+
+# Backend names as in metaedge.runtime.backends.BACKENDS (probed here, below the runtime layer).
+def probe_backends(cuda_status: dict | None = None) -> dict[str, str]:
+    """Which backends could run here, checked cheaply (no engine build, no session): for `metaedge info`.
+    ``cuda_status``: ``build_info()["cuda"]`` when the caller has it already."""
+    out: dict[str, str] = {}
+    cuda_ok, cuda_why = _metaedge_cuda(cuda_status)
+    trt_version = version_of("tensorrt")
+    if trt_version is None:
+        out["tensorrt"] = "no (tensorrt not installed)"
+    elif not cuda_ok:
+        out["tensorrt"] = f"no (TensorRT {trt_version} installed, but {cuda_why})"
+    else:
+        out["tensorrt"] = f"yes (TensorRT {trt_version})"
+    ort_version = version_of("onnxruntime")
+    if ort_version is None:
+        out["ort-cuda"] = out["ort-cpu"] = "no (onnxruntime not installed)"
+    else:
+        try:
+            import onnxruntime
+            providers = onnxruntime.get_available_providers()
+        except Exception as exc:  # a broken install must not break `metaedge info`
+            providers, ort_version = [], f"{ort_version}, broken: {exc}"
+        eps = ", ".join(p.replace("ExecutionProvider", "") for p in providers)
+        has_cuda = "CUDAExecutionProvider" in providers
+        out["ort-cuda"] = (f"yes (onnxruntime {ort_version}: {eps})" if has_cuda
+                           else f"no (onnxruntime {ort_version} has no CUDA provider; install onnxruntime-gpu)")
+        out["ort-cpu"] = f"yes (onnxruntime {ort_version})" if "CPUExecutionProvider" in providers else "no"
+    torch_version = version_of("torch")
+    out["torch"] = (f"yes (torch {torch_version}; needs the model object)" if torch_version
+                    else "no (torch not installed)")
+    return out
+
+
+def _metaedge_cuda(cuda: dict | None) -> tuple[bool, str]:
+    if cuda is None:
+        cuda = build_info(backends=False).get("cuda", {})
+    if cuda.get("available"):
+        return True, ""
+    return False, cuda.get("why_not") or "metaedge's CUDA kernels are not usable"

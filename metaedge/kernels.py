@@ -27,12 +27,27 @@ COLOR_MODES = ("keep", "gray", "rgb")
 
 
 def _is_cuda(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__")
+    # DeviceArray first: cheap, and it is the common case on the device path. hasattr() evaluates the
+    # interface property, which costs microseconds for torch tensors.
+    return getattr(type(x), "_metaedge_device_array", False) or hasattr(x, "__cuda_array_interface__")
 
 
 def _cuda():
     from metaedge import cuda
     return cuda
+
+
+def _same_side(**arrays) -> bool:
+    """True when the arrays are CUDA arrays, False when none is; a mix raises ValueError naming both sides."""
+    on_gpu = [name for name, a in arrays.items() if _is_cuda(a)]
+    if not on_gpu:
+        return False
+    on_host = [name for name, a in arrays.items() if not _is_cuda(a) and a is not None]
+    if on_host:
+        raise ValueError(f"`{on_host[0]}` is a host array but `{on_gpu[0]}` is a CUDA array: pass all arrays on "
+                         "the same device (metaedge.cuda.DeviceArray.from_numpy(x) moves one to the GPU, "
+                         ".to_numpy() brings one back)")
+    return True
 
 
 def _float_input(x, name: str, allow_half: bool = False) -> np.ndarray:
@@ -86,7 +101,7 @@ def l2_normalize(x, eps: float = 1e-12):
     """
     if not _is_cuda(x):
         x = _float_input(x, "x")
-    shape = tuple(x.shape) if not _is_cuda(x) else tuple(x.__cuda_array_interface__["shape"])
+    shape = tuple(x.shape) if not _is_cuda(x) else _cuda().shape_of(x)
     out = _empty_like_device(x, shape, np.float32)
     native().l2_normalize(x, out, float(eps))
     return out
@@ -98,12 +113,13 @@ def class_prototypes(emb, labels, num_classes: int):
     Returns ``(protos[num_classes, d] float32, counts[num_classes] int64)``; a class with no sample gets a
     zero row and count 0. Labels outside ``[0, num_classes)`` raise ValueError (never a silent NaN row).
     """
-    if not _is_cuda(emb):
+    if not _same_side(emb=emb, labels=labels):
         emb = _float_input(emb, "emb")
         labels = _label_input(labels, "labels")
         d = emb.shape[1] if emb.ndim == 2 else 0
     else:
-        d = _cuda().shape_of(emb)[1]
+        shape = _cuda().shape_of(emb)
+        d = shape[1] if len(shape) == 2 else 0  # the native checker reports the bad shape
     num_classes = int(num_classes)
     if num_classes < 0:
         raise ValueError(f"`num_classes`: expected >= 0, got {num_classes}")
@@ -119,6 +135,7 @@ def update_prototypes(protos, counts, emb, labels) -> None:
 
     ``protos[C, d]`` (float32) and ``counts[C]`` (int64) must be writable C-contiguous arrays.
     """
+    _same_side(protos=protos, counts=counts, emb=emb, labels=labels)
     _inplace(protos, "protos", np.float32)
     _inplace(counts, "counts", np.int64)
     if not _is_cuda(emb):
@@ -148,14 +165,18 @@ def topk(queries, protos, k: int = 1, metric: str = "cosine"):
     except TypeError:
         raise TypeError(f"`k`: expected an integer, got {type(k).__name__} {k!r}") from None
     squeeze = False
-    if not _is_cuda(queries):
+    if not _same_side(queries=queries, protos=protos):
         queries = _float_input(queries, "queries")
         protos = _float_input(protos, "protos")
         if queries.ndim == 1:
             queries, squeeze = queries[None, :], True
         b = queries.shape[0] if queries.ndim else 0
     else:
-        b = _cuda().shape_of(queries)[0]
+        shape = _cuda().shape_of(queries)
+        if len(shape) == 1:
+            queries, squeeze = _cuda().as_device_array(queries).reshape(1, shape[0]), True
+            shape = (1, shape[0])
+        b = shape[0] if shape else 0
     # k is validated against C by the native checker, with a message naming it; a negative k must not reach
     # the allocation first.
     scores = _empty_like_device(queries, (b, max(k, 0)), np.float32)
@@ -185,10 +206,12 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
 
     All steps run in one native call. On the CPU the kernel picks, by flop count, between the direct
     algorithm (two ``n x C x d`` products per step) and an exact reformulation in the span of the
-    normalised support rows (one ``n x n x C`` product per step; faster when ``n < 2 d``, the few-shot case);
-    both agree with a float64 reference to float32 rounding. ``METAEDGE_ADAPT_HEAD_ALGO=direct|span``
-    forces one (diagnostics).
+    normalised support rows (one ``n x n x C`` product per step; faster when ``n < 2 d``, the few-shot case,
+    and handing the remaining steps to the direct one if steps grow far larger than ``||W_c||``); both agree
+    with a float64 reference to float32 rounding. ``METAEDGE_ADAPT_HEAD_ALGO=direct|span`` forces the first
+    choice (diagnostics).
     """
+    _same_side(weights=weights, support=support, labels=labels, velocity=velocity)
     _inplace(weights, "weights", np.float32)
     steps = int(steps)
     if steps < 0:
@@ -241,6 +264,9 @@ def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "kee
     single = False
     if _is_cuda(images):
         shape = _cuda().shape_of(images)
+        if len(shape) in (2, 3):
+            shape = (1, *shape, 1) if len(shape) == 2 else (1, *shape)
+            images, single = _cuda().as_device_array(images).reshape(shape), True
     else:
         if not isinstance(images, np.ndarray):
             raise TypeError(f"`images`: expected a uint8 numpy array or a CUDA array, got {type(images).__name__}")

@@ -31,6 +31,7 @@ DeviceProperties device_properties(int device);
 namespace metaedge::cuda {
 int64_t first_non_finite(const Tensor& t);
 int64_t first_label_out_of_range(const Tensor& labels, int64_t num_classes);
+int64_t first_negative(const Tensor& values);  // int64 tensors: index of the first value < 0, or -1
 void l2_normalize(const Tensor& x, const Tensor& out, double eps);
 void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_classes, const Tensor& protos,
                       const Tensor& counts);

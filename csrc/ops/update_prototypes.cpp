@@ -26,6 +26,14 @@ static void check_update_prototypes(const Tensor& protos, const Tensor& counts, 
       if (c[i] < 0)
         throw ArgumentError("`counts`: expected counts >= 0, got " + std::to_string(c[i]) + " at index " +
                             std::to_string(i));
+  } else {
+#if METAEDGE_WITH_CUDA
+    const int64_t bad = cuda::first_negative(counts);
+    if (bad >= 0)
+      throw ArgumentError("`counts`: expected counts >= 0, got a negative count at index " + std::to_string(bad));
+#else
+    fail_cuda_not_built("update_prototypes");
+#endif
   }
 }
 

@@ -12,26 +12,25 @@ from metaedge.cli.main import CliError
 # Exit codes scripts can rely on (also listed in every command's --help).
 EXIT_OK = 0
 EXIT_USAGE = 2        # bad arguments or bad input: unreadable image, bad label, unknown class, empty gallery
-EXIT_DEPENDENCY = 3   # an optional package is missing (the message says what to install)
+EXIT_DEPENDENCY = 3   # an optional package is missing, or the requested backend cannot run here
 EXIT_DATA = 4         # gallery or bundle missing, corrupted, of another bundle/embedding size, or too new
 EXIT_IO = 5           # the gallery could not be written (permissions, disk full)
 
 EXIT_CODES_HELP = """exit codes:
   0  success
   2  bad arguments or bad input (unreadable image, bad label, unknown class, empty gallery)
-  3  a required package is missing (the message says what to install)
+  3  a required package is missing, or the backend cannot run here (the message says why)
   4  gallery or bundle missing, corrupted, made for another bundle, or written by a newer metaedge
   5  the gallery could not be written (permissions, disk full); the previous file is intact
 """
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "torch")
 
 
 def add_backend_arg(p) -> None:
     p.add_argument("--backend", default="auto", metavar="NAME",
-                   help="inference backend: auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > torch), or a "
-                        "name such as tensorrt, onnxruntime, torch (default: auto)")
+                   help="inference backend: auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU), or one of "
+                        "tensorrt, ort-cuda, ort-cpu (default: auto)")
 
 
 def add_json_arg(p) -> None:
@@ -71,19 +70,16 @@ def expand_images(paths: list[str], recursive: bool = True) -> list[str]:
 def errors_to_exit_codes():
     """Library exceptions -> CliError with the documented exit code and the library's message."""
     from metaedge._optional import MissingDependencyError
+    from metaedge.runtime.backends.base import BackendUnavailable
     from metaedge.runtime.gallery import GalleryError, UnknownLabelError
     from metaedge.runtime.spec import SpecError
-    data_errors: tuple = (GalleryError, SpecError)
-    try:
-        from metaedge.runtime.bundle import BundleError  # written by the export side
-        data_errors += (BundleError,)
-    except ImportError:
-        pass
+    from metaedge.runtime.bundle import BundleError
+    data_errors = (GalleryError, SpecError, BundleError)
     try:
         yield
     except CliError:
         raise
-    except MissingDependencyError as exc:
+    except (MissingDependencyError, BackendUnavailable) as exc:
         raise CliError(str(exc), EXIT_DEPENDENCY) from None
     except data_errors as exc:
         raise CliError(str(exc), EXIT_DATA) from None

@@ -1,4 +1,4 @@
-"""`metaedge info`: how metaedge was built and what this machine offers it."""
+"""`metaedge info`: how metaedge was built and what this machine offers it (and, with --bundle, a bundle)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,11 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("info", help="show the build, CUDA, backends and optional packages",
                        description="Show how metaedge was built (compiler, SIMD, OpenMP, CUDA archs), whether CUDA "
-                                   "works here (or why not), and which optional packages are installed.")
+                                   "works here (or why not), which inference backends can run (TensorRT, ONNX "
+                                   "Runtime CUDA/CPU, torch) with their versions, and which optional packages are "
+                                   "installed. With --bundle: the bundle's manifest and the TensorRT engines cached "
+                                   "in it.")
+    p.add_argument("--bundle", metavar="DIR", help="also describe this bundle (manifest summary, cached engines)")
     p.add_argument("--json", action="store_true", help="print the information as JSON")
     p.set_defaults(func=run)
 
@@ -34,7 +38,7 @@ def format_info(info: dict) -> str:
                          f"{dev['memory_gib']} GiB{', integrated' if dev['integrated'] else ''})")
     else:
         lines.append(f"  CUDA usable  no: {cuda.get('why_not')}")
-    for section in ("backends", "engines"):
+    for section in ("backends", "bundle", "engines"):
         if section in info:
             lines.append(f"  {section}:")
             for key, value in info[section].items():
@@ -45,8 +49,36 @@ def format_info(info: dict) -> str:
     return "\n".join(lines)
 
 
+def describe_engines(entries: list[dict]) -> dict:
+    if not entries:
+        return {"(none)": "no TensorRT engine cached yet (`metaedge build BUNDLE` builds one)"}
+    out = {}
+    for e in entries:
+        if "key" in e:
+            k = e["key"]
+            text = (f"{k['precision']}, batch 1..{k['max_batch']}, TensorRT {k['tensorrt_version']}, {k['gpu_name']} "
+                    f"(sm {k['compute_capability']}), CUDA {k['cuda_version']}, built {e.get('built_at')}")
+            if e.get("plan_bytes") is not None:
+                text += f", {e['plan_bytes'] / 2**20:.1f} MiB"
+        else:
+            text = ""
+        if e.get("error"):
+            text = (text + "; " if text else "") + f"UNUSABLE: {e['error']}"
+        out[e["file"]] = text
+    return out
+
+
 def run(args) -> int:
     from metaedge import build_info
+    from metaedge.cli.main import CliError
     info = build_info()
+    if args.bundle:
+        from metaedge.runtime.bundle import Bundle, BundleError
+        try:
+            bundle = Bundle.load(args.bundle)
+        except BundleError as exc:
+            raise CliError(str(exc), 1) from None
+        info["bundle"] = bundle.summary()
+        info["engines"] = describe_engines(bundle.engines())
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0

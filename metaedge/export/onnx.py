@@ -55,12 +55,12 @@ class ExportError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ model
 def _resolve_model(model) -> tuple[Any, str | None]:
-    """An EmbeddingModel (any torch module with a ``.spec: ModelSpec``) or a checkpoint path."""
+    """An EmbeddingModel (any torch module with a ``.spec: ModelSpec``); with the checkpoint it came from."""
     if isinstance(model, (str, os.PathLike)):
-        # A convenience for the CLI and scripts: checkpoints are a training format, so this one call reaches
-        # up into metaedge.train, lazily and only when handed a path.
-        from metaedge.train.checkpoint import load_checkpoint
-        return load_checkpoint(os.fspath(model)), os.fspath(model)
+        # Checkpoints are a training format and export sits below train in the layering, so loading one is
+        # the caller's step (`metaedge export` does it).
+        raise TypeError(f"model: expected an EmbeddingModel, got the path {os.fspath(model)!r}; load it first: "
+                        "export_bundle(metaedge.train.load_checkpoint(path), out_dir)")
     torch = require("torch", "exporting a model")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected an EmbeddingModel (torch.nn.Module with .spec) or a checkpoint path, "
@@ -68,7 +68,7 @@ def _resolve_model(model) -> tuple[Any, str | None]:
     if not isinstance(getattr(model, "spec", None), ModelSpec):
         raise TypeError("model: has no `.spec` (metaedge.runtime.spec.ModelSpec) saying what input it takes and "
                         "how images are pre-processed; build it with metaedge.train.build_backbone or attach one")
-    return model, None
+    return model, getattr(model, "checkpoint_path", None)
 
 
 def _fp16_edges(module):
@@ -255,7 +255,8 @@ def _install(staging: Path, out_dir: Path) -> None:
 def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False, images=None,
                   num_images: int = 32, tolerance: float = FP32_TOLERANCE_ABS, seed: int = 0,
                   overwrite: bool = False, progress: Callable[[str], None] | None = None) -> Bundle:
-    """Export ``model`` (an ``EmbeddingModel`` or a checkpoint path) to a verified bundle in ``out_dir``.
+    """Export ``model`` (an ``EmbeddingModel``, e.g. from ``metaedge.train.load_checkpoint``) to a verified
+    bundle in ``out_dir``.
 
     ``images``: real images for the parity check (a directory, a .zip, files or uint8 arrays; at most
     ``num_images`` are used), pre-processed by the spec exactly as on the device. The fp32 ONNX must match
@@ -295,6 +296,8 @@ def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False,
         results = verify.check_parity(reference, _ort_runner(onnx_path, spec), spec, images=real, seed=seed)
         for r in results:
             say(f"  parity fp32 {r}")
+        if real is None:
+            say("  (no real images given: parity on seeded random inputs only; pass images= / --images DIR|ZIP)")
         fp32 = verify.summarize(results, tolerance_abs=tolerance)
         if not fp32["passed"]:
             raise ExportError(f"fp32 ONNX does not match torch: max abs error {fp32['max_abs']:.3e} > tolerance "

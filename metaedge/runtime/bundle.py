@@ -201,7 +201,8 @@ class Bundle:
         }
         parity = (self.manifest.get("verification") or {}).get("fp32")
         if isinstance(parity, dict) and "max_abs" in parity:
-            out["parity fp32"] = f"max abs {parity['max_abs']:.2e}, min cosine {parity.get('min_cosine', float('nan')):.6f}"
+            cosine = parity.get("min_cosine", float("nan"))
+            out["parity fp32"] = f"max abs {parity['max_abs']:.2e}, min cosine {cosine:.6f}"
         return out
 
     def engines(self) -> list[dict]:

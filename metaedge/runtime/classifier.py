@@ -339,6 +339,8 @@ class EdgeClassifier:
 
     @staticmethod
     def _check_finite(emb: np.ndarray, indices: np.ndarray) -> None:
+        if np.isfinite(emb).all():  # one reduction on the hot path; the per-row search only on failure
+            return
         bad = ~np.isfinite(emb).all(axis=1)
         if bad.any():
             raise ValueError(f"image {int(indices[int(np.argmax(bad))])}: the network produced NaN/Inf embeddings "
@@ -367,13 +369,12 @@ class EdgeClassifier:
         n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
         emb = self._host_embeddings(n, groups, embs)
         t_k = time.perf_counter()
-        self.gallery.add(label, emb)
-        t_kernels = time.perf_counter() - t_k
+        with self.gallery.transaction():  # (autosaves once, at the end)
+            self.gallery.add(label, emb)
+            info = self.gallery.class_info(label)
+            t_kernels = time.perf_counter() - t_k
         self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
-        for info in self.gallery.classes():
-            if info.label == label:
-                return info
-        raise RuntimeError(f"class {label!r} vanished during enroll (forgotten by another thread)")
+        return info
 
     def predict(self, images, k: int = 1):
         """Classify one image (-> ``Prediction``) or several (-> list of ``Prediction``, in order).
@@ -390,8 +391,7 @@ class EdgeClassifier:
         n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
         t_k = time.perf_counter()
         kk = min(int(k), len(snap))
-        scores = np.empty((n, kk), np.float32)
-        indices = np.empty((n, kk), np.int64)
+        results = []
         for group, e in zip(groups, embs):
             if isinstance(e, np.ndarray):
                 self._check_finite(e, group.indices)
@@ -399,7 +399,14 @@ class EdgeClassifier:
             else:
                 s, i = kernels.topk(e, snap.device_weights(), kk, snap.metric)
                 s, i = _to_host(s), _to_host(i)
-            scores[group.indices], indices[group.indices] = s, i
+            results.append((s, i))
+        if len(groups) == 1:  # one batch in the caller's order (the real-time case): nothing to reorder
+            scores, indices = results[0]
+        else:
+            scores = np.empty((n, kk), np.float32)
+            indices = np.empty((n, kk), np.int64)
+            for group, (s, i) in zip(groups, results):
+                scores[group.indices], indices[group.indices] = s, i
         t_kernels = time.perf_counter() - t_k
         threshold = self._threshold_for(snap.adapted)
         preds = []
@@ -463,8 +470,9 @@ class EdgeClassifier:
                 done += n
                 if progress is not None:
                     progress(done, steps, losses[-1])
-            # The loss at the final weights: one step with lr=0 evaluates it with the same kernel.
-            loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=0.0, momentum=0.0,
+            # The loss at the final weights, by the same kernel: a step's loss is measured before its update, and
+            # the update lands on a throw-away copy.
+            loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=1.0, momentum=0.0,
                                                   scale=scale)[0])
             if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
                 raise ValueError(f"adapt(): the loss diverged (lr={lr} too high?); the classes were not changed")

@@ -92,6 +92,12 @@ def check_label(label: Any, what: str = "label") -> str:
     return unicodedata.normalize("NFC", label)
 
 
+def _nfc(label):
+    """Labels are stored NFC-normalised (see check_label), so look-ups normalise too: 'é' typed as e + accent
+    finds the class enrolled as the single character."""
+    return unicodedata.normalize("NFC", label) if isinstance(label, str) else label
+
+
 def _utc(ts: float) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(float(ts), tz=_dt.timezone.utc)
 
@@ -191,7 +197,7 @@ class _State:
 
     def index(self, label: str) -> int:
         try:
-            return self.names.index(label)
+            return self.names.index(_nfc(label))
         except ValueError:
             raise UnknownLabelError(f"no class {label!r} in the gallery") from None
 
@@ -366,7 +372,7 @@ class Gallery:
         return len(self._state.names)
 
     def __contains__(self, label) -> bool:
-        return label in self._state.names
+        return _nfc(label) in self._state.names
 
     def __repr__(self) -> str:
         return (f"Gallery({len(self)} classes, dim={self.embedding_dim}, metric={self.metric!r}, "
@@ -414,15 +420,21 @@ class Gallery:
         labels = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), labels
 
+    @staticmethod
+    def _info(s: _State, i: int) -> ClassInfo:
+        sup = s.support.get(int(s.uids[i]))
+        return ClassInfo(label=s.names[i], shots=int(s.counts[i]), support=0 if sup is None else len(sup),
+                         enrolled_at=_utc(s.enrolled_at[i]), updated_at=_utc(s.updated_at[i]),
+                         adapted=bool(s.adapted_fresh[i]) if s.adapted_fresh is not None else False)
+
     def classes(self) -> list[ClassInfo]:
         s = self._state
-        out = []
-        for i, name in enumerate(s.names):
-            sup = s.support.get(int(s.uids[i]))
-            out.append(ClassInfo(label=name, shots=int(s.counts[i]), support=0 if sup is None else len(sup),
-                                 enrolled_at=_utc(s.enrolled_at[i]), updated_at=_utc(s.updated_at[i]),
-                                 adapted=bool(s.adapted_fresh[i]) if s.adapted_fresh is not None else False))
-        return out
+        return [self._info(s, i) for i in range(len(s.names))]
+
+    def class_info(self, label: str) -> ClassInfo:
+        """One class's ``ClassInfo`` (UnknownLabelError if it is not enrolled)."""
+        s = self._state
+        return self._info(s, s.index(label))
 
     # ------------------------------------------------------------------ changing (lock, copy-on-write)
     @contextlib.contextmanager
@@ -551,7 +563,7 @@ class Gallery:
         with self.transaction():
             s = self._state
             i = s.index(old)
-            if new == old:
+            if new == s.names[i]:
                 return
             if new in s.names:
                 raise ValueError(f"`new`: a class {new!r} already exists (forget it first, or enroll its images "
@@ -802,8 +814,11 @@ class Gallery:
                 seed=int(state["seed"]))
         g.created_at = float(state.get("created_at", time.time()))
         support_by_uid = {}
+        order = np.argsort(slabels, kind="stable")  # one pass, not a scan of all rows per class
+        bounds = np.cumsum(np.bincount(slabels, minlength=c))[:-1] if c else []
+        per_class = np.split(np.asarray(support, np.float32)[order], bounds) if c else []
         for i in range(c):
-            rows = np.array(support[slabels == i], np.float32)
+            rows = per_class[i]
             if len(rows) > max(g.support_cap, 0) or len(rows) > counts[i]:
                 bad(f"class {names[i]!r} has {len(rows)} support embeddings (cap {g.support_cap}, "
                     f"{int(counts[i])} shots)")

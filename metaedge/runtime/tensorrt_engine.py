@@ -39,7 +39,7 @@ class EngineBuildError(RuntimeError):
 
 
 def tensorrt_module():
-    return require("tensorrt", "TensorRT engines")
+    return require("tensorrt", "building and running TensorRT engines")
 
 
 def tensorrt_major(version: str) -> int:
@@ -59,7 +59,7 @@ class DeviceIdentity:
 def current_device(index: int = 0) -> DeviceIdentity:
     """The GPU engines are built for, as metaedge's CUDA build sees it (engines are keyed by it)."""
     from metaedge._build_info import build_info
-    cuda = build_info().get("cuda", {})
+    cuda = build_info(backends=False).get("cuda", {})
     if not cuda.get("built"):
         raise EngineBuildError("TensorRT engines are keyed by the GPU, and this metaedge has no CUDA build to "
                                f"identify it ({cuda.get('why_not')}); rebuild metaedge with METAEDGE_CUDA=1")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 
+from metaedge._optional import require
+
 _LAZY = {
     "EmbeddingModel": "metaedge.train.model",
     "build_backbone": "metaedge.train.backbones",
@@ -33,6 +35,9 @@ __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 
 
 def __getattr__(name: str):
+    if name in _LAZY or name in _SUBMODULES:
+        # Training needs torch; say what to install instead of a bare "No module named 'torch'".
+        require("torch", f"metaedge.train.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _SUBMODULES:

@@ -288,6 +288,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu"):
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint: weights in {directory} do not fit the architecture: {exc}") from None
     model.checkpoint_meta = meta
+    model.checkpoint_path = directory
     return model.to(map_location).eval()
 
 

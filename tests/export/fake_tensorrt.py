@@ -20,26 +20,28 @@ class FakeMemory:
         self.blocks: dict[int, np.ndarray] = {}
         self._next = 0x7F0000000000
 
+    stream = 0x5EED  # the backend's own stream (CudaMemory.stream)
+
     class Array:
-        def __init__(self, owner, base, arr):
-            self.owner, self.base, self.host = owner, base, arr
+        def __init__(self, owner, base, arr, stream):
+            self.owner, self.base, self.host, self.stream = owner, base, arr, stream
             self.__cuda_array_interface__ = {"shape": arr.shape, "typestr": "<f4", "data": (base, False),
-                                             "version": 3, "strides": None}
+                                             "version": 3, "strides": None, "stream": 1 if stream == 0 else stream}
 
         def to_numpy(self):
             return self.host.copy()
 
-    def _alloc(self, arr):
+    def _alloc(self, arr, stream):
         base = self._next
         self._next += (arr.nbytes + 0xFFFF) & ~0xFFFF
         self.blocks[base] = arr
-        return FakeMemory.Array(self, base, arr), base
+        return FakeMemory.Array(self, base, arr, stream), base
 
-    def upload(self, batch):
-        return self._alloc(np.ascontiguousarray(batch, dtype=np.float32).copy())
+    def upload(self, batch, stream):
+        return self._alloc(np.ascontiguousarray(batch, dtype=np.float32).copy(), stream)
 
-    def empty(self, shape):
-        return self._alloc(np.full(shape, np.nan, np.float32))  # poisoned: unwritten rows show up as NaN
+    def empty(self, shape, stream):
+        return self._alloc(np.full(shape, np.nan, np.float32), stream)  # poisoned: unwritten rows show as NaN
 
     def view(self, ptr: int, shape) -> np.ndarray:
         for base, arr in self.blocks.items():

@@ -219,3 +219,47 @@ def test_device_side_runs_with_torch_blocked(tiny_bundle_dir, tiny_model):
     got = np.load(io.BytesIO(out.stdout))
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert b"torch is not installed" in out.stderr or b"import of torch halted" in out.stderr
+
+
+def _fake_ort(available, active=None):
+    import types
+    seen = {}
+
+    class Session:
+        def __init__(self, path, sess_options=None, providers=None):
+            seen["providers"], seen["options"] = providers, sess_options
+
+        def run(self, names, feeds):  # pragma: no cover - not called here
+            raise AssertionError
+
+        def get_providers(self):
+            return active if active is not None else [p if isinstance(p, str) else p[0] for p in seen["providers"]]
+
+    ort = types.SimpleNamespace(
+        __version__="9.9.9", get_available_providers=lambda: list(available), InferenceSession=Session,
+        SessionOptions=lambda: types.SimpleNamespace(),
+        GraphOptimizationLevel=types.SimpleNamespace(ORT_ENABLE_ALL="all"),
+        ExecutionMode=types.SimpleNamespace(ORT_SEQUENTIAL="seq"))
+    return ort, seen
+
+
+def test_ort_cuda_provider_list_with_fake_onnxruntime(bundle_copy, monkeypatch):
+    tiny_bundle_dir = bundle_copy  # the TensorRT provider creates engines/ort-trt inside the bundle
+    from metaedge.runtime.backends import onnxruntime as ort_backend
+    all_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    fake, seen = _fake_ort(all_eps)
+    monkeypatch.setattr(ort_backend, "require", lambda module, feature: fake)
+    b = OnnxRuntimeBackend(tiny_bundle_dir, device="cuda", tensorrt_ep=True, fp16=True)
+    names = [p if isinstance(p, str) else p[0] for p in seen["providers"]]
+    assert names == all_eps and b.name == "ort-cuda"
+    trt_opts = seen["providers"][0][1]
+    assert trt_opts["trt_engine_cache_enable"] and trt_opts["trt_fp16_enable"]
+    assert trt_opts["trt_engine_cache_path"].endswith("engines/ort-trt")
+    assert "Tensorrt, CUDA, CPU" in b.describe()
+    OnnxRuntimeBackend(tiny_bundle_dir, device="cuda", tensorrt_ep=False)
+    assert [p if isinstance(p, str) else p[0] for p in seen["providers"]] == all_eps[1:]
+    # onnxruntime falls back to the CPU silently when the CUDA provider cannot load: we say so instead
+    fake, _ = _fake_ort(all_eps, active=["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_backend, "require", lambda module, feature: fake)
+    with pytest.raises(BackendUnavailable, match="CUDA execution provider failed to initialise"):
+        OnnxRuntimeBackend(tiny_bundle_dir, device="cuda")

@@ -32,7 +32,7 @@ def test_bundle_round_trip(tmp_path, name, options, tolerance):
     model = build_backbone(name, **options).eval()
     checkpoint = tmp_path / "ckpt"
     save_checkpoint(model, str(checkpoint), metrics={"val_acc": 0.5})
-    bundle = export_bundle(str(checkpoint), tmp_path / "bundle")  # from a checkpoint path, as the CLI does
+    bundle = export_bundle(load_checkpoint(str(checkpoint)), tmp_path / "bundle")  # as `metaedge export` does
     parity = bundle.manifest["verification"]["fp32"]
     assert parity["passed"] and parity["max_abs"] <= tolerance and parity["min_cosine"] > 0.99999
     assert bundle.manifest["source"]["checkpoint"] == str(checkpoint)
@@ -105,6 +105,8 @@ def test_model_without_spec_or_wrong_dim(tmp_path):
         export_bundle(torch.nn.Linear(2, 2), tmp_path / "x")
     with pytest.raises(TypeError, match="expected an EmbeddingModel"):
         export_bundle(object(), tmp_path / "x")
+    with pytest.raises(TypeError, match="load it first"):
+        export_bundle(str(tmp_path / "some_checkpoint"), tmp_path / "x")
     model = make_tiny(dim=8)
     model.head = torch.nn.Linear(16, 5)
     with pytest.raises(ExportError, match="embedding_dim 8"):

@@ -132,10 +132,15 @@ def test_backend_runs_chunks_through_named_tensors(bundle_copy, tiny_model, batc
     np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-5)  # NaN poison would show unwritten rows
     sizes = [c[2] for c in _names(trt.calls, "execute_async_v3")]
     assert sizes == [min(4, batch - s) for s in range(0, batch, 4)]
-    assert all(c[1] == 0 for c in _names(trt.calls, "execute_async_v3"))  # the default stream
-    # a CUDA array input is used in place (no upload)
-    again = backend.embed(memory.upload(x)[0])
+    assert all(c[1] == memory.stream for c in _names(trt.calls, "execute_async_v3"))  # the backend's stream
+    assert out.stream == memory.stream
+    # a CUDA array input is used in place (no upload) and its producer's stream is followed
+    producer = 0x1234
+    again = backend.embed(memory.upload(x, producer)[0])
     np.testing.assert_allclose(again.to_numpy(), expected, atol=1e-5)
+    assert again.stream == producer and _names(trt.calls, "execute_async_v3")[-1][1] == producer
+    legacy = backend.embed(memory.upload(x[:1], 0)[0])  # CAI stream 1 = the legacy default stream, handle 0
+    assert legacy.stream == 0 and _names(trt.calls, "execute_async_v3")[-1][1] == 0
     assert "tensorrt: TensorRT 10.3.0, fp32, batch 1..4, Orin (sm 8.7)" in backend.describe()
     with pytest.raises(ValueError, match=r"expected \[b, 1, 12, 12\]"):
         backend.embed(np.zeros((2, 3, 12, 12), np.float32))
@@ -154,3 +159,35 @@ def test_backend_refuses_stale_engines_and_missing_pieces(bundle_copy):
         TensorRTBackend(bundle_copy, memory=memory, trt=bad, device=ORIN)
     with pytest.raises(BackendUnavailable, match="(?i)cuda"):
         TensorRTBackend(bundle_copy, trt=make_fake_tensorrt("10.3.0", memory), device=ORIN)  # real metaedge.cuda
+
+
+def test_backend_embed_is_safe_from_several_threads(bundle_copy, tiny_model):
+    from concurrent.futures import ThreadPoolExecutor
+    memory = FakeMemory()
+    trt = make_fake_tensorrt("10.3.0", memory=memory)
+    backend = TensorRTBackend(bundle_copy, precision="fp32", max_batch=3, memory=memory, trt=trt, device=ORIN)
+    inputs = [np.random.default_rng(i).standard_normal((1 + i % 7, 1, 12, 12)).astype(np.float32)
+              for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda x: backend.embed(x).to_numpy(), inputs))
+    with torch.no_grad():
+        for x, got in zip(inputs, outs):
+            np.testing.assert_allclose(got, tiny_model(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_backend_checks_cuda_array_layout(bundle_copy, tiny_model):
+    memory = FakeMemory()
+    backend = TensorRTBackend(bundle_copy, precision="fp32", max_batch=4, memory=memory,
+                              trt=make_fake_tensorrt("10.3.0", memory=memory), device=ORIN)
+    img = np.random.default_rng(3).standard_normal((1, 12, 12)).astype(np.float32)
+    arr, _ = memory.upload(img, 0)
+    arr.__cuda_array_interface__["strides"] = (576, 48, 4)       # explicit but C-contiguous: fine
+    with torch.no_grad():
+        expected = tiny_model(torch.from_numpy(img[None])).numpy()
+    np.testing.assert_allclose(backend.embed(arr).to_numpy(), expected, atol=1e-5)
+    arr.__cuda_array_interface__["strides"] = (4, 48, 576)       # a transposed view
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.embed(arr)
+    arr.__cuda_array_interface__["typestr"] = "<f2"
+    with pytest.raises(TypeError, match="float32 CUDA array"):
+        backend.embed(arr)

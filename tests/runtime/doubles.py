@@ -91,3 +91,19 @@ class Glyphs:
             img = img + self._rng.normal(0, 20, img.shape)
             out.append(np.clip(img, 0, 255).astype(np.uint8))
         return np.stack(out)
+
+
+class CudaProjectionBackend(ProjectionBackend):
+    """TEST DOUBLE of a GPU backend (TensorRT-like): takes the pre-processed batch on the GPU and returns the
+    embeddings there as a ``metaedge.cuda.DeviceArray`` (the projection itself runs on the host)."""
+    name = "test-double-cuda"
+
+    @property
+    def output_device(self) -> str:
+        return "cuda"
+
+    def embed(self, batch):
+        from metaedge import cuda
+        host = batch if isinstance(batch, np.ndarray) else cuda.DeviceArray.wrap(batch).to_numpy()
+        self.inputs_on_gpu = not isinstance(batch, np.ndarray)
+        return cuda.DeviceArray.from_numpy(super().embed(np.ascontiguousarray(host, np.float32)))

@@ -56,7 +56,7 @@ def test_prediction_matches_topk_on_manual_pipeline(clf, glyphs):
     x = clf.spec.preprocess.apply(imgs)
     emb = clf.backend.embed(x)
     np.testing.assert_array_equal(clf.embed(imgs), emb)
-    scores, idx = kernels.topk(emb, clf.gallery.prototypes(), 2, "cosine")
+    scores, idx = kernels.topk(emb, clf.gallery.prototypes().copy(), 2, "cosine")
     preds = clf.predict(imgs, k=2)
     for p, s, i in zip(preds, scores, idx):
         assert [lab for lab, _ in p.topk] == [clf.labels[j] for j in i]
@@ -259,7 +259,7 @@ def test_adapt_lowers_the_loss_is_used_by_predict_and_can_be_reset(tmp_path, clf
     assert steps_seen[-1] == 30 and report.classes == 8 and report.support == 40
     assert clf.adapted and clf.gallery.snapshot().metric == "cosine"
     adapted_preds = clf.predict(queries, k=2)
-    scores, _ = kernels.topk(clf.embed(queries), clf.gallery.adapted_weights(), 2, "cosine")
+    scores, _ = kernels.topk(clf.embed(queries), clf.gallery.adapted_weights().copy(), 2, "cosine")
     np.testing.assert_allclose([p.score for p in adapted_preds], scores[:, 0], rtol=1e-6)
     assert accuracy(clf, glyphs, range(8)) >= 0.95
     # a class enrolled after adaptation is imprinted (usable at once), marked not adapted

@@ -321,3 +321,14 @@ def test_open_creates_lazily_and_loads_existing(tmp_path, rng):
     assert h.labels == ["a"] and h.autosave
     with pytest.raises(GalleryMismatchError):
         Gallery.open(path, embedding_dim=DIM, fingerprint="c" * 64)
+
+
+def test_labels_are_unicode_normalised_for_lookups(rng):
+    g = Gallery(DIM)
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    g.add(decomposed, rng.standard_normal((1, DIM)).astype(np.float32))
+    g.add(composed, rng.standard_normal((1, DIM)).astype(np.float32))  # the same label: more shots
+    assert g.labels == [composed] and g.counts().tolist() == [2]
+    assert decomposed in g and g.class_info(decomposed).shots == 2
+    g.rename(decomposed, "tea")
+    assert g.labels == ["tea"]

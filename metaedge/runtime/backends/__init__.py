@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from metaedge._optional import available, version_of
+from metaedge._optional import available
 from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec
 
 __all__ = ["Backend", "BackendUnavailable", "InputSpec", "BACKENDS", "open_backend", "probe_backends"]
@@ -31,7 +31,9 @@ def _open_ort(device):
         if not available("onnxruntime"):
             raise BackendUnavailable("the onnxruntime package is not installed")
         from metaedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(bundle, device=device, intra_op_threads=opts.get("threads"))
+        return OnnxRuntimeBackend(bundle, device=device, intra_op_threads=opts.get("threads"),
+                                  tensorrt_ep=opts.get("ort_tensorrt_ep", True),
+                                  fp16=opts.get("precision", "auto") != "fp32")
     return opener
 
 
@@ -50,13 +52,15 @@ _OPENERS: dict[str, Callable] = {"tensorrt": _open_tensorrt, "ort-cuda": _open_o
 
 def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_batch: int = 32,
                  threads: int | None = None, model=None, build: bool = True,
-                 progress: Callable[[str], None] | None = None) -> Backend:
+                 progress: Callable[[str], None] | None = None, ort_tensorrt_ep: bool = True) -> Backend:
     """Open the bundle (a directory or a loaded ``Bundle``) on ``backend``.
 
     ``"auto"`` tries ``BACKENDS`` in order; a named backend is the only one tried and its failure is raised.
     TensorRT options: ``precision`` (auto/fp16/fp32), ``max_batch``, ``build`` (build a missing engine:
     minutes, once), ``progress`` (callable for build messages). ONNX Runtime CPU: ``threads`` (intra-op,
-    default = usable cores). torch: ``model`` (the torch module; a bundle holds no torch weights).
+    default = usable cores). ONNX Runtime CUDA: ``ort_tensorrt_ep`` puts onnxruntime's own TensorRT provider
+    first when it has one (engines cached in bundle/engines/ort-trt). torch: ``model`` (the torch module; a
+    bundle holds no torch weights).
     The returned backend has ``selection_log``: ``[(name, "selected: ..." | "skipped: why"), ...]``.
     """
     from metaedge.runtime.bundle import Bundle
@@ -64,7 +68,7 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
     bundle = Bundle.load(bundle)
     opts = {"precision": precision, "max_batch": max_batch, "threads": threads, "model": model, "build": build,
-            "progress": progress}
+            "progress": progress, "ort_tensorrt_ep": ort_tensorrt_ep}
     selection: list[tuple[str, str]] = []
     for name in (BACKENDS if backend == "auto" else (backend,)):
         try:
@@ -85,40 +89,6 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_
 
 
 def probe_backends(cuda_status: dict | None = None) -> dict[str, str]:
-    """Which backends could run here, checked cheaply (no engine build, no session): for `metaedge info`.
-    ``cuda_status``: ``build_info()["cuda"]`` when the caller has it already."""
-    out: dict[str, str] = {}
-    cuda_ok, cuda_why = _metaedge_cuda(cuda_status)
-    trt_version = version_of("tensorrt")
-    if trt_version is None:
-        out["tensorrt"] = "no (tensorrt not installed)"
-    elif not cuda_ok:
-        out["tensorrt"] = f"no (TensorRT {trt_version} installed, but {cuda_why})"
-    else:
-        out["tensorrt"] = f"yes (TensorRT {trt_version})"
-    ort_version = version_of("onnxruntime")
-    if ort_version is None:
-        out["ort-cuda"] = out["ort-cpu"] = "no (onnxruntime not installed)"
-    else:
-        try:
-            import onnxruntime
-            providers = onnxruntime.get_available_providers()
-        except Exception as exc:  # a broken install must not break `metaedge info`
-            providers, ort_version = [], f"{ort_version}, broken: {exc}"
-        eps = ", ".join(p.replace("ExecutionProvider", "") for p in providers)
-        has_cuda = "CUDAExecutionProvider" in providers
-        out["ort-cuda"] = (f"yes (onnxruntime {ort_version}: {eps})" if has_cuda
-                           else f"no (onnxruntime {ort_version} has no CUDA provider; install onnxruntime-gpu)")
-        out["ort-cpu"] = f"yes (onnxruntime {ort_version})" if "CPUExecutionProvider" in providers else "no"
-    torch_version = version_of("torch")
-    out["torch"] = f"yes (torch {torch_version}; needs the model object)" if torch_version else "no (torch not installed)"
-    return out
-
-
-def _metaedge_cuda(cuda: dict | None) -> tuple[bool, str]:
-    if cuda is None:
-        from metaedge._build_info import build_info
-        cuda = build_info().get("cuda", {})
-    if cuda.get("available"):
-        return True, ""
-    return False, cuda.get("why_not") or "metaedge's CUDA kernels are not usable"
+    """Which backends could run here, checked cheaply (no engine build, no session): for `metaedge info`."""
+    from metaedge._build_info import probe_backends as probe
+    return probe(cuda_status)

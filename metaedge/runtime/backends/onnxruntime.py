@@ -28,7 +28,9 @@ class OnnxRuntimeBackend(Backend):
     ``device="cpu"``: CPU execution provider, ``intra_op_threads`` (default: the cores this process may use),
     ``inter_op_threads`` (default 1: one network, sequential execution). ``device="cuda"``: the CUDA EP (and
     ONNX Runtime's TensorRT EP first when ``tensorrt_ep`` and present, caching its engines in
-    ``bundle/engines/ort-trt``), CPU as fallback for unsupported nodes; output comes back as numpy either way.
+    ``bundle/engines/ort-trt``, fp16 when ``fp16``), CPU as fallback for unsupported nodes; output comes back
+    as numpy either way. ``embed`` may be called from several threads at once (``InferenceSession.run`` is
+    thread-safe).
     """
 
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", intra_op_threads: int | None = None,

@@ -8,6 +8,7 @@ Inversion, ``/ 255`` and ``(x - mean) / std`` happen per batch in ``to_input`` (
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Sequence
 
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 from metaedge.runtime.spec import PreprocessSpec
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as metaedge.kernels.preprocess
+LUMA = (0.299, 0.587, 0.114)
+_ROTATION_SUFFIX = re.compile(r"/rot(90|180|270)$")  # ITU-R 601, as metaedge.kernels.preprocess
 
 
 class DataError(ValueError):
@@ -162,15 +164,20 @@ class FewShotDataset:
 
     def split(self, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, by: str = "class",
               names: Sequence[str] = ("train", "val", "test")) -> tuple["FewShotDataset", ...]:
-        """Disjoint class splits. ``by="class"`` shuffles classes; ``by="group"`` keeps every group (e.g. an
-        alphabet) inside one split, so no writing system leaks between train and test."""
+        """Disjoint class splits. ``by="class"`` shuffles classes (rotated copies of a character move with it);
+        ``by="group"`` keeps every group (e.g. an alphabet) inside one split, so no writing system leaks between
+        train and test."""
         fr = np.asarray(fractions, dtype=np.float64)
         if fr.ndim != 1 or len(fr) < 1 or (fr < 0).any() or fr.sum() <= 0:
             raise DataError(f"split fractions: expected non-negative numbers, got {list(fractions)}")
         fr = fr / fr.sum()
         rng = np.random.default_rng(seed)
         if by == "class":
-            units = [[c] for c in range(self.num_classes)]
+            # rotated copies of a character ("<name>/rot90", Omniglot) stay with the original: no leakage
+            by_base: dict[str, list[int]] = {}
+            for c, name in enumerate(self.class_names):
+                by_base.setdefault(_ROTATION_SUFFIX.sub("", name), []).append(c)
+            units = list(by_base.values())
         elif by == "group":
             order = sorted(set(self.groups))
             units = [[c for c, g in enumerate(self.groups) if g == name] for name in order]

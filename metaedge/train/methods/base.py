@@ -36,6 +36,11 @@ class StepOutput:
         return float((self.logits.argmax(-1) == self.targets).float().mean())
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision activations (AMP) -> float32 for the loss; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``[n, d] x [m, d] -> [n, m]`` squared distances (clamped at 0: the expansion can go slightly negative)."""
     return (a.pow(2).sum(-1, keepdim=True) - 2 * a @ b.t() + b.pow(2).sum(-1)[None]).clamp_min(0)
@@ -66,7 +71,7 @@ class Method(nn.Module):
         return {}
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return nn.functional.cross_entropy(full_precision(logits), targets, label_smoothing=self.label_smoothing)
 
     def forward_loss(self, model: nn.Module, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError

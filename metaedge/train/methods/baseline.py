@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metaedge.train.methods.base import Batch, Method, StepOutput
+from metaedge.train.methods.base import Batch, Method, StepOutput, full_precision
 
 
 class Baseline(Method):
@@ -41,7 +41,7 @@ class Baseline(Method):
         return opts
 
     def forward_loss(self, model, batch: Batch) -> StepOutput:
-        emb = model(batch.query).float()
+        emb = full_precision(model(batch.query))
         if self.head_type == "cosine":
             logits = self.log_scale.exp() * nn.functional.normalize(emb, dim=-1) @ \
                 nn.functional.normalize(self.weight, dim=-1).t()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from metaedge.train.methods.base import Batch, Method, StepOutput, prototypes
+from metaedge.train.methods.base import Batch, Method, StepOutput, full_precision, prototypes
 
 HEAD_INITS = ("zero", "proto", "learned")
 
@@ -74,22 +74,28 @@ class MAML(Method):
         """Run ``steps`` inner SGD steps on the support set; returns (fast backbone params, head W, head b).
 
         With ``create_graph`` the result is differentiable (second order) w.r.t. the initial weights."""
+        with torch.enable_grad():  # the inner loop needs gradients even when called under no_grad
+            return self._adapt_params(model, support, support_labels, ways, steps, create_graph, first_order)
+
+    def _adapt_params(self, model, support, support_labels, ways, steps, create_graph, first_order):
         body = dict(model.named_parameters())
         fixed_emb = None
         if self.adapt == "head":
-            fixed_emb = model(support).float()
+            fixed_emb = full_precision(model(support))
             w, b = self._initial_head(fixed_emb, support_labels, ways)
         else:
-            w, b = self._initial_head(model(support).float(), support_labels, ways) \
+            w, b = self._initial_head(full_precision(model(support)), support_labels, ways) \
                 if self.head_init == "proto" else self._initial_head(
-                    torch.empty(0, _embedding_dim(model, body, support), device=support.device), support_labels, ways)
+                    torch.empty(0, _embedding_dim(model, body, support), device=support.device,
+                                dtype=support.dtype if support.dtype == torch.float64 else torch.float32), support_labels, ways)
         for _ in range(steps):
-            emb = fixed_emb if fixed_emb is not None else functional_call(model, body, (support,)).float()
+            emb = fixed_emb if fixed_emb is not None else full_precision(functional_call(model, body, (support,)))
             loss = self.cross_entropy(emb @ w.t() + b, support_labels)
             names = list(body) if fixed_emb is None else []
             tensors = [body[n] for n in names] + [w, b]
+            # retain_graph: the outer loss still needs the graph of the head's prototype initialisation
             grads = torch.autograd.grad(loss, tensors, create_graph=create_graph and not first_order,
-                                        allow_unused=True)
+                                        retain_graph=True, allow_unused=True)
             if first_order:
                 grads = [g.detach() if g is not None else None for g in grads]
             new = [t if g is None else t - self.inner_lr * g for t, g in zip(tensors, grads)]
@@ -100,7 +106,7 @@ class MAML(Method):
     def logits_after_adaptation(self, model, batch: Batch, steps: int, create_graph: bool, first_order: bool):
         body, w, b = self.adapt_params(model, batch.support, batch.support_labels, batch.ways, steps,
                                        create_graph, first_order)
-        emb = functional_call(model, body, (batch.query,)).float()
+        emb = full_precision(functional_call(model, body, (batch.query,)))
         return emb @ w.t() + b
 
     def forward_loss(self, model, batch: Batch) -> StepOutput:

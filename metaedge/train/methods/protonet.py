@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from metaedge.train.methods.base import Batch, Method, StepOutput, prototypes, squared_euclidean
+from metaedge.train.methods.base import Batch, Method, StepOutput, full_precision, prototypes, squared_euclidean
 
 
 class ProtoNet(Method):
@@ -38,8 +38,8 @@ class ProtoNet(Method):
         return opts
 
     def logits(self, support_emb, support_labels, query_emb, ways):
-        protos = prototypes(support_emb.float(), support_labels, ways)
-        query_emb = query_emb.float()
+        protos = prototypes(full_precision(support_emb), support_labels, ways)
+        query_emb = full_precision(query_emb)
         if self.metric == "euclidean":
             return -squared_euclidean(query_emb, protos)
         q = torch.nn.functional.normalize(query_emb, dim=-1)

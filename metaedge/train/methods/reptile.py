@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from metaedge.train.methods.base import Batch, Method, StepOutput, prototypes
+from metaedge.train.methods.base import Batch, Method, StepOutput, full_precision, prototypes
 
 
 class Reptile(Method):
@@ -39,14 +39,15 @@ class Reptile(Method):
     def _head(self, model, params, x, y, ways):
         if self.head_init == "proto":
             with torch.no_grad():
-                c = prototypes(functional_call(model, params, (x,)).float(), y, ways)
+                c = prototypes(full_precision(functional_call(model, params, (x,))), y, ways)
             return (2 * c).requires_grad_(), (-(c * c).sum(-1)).requires_grad_()
         dim = model.spec.embedding_dim if hasattr(model, "spec") else None
         if dim is None:
             with torch.no_grad():
                 dim = functional_call(model, params, (x[:2],)).shape[-1]
-        return (torch.zeros(ways, dim, device=x.device, requires_grad=True),
-                torch.zeros(ways, device=x.device, requires_grad=True))
+        dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+        return (torch.zeros(ways, dim, device=x.device, dtype=dtype, requires_grad=True),
+                torch.zeros(ways, device=x.device, dtype=dtype, requires_grad=True))
 
     def inner_loop(self, model, x, y, ways, steps, generator=None):
         """``steps`` SGD steps on (x, y) from the current weights; returns (fast params, head W, head b)."""
@@ -59,7 +60,7 @@ class Reptile(Method):
                 xb, yb = x[idx], y[idx]
             else:
                 xb, yb = x, y
-            emb = functional_call(model, fast, (xb,)).float()
+            emb = full_precision(functional_call(model, fast, (xb,)))
             loss = self.cross_entropy(emb @ w.t() + b, yb)
             tensors = list(fast.values()) + [w, b]
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
@@ -71,7 +72,7 @@ class Reptile(Method):
 
     def forward_loss(self, model, batch: Batch) -> StepOutput:  # used for adversarial queries and validation
         fast, w, b, _ = self.inner_loop(model, batch.support, batch.support_labels, batch.ways, self.inner_steps)
-        logits = functional_call(model, fast, (batch.query,)).float() @ w.t() + b
+        logits = full_precision(functional_call(model, fast, (batch.query,))) @ w.t() + b
         return StepOutput(self.cross_entropy(logits, batch.query_labels), logits.detach(), batch.query_labels)
 
     def compute_grads(self, model, batch: Batch, loss_fn, backward) -> StepOutput:
@@ -79,7 +80,7 @@ class Reptile(Method):
         y = torch.cat([batch.support_labels, batch.query_labels])
         fast, w, b, loss = self.inner_loop(model, x, y, batch.ways, self.inner_steps, batch.generator)
         with torch.no_grad():
-            logits = functional_call(model, fast, (batch.query,)).float() @ w.t() + b
+            logits = full_precision(functional_call(model, fast, (batch.query,))) @ w.t() + b
             for name, p in model.named_parameters():
                 delta = p.detach() - fast[name].detach()
                 p.grad = delta if p.grad is None else p.grad + delta
@@ -93,6 +94,6 @@ class Reptile(Method):
                 fast, w, b, _ = self.inner_loop(model, batch.support, batch.support_labels, batch.ways,
                                                 self.eval_inner_steps if steps is None else steps)
             with torch.no_grad():
-                return functional_call(model, fast, (batch.query,)).float() @ w.t() + b
+                return full_precision(functional_call(model, fast, (batch.query,))) @ w.t() + b
         finally:
             model.train(was_training)

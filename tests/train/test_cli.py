@@ -1,0 +1,64 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metaedge.cli.main import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--synthetic-classes", "40", "--synthetic-samples", "10", "--threads", "1"]
+
+
+def test_help_explains_every_option(capsys):
+    from metaedge.cli.main import build_parser
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command, minimum in (("train", 20), ("eval", 10)):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert f"metaedge {command}" in capsys.readouterr().out
+        actions = [a for a in sub.choices[command]._actions if a.option_strings]
+        assert len(actions) > minimum
+        silent = [a.option_strings[0] for a in actions if not (a.help or "").strip()]
+        assert not silent, f"{command}: options without help: {silent}"
+    main_help = subprocess.run([sys.executable, "-m", "metaedge", "--help"], capture_output=True, text=True,
+                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert " train " in main_help.stdout and " eval " in main_help.stdout
+
+
+def test_train_resume_and_eval_json(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    code = main(["train", *TINY, "--episodes", "6", "--ways", "4", "--queries", "3", "--val-every", "3",
+                 "--val-episodes", "10", "--backbone-option", "hidden=8", "--run-dir", run_dir, "--json",
+                 "--no-tensorboard"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 6 and result["checkpoint"].endswith("best")
+    assert result["spec"]["backbone"] == "conv4" and result["best_val_accuracy"] is not None
+    code = main(["train", "--resume", run_dir, "--episodes", "8", "--json", "--threads", "1"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["episodes"] == 8
+    assert main(["train", "--resume", run_dir, "--lr", "0.5", "--episodes", "9"]) == 2
+    assert "cannot change" in capsys.readouterr().err
+    code = main(["eval", run_dir, *TINY, "--ways", "5", "3", "--shots", "1", "--queries", "4", "--episodes", "12",
+                 "--json", "--per-episode"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["ways"], r["shots"]) for r in doc["reports"]] == [(5, 1), (3, 1)]
+    assert len(doc["reports"][0]["accuracies"]) == 12 and doc["checkpoint"].endswith("best")
+    code = main(["eval", os.path.join(run_dir, "last"), *TINY, "--shots", "2", "--queries", "3", "--episodes", "4",
+                 "--method", "adapt_head", "--adapt-steps", "5", "--no-progress"])
+    assert code == 0 and "5-way 2-shot (adapt_head, cosine)" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["train", *TINY]) == 2
+    assert "--episodes" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--episodes", "1"]) == 2
+    assert "not 'synthetic'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no model.json" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--episodes", "1"]) == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--time-budget", "soon"])

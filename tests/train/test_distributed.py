@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metaedge.train.backbones import build_backbone
+from metaedge.train.data import SyntheticGlyphs, TaskSampler
+from metaedge.train.methods import MAML, Batch, ProtoNet
+from metaedge.train.trainer import _seed_int
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def expected_params(method, data):
+    """One SGD step (lr 0.5) on the mean of the gradients of rank 0's and rank 1's first episodes."""
+    torch.manual_seed(_seed_int(11, 0xB1))
+    model = build_backbone("conv4", preprocess=data.preprocess, hidden=8).train()
+    grads = []
+    for rank in (0, 1):
+        ep = TaskSampler(data, 4, 1, 2, seed=11, rank=rank).sample(0)
+        batch = Batch(support=data.batch(ep.support), support_labels=ep.support_labels, query=data.batch(ep.query),
+                      query_labels=ep.query_labels, ways=4)
+        loss = method.forward_loss(model, batch).loss
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    return {name: (p - 0.5 * (g0 + g1) / 2).detach()
+            for (name, p), g0, g1 in zip(model.named_parameters(), *grads)}
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_two_gloo_ranks_average_gradients_of_different_episodes(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = SyntheticGlyphs("train", num_classes=40, samples_per_class=10, seed=3)
+    ep0, ep1 = (TaskSampler(data, 4, 1, 2, seed=11, rank=r).sample(0) for r in (0, 1))
+    assert not torch.equal(ep0.support, ep1.support)  # the ranks trained on different episodes
+    for name, method in (("protonet", ProtoNet()), ("fomaml", MAML(inner_steps=1, inner_lr=0.1, first_order=True))):
+        rank0 = load_file(str(tmp_path / f"{name}-0.safetensors"))
+        rank1 = load_file(str(tmp_path / f"{name}-1.safetensors"))
+        expected = expected_params(method, data)
+        for key, value in expected.items():
+            assert torch.equal(rank0[key], rank1[key]), key
+            assert torch.allclose(rank0[key], value, atol=1e-5), key

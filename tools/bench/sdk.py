@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Device SDK benchmark: EdgeClassifier on ONNX Runtime CPU.
+
+Measures, for conv4 (1x28x28, fed 105x105 gray frames) and resnet18 (3x224x224, fed 480x640 RGB frames):
+- per-frame ``predict`` latency (batch 1, k=5) with 10, 1,000 and 10,000 enrolled classes, split into
+  pre-processing (image conversion + ``kernels.preprocess``), backbone (the ONNX Runtime call) and kernels
+  (``kernels.topk``), with the bare backbone call on the same input measured in the same run as the baseline;
+- ``enroll`` latency for 5 images at the same gallery sizes (autosave off; saving is measured separately);
+- gallery save (atomic, fsynced) and load (verified) time at 10,000 classes x 5 stored shots;
+- optionally (``--adapt``), whether ``adapt()`` helps: 5-way 5-shot accuracy on the Omniglot development split
+  (small2-only alphabets) before and after adaptation, through the device path, with a conv4 ProtoNet trained
+  briefly on small1 (or ``--omniglot-checkpoint``).
+
+Gallery sizes above what a test enrolls are filled with random embeddings (the kernels' cost depends only on
+the number of classes and the embedding size). Medians over ``--reps`` runs after warm-up.
+
+    python tools/bench/sdk.py                       # table + out/bench/sdk.json
+    python tools/bench/sdk.py --adapt --omniglot /work/shared/data/omniglot
+Target (issue 6): kernels + pre-processing < 10% of predict time at 1,000 classes for both backbones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+BACKBONES = {  # name -> (build options, frame shape fed to predict)
+    "conv4": ({}, (105, 105, 1)),
+    "resnet18": ({"input_size": 224}, (480, 640, 3)),
+}
+CLASS_COUNTS = (10, 1000, 10000)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def make_bundle(name: str, directory: str) -> str:
+    """Export a seeded, untrained backbone once (latency does not depend on the weights)."""
+    path = os.path.join(directory, name)
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        with open(os.path.join(path, "manifest.json")) as f:
+            size = json.load(f)["spec"]["preprocess"]["size"]
+        wanted = BACKBONES[name][0].get("input_size")
+        if wanted is None or size == [wanted, wanted]:  # else a stale bundle of another input size: re-export
+            return path
+    import torch
+
+    from metaedge.export.onnx import export_bundle
+    from metaedge.train.backbones import build_backbone
+    torch.manual_seed(0)
+    log(f"exporting a {name} bundle to {path} (once) ...")
+    export_bundle(build_backbone(name, **BACKBONES[name][0]).eval(), path, overwrite=True)
+    return path
+
+
+def fill(clf, classes: int, rng) -> None:
+    """Top the gallery up to ``classes`` classes of 5 random shots each."""
+    g = clf.gallery
+    d = g.embedding_dim
+    with g.transaction():
+        for i in range(len(g), classes):
+            g.add(f"filler {i}", rng.standard_normal((5, d)).astype(np.float32))
+
+
+def median_timings(samples) -> dict:
+    keys = ("load", "preprocess", "backbone", "kernels", "total")
+    out = {k: statistics.median(getattr(t, k) for t in samples) * 1e3 for k in keys}
+    out["preprocessing"] = statistics.median((t.load + t.preprocess) for t in samples) * 1e3
+    return out
+
+
+def bench_backbone(name: str, bundle_dir: str, reps: int, threads: int | None, rng) -> dict:
+    from metaedge.runtime.backends import open_backend
+    from metaedge.runtime.classifier import EdgeClassifier
+    backend = open_backend(bundle_dir, "ort-cpu", threads=threads)
+    clf = EdgeClassifier(bundle_dir, backend=backend, support_cap=5)
+    shape = BACKBONES[name][1]
+    frame = rng.integers(0, 256, shape, dtype=np.uint8)
+    shots = rng.integers(0, 256, (5, *shape), dtype=np.uint8)
+    x = clf.spec.preprocess.apply(frame[None])
+    for _ in range(3):
+        backend.embed(x)
+    result = {"backend": backend.describe(), "input": list(clf.spec.input_shape), "frame": list(shape),
+              "embedding_dim": clf.spec.embedding_dim, "by_classes": {}}
+    for classes in CLASS_COUNTS:
+        fill(clf, classes, rng)
+        for _ in range(3):
+            clf.predict(frame, k=5)
+        bare, predict = [], []
+        for _ in range(reps):  # interleaved, so load changes hit baseline and SDK alike
+            t0 = time.perf_counter()
+            backend.embed(x)
+            bare.append(time.perf_counter() - t0)
+            clf.predict(frame, k=5)
+            predict.append(clf.last_timings)
+        enroll = []
+        for i in range(max(3, reps // 3)):
+            clf.enroll(f"bench {classes}-{i}", shots)
+            enroll.append(clf.last_timings)
+        p = median_timings(predict)
+        row = {"classes": len(clf), "predict_ms": p, "bare_backbone_ms": statistics.median(bare) * 1e3,
+               "enroll5_ms": median_timings(enroll)}
+        row["kernels_plus_preprocessing_share"] = (p["kernels"] + p["preprocessing"]) / p["total"]
+        row["predict_over_bare_backbone"] = p["total"] / row["bare_backbone_ms"]
+        result["by_classes"][str(classes)] = row
+        log(f"  {name} {classes:>6} classes: predict {p['total']:.2f} ms (pre {p['preprocessing']:.2f}, backbone "
+            f"{p['backbone']:.2f}, kernels {p['kernels']:.3f}); enroll5 {row['enroll5_ms']['total']:.1f} ms")
+    clf.close()
+    backend.close()
+    return result
+
+
+def bench_gallery_io(dim: int, classes: int, reps: int, rng) -> dict:
+    from metaedge.runtime.gallery import Gallery
+    g = Gallery(dim, "euclidean", "bench-" + "0" * 58, support_cap=5)
+    started = time.perf_counter()
+    with g.transaction():
+        for i in range(classes):
+            g.add(f"class {i}", rng.standard_normal((5, dim)).astype(np.float32))
+    fill_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "out") if os.path.isdir(os.path.join(ROOT, "out"))
+                                     else None) as d:
+        path = os.path.join(d, "bench.metaedge")
+        saves, loads = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            g.save(path)
+            saves.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            h = Gallery.load(path, embedding_dim=dim)
+            loads.append(time.perf_counter() - t0)
+        size = os.path.getsize(path)
+    assert len(h) == classes
+    return {"classes": classes, "embedding_dim": dim, "support_per_class": 5, "file_mib": size / 2**20,
+            "save_ms": statistics.median(saves) * 1e3, "load_ms": statistics.median(loads) * 1e3,
+            "fill_10k_adds_s": fill_s}
+
+
+def bench_adapt(omniglot: str, checkpoint: str | None, episodes: int, train_seconds: float, workdir: str,
+                rng) -> dict:
+    """5-way 5-shot on the small2-only alphabets: prototypes vs adapt(), both through EdgeClassifier."""
+    import torch
+
+    from metaedge.export.onnx import export_bundle
+    from metaedge.runtime.backends import open_backend
+    from metaedge.runtime.classifier import EdgeClassifier
+    from metaedge.train.data.omniglot import Omniglot
+    from metaedge.train.data.samplers import TaskSampler
+    dev = Omniglot(omniglot, sets="images_background_small2", alphabets=["Japanese_(katakana)", "Sanskrit",
+                                                                          "Tagalog"])
+    from metaedge.train.checkpoint import load_checkpoint
+    run_dir = os.path.join(workdir, "omniglot-conv4-protonet")
+    if not checkpoint and os.path.exists(os.path.join(run_dir, "last", "model.json")):
+        checkpoint = os.path.join(run_dir, "last")  # trained by an earlier run of this benchmark
+    if checkpoint:
+        model, source = load_checkpoint(checkpoint), checkpoint
+    else:
+        from metaedge.train.trainer import fit
+        train = Omniglot(omniglot, sets="images_background_small1", rotations=(0, 90, 180, 270))
+        log(f"training a conv4 ProtoNet on Omniglot small1 for {train_seconds:.0f} s ...")
+        torch.manual_seed(0)
+        model = fit(backbone="conv4", method="protonet", data=train, ways=20, shots=5, queries=5,
+                    time_budget_s=train_seconds, episodes=100000, progress=False, tensorboard=False,
+                    run_dir=run_dir)
+        source = f"conv4 protonet, {train_seconds:.0f} s on small1"
+    bundle = export_bundle(model.eval(), os.path.join(workdir, "omniglot-bundle"), overwrite=True)
+    settings = {"adapt(100, lr=0.1) [default]": {"steps": 100, "lr": 0.1},
+                "adapt(100, lr=0.01)": {"steps": 100, "lr": 0.01},
+                "adapt(100, lr=0.1, scale=30)": {"steps": 100, "lr": 0.1, "scale": 30.0}}
+
+    def hwc(idx):
+        return np.ascontiguousarray(dev.images[idx].numpy().transpose(0, 2, 3, 1))
+
+    def ci(a):
+        a = np.asarray(a)
+        return [float(a.mean()), float(1.96 * a.std(ddof=1) / np.sqrt(len(a)))]
+
+    out = {"model": source, "metric": bundle.spec.metric, "episodes": episodes, "queries": 10, "tasks": []}
+    with open_backend(bundle, "ort-cpu") as backend:
+        for ways, shots in ((5, 5), (20, 5)):
+            sampler = TaskSampler(dev, ways, shots, 10, seed=0)
+            accs: dict[str, list] = {"prototypes": [], **{name: [] for name in settings}}
+            adapt_s = []
+            for i in range(episodes):
+                ep = sampler.sample(i)
+                with EdgeClassifier(bundle, backend=backend) as clf:
+                    s, sl = ep.support.numpy(), ep.support_labels.numpy()
+                    for j in range(ways):
+                        clf.enroll(str(j), hwc(s[sl == j]))
+                    queries, truth = hwc(ep.query.numpy()), [str(t) for t in ep.query_labels.tolist()]
+
+                    def acc():
+                        return float(np.mean([p.label == t for p, t in zip(clf.predict(queries), truth)]))
+                    accs["prototypes"].append(acc())
+                    for name, kwargs in settings.items():
+                        adapt_s.append(clf.adapt(**kwargs).seconds)
+                        accs[name].append(acc())
+                        clf.reset_adaptation()
+            out["tasks"].append({"ways": ways, "shots": shots, **{k: ci(v) for k, v in accs.items()},
+                                 "adapt_ms_median": statistics.median(adapt_s) * 1e3})
+            log(f"  adapt {ways}-way {shots}-shot: " + ", ".join(f"{k} {100 * np.mean(v):.2f}%"
+                                                                  for k, v in accs.items()))
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| backbone | classes | predict ms | pre-proc ms | backbone ms | kernels ms | kern+pre share | "
+             "bare backbone ms | predict/bare | enroll 5 imgs ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] if results["backbones"] else []
+    for name, r in results["backbones"].items():
+        for classes, row in r["by_classes"].items():
+            p = row["predict_ms"]
+            lines.append(f"| {name} | {int(classes):,} | {p['total']:.2f} | {p['preprocessing']:.2f} | "
+                         f"{p['backbone']:.2f} | {p['kernels']:.3f} | {100 * row['kernels_plus_preprocessing_share']:.1f}% "
+                         f"| {row['bare_backbone_ms']:.2f} | {row['predict_over_bare_backbone']:.2f}x | "
+                         f"{row['enroll5_ms']['total']:.1f} |")
+    io = results.get("gallery_io")
+    if io:
+        lines.append("")
+        lines.append(f"gallery at {io['classes']:,} classes (dim {io['embedding_dim']}, {io['support_per_class']} "
+                     f"stored shots each, {io['file_mib']:.1f} MiB): save {io['save_ms']:.0f} ms (atomic, fsynced), "
+                     f"load {io['load_ms']:.0f} ms (verified)")
+    ad = results.get("adapt")
+    if ad:
+        lines.append("")
+        lines.append(f"Omniglot development split through EdgeClassifier ({ad['model']}, {ad['metric']} prototypes, "
+                     f"{ad['episodes']} episodes, {ad['queries']} queries/class; mean +- 95% CI):")
+        for task in ad["tasks"]:
+            cells = [f"{k} {100 * v[0]:.2f} +- {100 * v[1]:.2f}%" for k, v in task.items()
+                     if isinstance(v, list)]
+            lines.append(f"  {task['ways']}-way {task['shots']}-shot: " + "; ".join(cells)
+                         + f" (adapt {task['adapt_ms_median']:.1f} ms)")
+    for name, ok in results.get("targets", {}).items():
+        lines.append(f"target {name}: {'PASS' if ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=list(BACKBONES),
+                   help="latency benchmarks to run (none: only --adapt)")
+    p.add_argument("--bundles", default=os.path.join(ROOT, "out", "bench", "bundles"),
+                   help="where exported bench bundles are cached (default out/bench/bundles)")
+    p.add_argument("--reps", type=int, default=30, help="timed predict calls per configuration (default 30)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--omp-threads", type=int, default=None,
+                   help="OpenMP threads of metaedge's CPU kernels (sets OMP_NUM_THREADS before they load; default: "
+                        "the environment's)")
+    p.add_argument("--no-io", action="store_true", help="skip the gallery save/load measurement")
+    p.add_argument("--adapt", action="store_true", help="also measure accuracy before/after adapt() on Omniglot")
+    p.add_argument("--omniglot", default=os.environ.get("METAEDGE_OMNIGLOT"), help="Omniglot zips directory")
+    p.add_argument("--omniglot-checkpoint", help="a trained conv4 checkpoint (else one is trained briefly)")
+    p.add_argument("--train-seconds", type=float, default=240.0, help="training time for --adapt (default 240)")
+    p.add_argument("--adapt-episodes", type=int, default=100)
+    p.add_argument("--json", default=os.path.join(ROOT, "out", "bench", "sdk.json"), help="where to write JSON")
+    args = p.parse_args(argv)
+    if args.omp_threads:
+        if "metaedge._C" in sys.modules:
+            p.error("--omp-threads must be applied before metaedge's kernels are loaded")
+        os.environ["OMP_NUM_THREADS"] = str(args.omp_threads)
+    rng = np.random.default_rng(0)
+    os.makedirs(args.bundles, exist_ok=True)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                                 "cores": os.cpu_count(), "loadavg_1min_at_start": load_before,
+                                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+                     "backbones": {}}
+    for name in args.backbones:
+        results["backbones"][name] = bench_backbone(name, make_bundle(name, args.bundles), args.reps, args.threads,
+                                                    rng)
+    if not args.no_io:
+        dim = max(r["embedding_dim"] for r in results["backbones"].values()) if results["backbones"] else 512
+        results["gallery_io"] = bench_gallery_io(dim, 10000, 5, rng)
+    if args.adapt:
+        if not args.omniglot:
+            p.error("--adapt needs --omniglot DIR (or $METAEDGE_OMNIGLOT)")
+        results["adapt"] = bench_adapt(args.omniglot, args.omniglot_checkpoint, args.adapt_episodes,
+                                       args.train_seconds, os.path.dirname(os.path.abspath(args.bundles)), rng)
+    results["targets"] = {f"kernels+pre-processing < 10% of predict at 1,000 classes ({name})":
+                          r["by_classes"]["1000"]["kernels_plus_preprocessing_share"] < 0.10
+                          for name, r in results["backbones"].items()}
+    results["machine"]["loadavg_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(table(results))
+    print(f"(JSON: {args.json})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
