@@ -336,7 +336,7 @@ def _padded(rng, rows, cols, pad):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 37, 64), (37, 1, 64), (5, 25, 64), (13, 33, 7), (32, 32, 300),
-                                   (100, 20, 512), (3, 1000, 40), (70, 70, 0)])
+                                   (100, 20, 512), (3, 1000, 40), (70, 70, 0), (1, 3000, 100), (3000, 1, 100), (40, 50, 1100)])
 def test_sgemm_matches_numpy(rng, trans_a, trans_b, m, n, k):
     a = _padded(rng, *((k, m) if trans_a else (m, k)), pad=3)
     b = _padded(rng, *((n, k) if trans_b else (k, n)), pad=1)

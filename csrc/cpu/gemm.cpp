@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -67,6 +68,17 @@ void gemm_serial(const GemmProblem& problem) {
   }
 }
 
+static void gemv_serial(int64_t n, int64_t K, float alpha, const float* x, const float* y, int64_t ldy,
+                        bool y_contiguous_in_j, float beta, float* out, int64_t out_stride) {
+  switch (simd_target()) {
+#if defined(__x86_64__)
+    case SimdTarget::kAvx512: return avx512::gemv_serial(n, K, alpha, x, y, ldy, y_contiguous_in_j, beta, out, out_stride);
+    case SimdTarget::kAvx2: return avx2::gemv_serial(n, K, alpha, x, y, ldy, y_contiguous_in_j, beta, out, out_stride);
+#endif
+    default: return baseline::gemv_serial(n, K, alpha, x, y, ldy, y_contiguous_in_j, beta, out, out_stride);
+  }
+}
+
 GemmTile gemm_tile() {
   switch (simd_target()) {
 #if defined(__x86_64__)
@@ -104,6 +116,38 @@ GemmProblem gemm_best_orientation(const GemmProblem& g) {
   return t;
 }
 
+namespace {
+
+// C is a single row (M == 1) or column (N == 1): a matrix-vector product, streamed without packing.
+void sgemv(const GemmProblem& g, bool parallel) {
+  const bool row = g.M == 1;
+  const int64_t n = row ? g.N : g.M, K = g.K;
+  // The vector: row 0 of A, or column 0 of B, made contiguous.
+  std::vector<float> x(static_cast<size_t>(K));
+  for (int64_t p = 0; p < K; ++p)
+    x[p] = row ? (g.a_row_major ? g.a[p] : g.a[p * g.lda]) : (g.b_row_major ? g.b[p * g.ldb] : g.b[p]);
+  // The matrix Y(p, j): B for a row of C, A^T for a column.
+  const float* y = row ? g.b : g.a;
+  const int64_t ldy = row ? g.ldb : g.lda;
+  const bool contiguous_in_j = row ? g.b_row_major : !g.a_row_major;
+  float* out = g.c;
+  const int64_t out_stride = row ? g.cs_c : g.rs_c;
+  int threads = 1;
+#ifdef _OPENMP
+  if (parallel && !omp_in_parallel() && static_cast<double>(n) * K >= 2e5) threads = omp_get_max_threads();
+#endif
+  const int64_t parts = std::min<int64_t>(threads, (n + 63) / 64);
+#pragma omp parallel for schedule(static) num_threads(threads) if (parts > 1)
+  for (int64_t part = 0; part < parts; ++part) {
+    const int64_t begin = n * part / parts / 16 * 16, end = part + 1 == parts ? n : n * (part + 1) / parts / 16 * 16;
+    const float* y_part = contiguous_in_j ? y + begin : y + begin * ldy;
+    gemv_serial(end - begin, K, g.alpha, x.data(), y_part, ldy, contiguous_in_j, g.beta, out + begin * out_stride,
+                out_stride);
+  }
+}
+
+}  // namespace
+
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel) {
   if (M <= 0 || N <= 0) return;
@@ -112,6 +156,10 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   g.a = A, g.lda = lda, g.a_row_major = !trans_a;
   g.b = B, g.ldb = ldb, g.b_row_major = !trans_b;
   g.c = C, g.rs_c = ldc, g.cs_c = 1;
+  if ((M == 1 || N == 1) && K > 0) {
+    sgemv(g, parallel);
+    return;
+  }
 
   g = gemm_best_orientation(g);
   const GemmTile tile = gemm_tile();

@@ -132,6 +132,11 @@ int main() {
   check_sgemm(rng, true, true, 700, 130, 600, -1.f, 1.f);
   check_sgemm(rng, false, true, 1000, 37, 512, 1.f, 0.f);
   check_sgemm(rng, true, false, 37, 1000, 512, 1.f, 0.5f);
+  for (int ta = 0; ta < 2; ++ta)  // matrix-vector products (their own path), serial and threaded
+    for (int tb = 0; tb < 2; ++tb) {
+      check_sgemm(rng, ta, tb, 1, 3000, 100, 0.5f, -2.f);
+      check_sgemm(rng, ta, tb, 3000, 1, 100, 1.f, 0.f);
+    }
   const metaedge::Metric metrics[] = {metaedge::Metric::kCosine, metaedge::Metric::kDot, metaedge::Metric::kEuclidean};
   for (auto metric : metrics) {
     check_topk(rng, 1, 1000, 64, 5, metric, 0);

@@ -64,17 +64,25 @@ def time_call(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 15, m
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 15,
-                     max_seconds: float = 10.0, min_repeats: int = 3) -> dict[str, dict]:
+                     max_seconds: float = 10.0, min_repeats: int = 3,
+                     flushes_cache: Iterable[str] = ()) -> dict[str, dict]:
     """Like time_call for several callables at once, measured round-robin (one call of each per round), so a
     change of machine load during the run hits all of them alike and their ratios stay meaningful. Stops after
-    `repeats` rounds, or once `max_seconds` have been spent in total (but not before `min_repeats` rounds)."""
+    `repeats` rounds, or once `max_seconds` have been spent in total (but not before `min_repeats` rounds).
+    Names in `flushes_cache` (e.g. a large memory copy) evict the caches: the function timed after one of them
+    is first called once untimed, so it is not charged for refilling them."""
+    flushes_cache = set(flushes_cache)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     spent, rounds = 0.0, 0
+    previous = None
     while rounds < repeats and (rounds < min_repeats or spent < max_seconds):
         for name, fn in fns.items():
+            if previous in flushes_cache and name not in flushes_cache:
+                fn()
+            previous = name
             start = time.perf_counter()
             fn()
             elapsed = time.perf_counter() - start
