@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from metaedge import kernels
+from metaedge.runtime.fileio import fsync_dir
 
 __all__ = ["Gallery", "ClassInfo", "ClassMatrix", "GalleryError", "GalleryCorruptError", "GalleryMismatchError",
            "GalleryVersionError", "UnknownLabelError", "check_label", "SCHEMA_VERSION", "FORMAT",
@@ -218,19 +219,6 @@ def _payload_digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str
     return h.hexdigest()
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; rename durability is then the OS's business
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -258,7 +246,7 @@ def atomic_write_bytes(path: str, write, mode_from: str | None = None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     _remove_stale_temps(directory, base)
 
 

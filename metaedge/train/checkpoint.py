@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 import torch
@@ -36,50 +35,8 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, from an unknown schema, or does not match its model."""
 
 
-# ------------------------------------------------------------------------------------------ atomic IO
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# Atomic, fsynced writes and checksums: the same helpers as bundles and galleries.
+from metaedge.runtime.fileio import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------- nested state <-> JSON + tensors
