@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="meta-training wall time (default 100; 12 with --quick)")
-    p.add_argument("--ways", type=int, default=5, help="classes per evaluation episode (default 5)")
+    p.add_argument("--ways", type=int, default=20, help="classes per evaluation episode (default 20)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per shot count (default 30)")
     p.add_argument("--backend", default="auto", help="auto | tensorrt | ort-cuda | ort-cpu | torch (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, training and episodes (default 0)")

@@ -33,7 +33,7 @@ class DemoConfig:
     folder: str | None = None               # image folder (one sub-folder per class)
     time_budget_s: float = 100.0            # meta-training wall time
     max_episodes: int = 4000
-    ways: int = 5                           # evaluation: classes per episode
+    ways: int = 20                          # evaluation: classes per episode (5-way saturates on glyphs)
     shots: Sequence[int] = (1, 2, 5, 10)
     queries: int = 5                        # held-out images per class and episode
     episodes: int = 30                      # evaluation episodes per shot count
