@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -30,20 +31,32 @@ def expected_params(method, data):
             for (name, p), g0, g1 in zip(model.named_parameters(), *grads)}
 
 
-def _run_torchrun(cmd, env, attempts=2, timeout=130):
-    """torchrun's rendezvous stalled when another torchrun ran on the same machine at the same time (it
-    takes ~8 s normally); keep what it printed and try once more rather than hang the suite."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_torchrun(script_args, env, workdir, attempts=2, timeout=120):
+    """Two gloo ranks on an explicit free loopback port (so that another torchrun on the machine cannot meet
+    this one's rendezvous); output goes to files, and a stalled run is killed with all its workers and tried
+    once more rather than hang the suite."""
     for attempt in range(attempts):
-        # Its own session, so that a timeout kills the workers too, not only the torchrun launcher.
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-            return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            print(f"torchrun attempt {attempt + 1} timed out after {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", *script_args]
+        out_path, err_path = workdir / f"torchrun-{attempt}.out", workdir / f"torchrun-{attempt}.err"
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                subprocess.run(["pkill", "-9", "-f", str(workdir)], check=False)  # workers in their own groups
+                proc.wait()
+                print(f"torchrun attempt {attempt + 1} timed out after {timeout} s:\n"
+                      f"{out_path.read_text()[-2000:]}\n{err_path.read_text()[-2000:]}")
+                continue
+        return subprocess.CompletedProcess(cmd, proc.returncode, out_path.read_text(), err_path.read_text())
     pytest.fail(f"torchrun timed out {attempts} times")
 
 
@@ -51,9 +64,7 @@ def _run_torchrun(cmd, env, attempts=2, timeout=130):
 def test_torchrun_two_gloo_ranks_average_gradients_of_different_episodes(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(tmp_path)]
-    proc = _run_torchrun(cmd, env)
+    proc = _run_torchrun([os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(tmp_path)], env, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = SyntheticGlyphs("train", num_classes=40, samples_per_class=10, seed=3)
     ep0, ep1 = (TaskSampler(data, 4, 1, 2, seed=11, rank=r).sample(0) for r in (0, 1))
