@@ -183,8 +183,12 @@ def _dist_setup(device_pref: str) -> _Dist:
     import torch.distributed as dist
     here = False
     if not dist.is_initialized():
+        # initialised once per process and kept: destroying and re-creating a group under torchrun's store can
+        # deadlock, and a script may call fit() several times; it is torn down at exit
         use_cuda = torch.cuda.is_available() and device_pref != "cpu"
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        import atexit
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
         here = True
     return _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), here)
 
@@ -516,6 +520,8 @@ class _Trainer:
                 out_of_time = c.time_budget_s is not None and elapsed >= c.time_budget_s
                 stop = self._agree(done or out_of_time or stop_requested["flag"])
                 if stop:
+                    if not stop_requested["flag"]:
+                        stop_requested["why"] = "episodes" if done else ("time_budget" if out_of_time else "rank 0")
                     break
                 fraction = max(episode / c.episodes if c.episodes else 0.0,
                                elapsed / c.time_budget_s if c.time_budget_s else 0.0)
@@ -569,9 +575,6 @@ class _Trainer:
                 bar.close()
             if self.writer is not None:
                 self.writer.close()
-            if self.dist.initialised_here:
-                import torch.distributed as dist
-                dist.destroy_process_group()
         return self._final_model(stop_requested["why"])
 
     def _validation_round(self, episode: int):
@@ -604,7 +607,7 @@ class _Trainer:
                             "episodes": self.state["episode"], "elapsed_s": self.state["elapsed_s"],
                             "best_val_accuracy": None if self.best_state is None else self.state["best_val"],
                             "best_val_ci95": None if self.best_state is None else self.state["best_val_ci95"],
-                            "best_episode": self.state["best_episode"], "stopped_by": why or "schedule",
+                            "best_episode": self.state["best_episode"], "stopped_by": why,
                             "amp": self.amp_name, "channels_last": self.channels_last}
         return model
 
