@@ -17,6 +17,20 @@ class InputSpec:
     dtype: str = "float32"
 
 
+def host_batch(batch, chw: tuple[int, int, int]):
+    """``batch`` as a numpy ``[b, C, H, W]`` array (one ``[C, H, W]`` image gets a batch axis) with the
+    network's ``chw``, any float dtype (backends convert); raises ValueError/TypeError saying what it expected."""
+    import numpy as np
+    arr = np.asarray(batch)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(chw):
+        raise ValueError(f"batch: expected [b, {', '.join(map(str, chw))}] (NCHW), got shape {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"batch: expected float32 values (pre-processed images), got {arr.dtype}")
+    return arr
+
+
 class Backend(abc.ABC):
     """Runs a bundle's embedding network.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from metaedge._optional import require
-from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec
+from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec, host_batch
 from metaedge.runtime.bundle import Bundle
 
 
@@ -101,15 +101,7 @@ class OnnxRuntimeBackend(Backend):
         if hasattr(batch, "__cuda_array_interface__") and not isinstance(batch, np.ndarray):
             raise TypeError(f"batch: the {self.name} backend takes host (numpy) arrays, got a CUDA array "
                             f"({type(batch).__name__}); copy it to the host first")
-        arr = np.asarray(batch)
-        if arr.ndim == 3:
-            arr = arr[None]
-        if arr.ndim != 4 or tuple(arr.shape[1:]) != self._chw:
-            raise ValueError(f"batch: expected [b, {', '.join(map(str, self._chw))}] (NCHW), got shape "
-                             f"{list(arr.shape)}")
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise TypeError(f"batch: expected float32 values (pre-processed images), got {arr.dtype}")
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        return np.ascontiguousarray(host_batch(batch, self._chw), dtype=np.float32)
 
     def embed(self, batch) -> np.ndarray:
         # The common case costs three attribute checks; everything else takes the validating slow path.

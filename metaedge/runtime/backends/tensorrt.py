@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec
+from metaedge.runtime.backends.base import Backend, BackendUnavailable, InputSpec, host_batch
 from metaedge.runtime.bundle import Bundle
 
 _F32 = 4
@@ -113,7 +113,7 @@ class TensorRTBackend(Backend):
         if self._engine is None:
             raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialize {plan_path.name}: "
                                      + ("; ".join(self._logger.errors) or "no error text")
-                                     + f" (delete it to force a rebuild)")
+                                     + " (delete it to force a rebuild)")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         modes = {n: self._engine.get_tensor_mode(n) for n in names}
         inputs = [n for n in names if modes[n] == trt.TensorIOMode.INPUT]
@@ -171,13 +171,7 @@ class TensorRTBackend(Backend):
             if iface.get("strides") is not None and tuple(iface["strides"]) != contiguous:
                 raise ValueError("batch: the CUDA array must be C-contiguous")
             return batch, int(iface["data"][0]), shape[0], _cai_stream(iface)
-        arr = np.asarray(batch)
-        if arr.ndim == 3:
-            arr = arr[None]
-        if arr.ndim != 4 or tuple(arr.shape[1:]) != chw:
-            raise ValueError(f"batch: expected [b, {', '.join(map(str, chw))}] (NCHW), got shape {list(arr.shape)}")
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise TypeError(f"batch: expected float32 values (pre-processed images), got {arr.dtype}")
+        arr = host_batch(batch, chw)
         keep, ptr = self._memory.upload(arr, self._memory.stream)
         return keep, ptr, arr.shape[0], self._memory.stream
 
