@@ -148,11 +148,30 @@ def bench_gallery_io(dim: int, classes: int, reps: int, rng) -> dict:
             "fill_10k_adds_s": fill_s}
 
 
-def bench_adapt(omniglot: str, checkpoint: str | None, episodes: int, train_seconds: float, workdir: str,
-                rng) -> dict:
-    """5-way 5-shot on the small2-only alphabets: prototypes vs adapt(), both through EdgeClassifier."""
+def _adapt_model(omniglot: str, checkpoint: str | None, train_seconds: float, workdir: str):
+    """-> (model, description): a checkpoint, or a conv4 ProtoNet trained briefly on small1 (cached in workdir)."""
     import torch
 
+    from metaedge.train.checkpoint import load_checkpoint
+    from metaedge.train.data.omniglot import Omniglot
+    run_dir = os.path.join(workdir, "omniglot-conv4-protonet")
+    if not checkpoint and os.path.exists(os.path.join(run_dir, "last", "model.json")):
+        checkpoint = os.path.join(run_dir, "last")  # trained by an earlier run of this benchmark
+    if checkpoint:
+        return load_checkpoint(checkpoint), checkpoint
+    from metaedge.train.trainer import fit
+    train = Omniglot(omniglot, sets="images_background_small1", rotations=(0, 90, 180, 270))
+    log(f"training a conv4 ProtoNet on Omniglot small1 for {train_seconds:.0f} s ...")
+    torch.manual_seed(0)
+    model = fit(backbone="conv4", method="protonet", data=train, ways=20, shots=5, queries=5,
+                time_budget_s=train_seconds, episodes=100000, progress=False, tensorboard=False, run_dir=run_dir)
+    return model, f"conv4 protonet, {train_seconds:.0f} s on small1"
+
+
+def bench_adapt(omniglot: str, checkpoints: list[str], episodes: int, train_seconds: float, workdir: str,
+                rng) -> dict:
+    """N-way 5-shot on the small2-only alphabets: prototypes vs adapt(), both through EdgeClassifier, for each
+    model (``LABEL=PATH`` or ``PATH`` checkpoints; none: a ProtoNet trained briefly on small1)."""
     from metaedge.export.onnx import export_bundle
     from metaedge.runtime.backends import open_backend
     from metaedge.runtime.classifier import EdgeClassifier
@@ -160,25 +179,8 @@ def bench_adapt(omniglot: str, checkpoint: str | None, episodes: int, train_seco
     from metaedge.train.data.samplers import TaskSampler
     dev = Omniglot(omniglot, sets="images_background_small2", alphabets=["Japanese_(katakana)", "Sanskrit",
                                                                           "Tagalog"])
-    from metaedge.train.checkpoint import load_checkpoint
-    run_dir = os.path.join(workdir, "omniglot-conv4-protonet")
-    if not checkpoint and os.path.exists(os.path.join(run_dir, "last", "model.json")):
-        checkpoint = os.path.join(run_dir, "last")  # trained by an earlier run of this benchmark
-    if checkpoint:
-        model, source = load_checkpoint(checkpoint), checkpoint
-    else:
-        from metaedge.train.trainer import fit
-        train = Omniglot(omniglot, sets="images_background_small1", rotations=(0, 90, 180, 270))
-        log(f"training a conv4 ProtoNet on Omniglot small1 for {train_seconds:.0f} s ...")
-        torch.manual_seed(0)
-        model = fit(backbone="conv4", method="protonet", data=train, ways=20, shots=5, queries=5,
-                    time_budget_s=train_seconds, episodes=100000, progress=False, tensorboard=False,
-                    run_dir=run_dir)
-        source = f"conv4 protonet, {train_seconds:.0f} s on small1"
-    bundle = export_bundle(model.eval(), os.path.join(workdir, "omniglot-bundle"), overwrite=True)
-    settings = {"adapt(100, lr=0.1) [default]": {"steps": 100, "lr": 0.1},
-                "adapt(100, lr=0.01)": {"steps": 100, "lr": 0.01},
-                "adapt(100, lr=0.1, scale=30)": {"steps": 100, "lr": 0.1, "scale": 30.0}}
+    settings = {"adapt() [default: 100 steps, lr 0.1]": {},
+                "adapt(lr=0.01)": {"lr": 0.01}}
 
     def hwc(idx):
         return np.ascontiguousarray(dev.images[idx].numpy().transpose(0, 2, 3, 1))
@@ -187,31 +189,39 @@ def bench_adapt(omniglot: str, checkpoint: str | None, episodes: int, train_seco
         a = np.asarray(a)
         return [float(a.mean()), float(1.96 * a.std(ddof=1) / np.sqrt(len(a)))]
 
-    out = {"model": source, "metric": bundle.spec.metric, "episodes": episodes, "queries": 10, "tasks": []}
-    with open_backend(bundle, "ort-cpu") as backend:
-        for ways, shots in ((5, 5), (20, 5)):
-            sampler = TaskSampler(dev, ways, shots, 10, seed=0)
-            accs: dict[str, list] = {"prototypes": [], **{name: [] for name in settings}}
-            adapt_s = []
-            for i in range(episodes):
-                ep = sampler.sample(i)
-                with EdgeClassifier(bundle, backend=backend) as clf:
-                    s, sl = ep.support.numpy(), ep.support_labels.numpy()
-                    for j in range(ways):
-                        clf.enroll(str(j), hwc(s[sl == j]))
-                    queries, truth = hwc(ep.query.numpy()), [str(t) for t in ep.query_labels.tolist()]
+    out = {"episodes": episodes, "queries": 10, "models": []}
+    for entry in checkpoints or [None]:
+        label, path = entry.split("=", 1) if entry and "=" in entry else ("", entry)
+        model, source = _adapt_model(omniglot, path, train_seconds, workdir)
+        bundle = export_bundle(model.eval(), os.path.join(workdir, "omniglot-bundle"), overwrite=True)
+        result = {"label": label or source, "model": source, "metric": bundle.spec.metric, "tasks": []}
+        with open_backend(bundle, "ort-cpu") as backend:
+            for ways, shots in ((5, 5), (20, 5)):
+                sampler = TaskSampler(dev, ways, shots, 10, seed=0)
+                accs: dict[str, list] = {"prototypes": [], **{name: [] for name in settings}}
+                adapt_s = []
+                for i in range(episodes):
+                    ep = sampler.sample(i)
+                    with EdgeClassifier(bundle, backend=backend) as clf:
+                        s, sl = ep.support.numpy(), ep.support_labels.numpy()
+                        for j in range(ways):
+                            clf.enroll(str(j), hwc(s[sl == j]))
+                        queries, truth = hwc(ep.query.numpy()), [str(t) for t in ep.query_labels.tolist()]
 
-                    def acc():
-                        return float(np.mean([p.label == t for p, t in zip(clf.predict(queries), truth)]))
-                    accs["prototypes"].append(acc())
-                    for name, kwargs in settings.items():
-                        adapt_s.append(clf.adapt(**kwargs).seconds)
-                        accs[name].append(acc())
-                        clf.reset_adaptation()
-            out["tasks"].append({"ways": ways, "shots": shots, **{k: ci(v) for k, v in accs.items()},
-                                 "adapt_ms_median": statistics.median(adapt_s) * 1e3})
-            log(f"  adapt {ways}-way {shots}-shot: " + ", ".join(f"{k} {100 * np.mean(v):.2f}%"
-                                                                  for k, v in accs.items()))
+                        def acc():
+                            return float(np.mean([p.label == t for p, t in zip(clf.predict(queries), truth)]))
+                        accs["prototypes"].append(acc())
+                        for name, kwargs in settings.items():
+                            adapt_s.append(clf.adapt(**kwargs).seconds)
+                            accs[name].append(acc())
+                            clf.reset_adaptation()
+                task = {"ways": ways, "shots": shots, **{k: ci(v) for k, v in accs.items()},
+                        "adapt_minus_prototypes": ci(np.subtract(accs[next(iter(settings))], accs["prototypes"])),
+                        "adapt_ms_median": statistics.median(adapt_s) * 1e3}
+                result["tasks"].append(task)
+                log(f"  {result['label']}: adapt {ways}-way {shots}-shot: " + ", ".join(
+                    f"{k} {100 * np.mean(v):.2f}%" for k, v in accs.items()))
+        out["models"].append(result)
     return out
 
 
@@ -235,13 +245,17 @@ def table(results: dict) -> str:
     ad = results.get("adapt")
     if ad:
         lines.append("")
-        lines.append(f"Omniglot development split through EdgeClassifier ({ad['model']}, {ad['metric']} prototypes, "
-                     f"{ad['episodes']} episodes, {ad['queries']} queries/class; mean +- 95% CI):")
-        for task in ad["tasks"]:
-            cells = [f"{k} {100 * v[0]:.2f} +- {100 * v[1]:.2f}%" for k, v in task.items()
-                     if isinstance(v, list)]
-            lines.append(f"  {task['ways']}-way {task['shots']}-shot: " + "; ".join(cells)
-                         + f" (adapt {task['adapt_ms_median']:.1f} ms)")
+        lines.append(f"adapt() on the Omniglot development split through EdgeClassifier ({ad['episodes']} episodes, "
+                     f"{ad['queries']} queries/class; mean +- 95% CI; the difference is paired per episode):")
+        for m in ad["models"]:
+            lines.append(f"  {m['label']} ({m['metric']} prototypes):")
+            for task in m["tasks"]:
+                cells = [f"{k} {100 * v[0]:.2f} +- {100 * v[1]:.2f}%" for k, v in task.items()
+                         if isinstance(v, list) and k != "adapt_minus_prototypes"]
+                diff = task["adapt_minus_prototypes"]
+                lines.append(f"    {task['ways']}-way {task['shots']}-shot: " + "; ".join(cells)
+                             + f"; default adapt - prototypes {100 * diff[0]:+.2f} +- {100 * diff[1]:.2f} points"
+                             + f" (adapt {task['adapt_ms_median']:.1f} ms)")
     for name, ok in results.get("targets", {}).items():
         lines.append(f"target {name}: {'PASS' if ok else 'FAIL'}")
     return "\n".join(lines)
@@ -261,7 +275,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-io", action="store_true", help="skip the gallery save/load measurement")
     p.add_argument("--adapt", action="store_true", help="also measure accuracy before/after adapt() on Omniglot")
     p.add_argument("--omniglot", default=os.environ.get("METAEDGE_OMNIGLOT"), help="Omniglot zips directory")
-    p.add_argument("--omniglot-checkpoint", help="a trained conv4 checkpoint (else one is trained briefly)")
+    p.add_argument("--omniglot-checkpoint", nargs="+", default=[], metavar="[LABEL=]PATH",
+                   help="trained conv4 checkpoints to compare (else a ProtoNet is trained briefly)")
     p.add_argument("--train-seconds", type=float, default=240.0, help="training time for --adapt (default 240)")
     p.add_argument("--adapt-episodes", type=int, default=100)
     p.add_argument("--json", default=os.path.join(ROOT, "out", "bench", "sdk.json"), help="where to write JSON")
