@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "metaedge/preprocess_plan.h"
 
 namespace metaedge::cpu {
 namespace {
@@ -31,30 +32,7 @@ std::vector<Tap> make_taps(int64_t in, int64_t out, int64_t stride) {
   return taps;
 }
 
-struct Affine {
-  float m[3][4] = {};  // [output channel][input channel]
-  float bias[3] = {};
-};
-
-// Folds colour conversion, inversion, /255 and (x - mean)/std into `Affine`. The luma weights sum to 1,
-// so inverting before or after the gray conversion is the same.
-Affine make_affine(int64_t in_channels, int64_t out_channels, const PreprocessParams& p) {
-  static const float kLuma[3] = {0.299f, 0.587f, 0.114f};
-  Affine f;
-  const float sign = p.invert ? -1.f : 1.f;
-  for (int64_t oc = 0; oc < out_channels; ++oc) {
-    const double gain = sign / (255.0 * p.std[oc]);
-    if (p.color == ColorMode::kToGray && in_channels >= 3) {
-      for (int k = 0; k < 3; ++k) f.m[oc][k] = static_cast<float>(kLuma[k] * gain);
-    } else if (in_channels == 1) {
-      f.m[oc][0] = static_cast<float>(gain);  // gray kept, or replicated into R, G and B
-    } else {
-      f.m[oc][oc] = static_cast<float>(gain);  // RGB kept; RGBA drops alpha
-    }
-    f.bias[oc] = static_cast<float>(((p.invert ? 1.0 : 0.0) - p.mean[oc]) / p.std[oc]);
-  }
-  return f;
-}
+using Affine = PreprocessAffine;
 
 // Output channels from the interpolated input channels v[0..kUsed).
 template <int kUsed, int kOut, bool kDiagonal>
@@ -148,26 +126,10 @@ void run(const Tensor& images, const PreprocessParams& p, const Tensor& out, con
 }  // namespace
 
 void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out) {
-  const int64_t in_channels = images.size(3);
-  const int64_t out_channels = out.size(1);
-  const Affine f = make_affine(in_channels, out_channels, params);
-  const bool to_gray = params.color == ColorMode::kToGray;
-  switch (in_channels) {
-    case 1:
-      if (out_channels == 1) run<1, 1, true>(images, params, out, f);
-      else run<1, 3, false>(images, params, out, f);
-      break;
-    case 3:
-      if (to_gray) run<3, 1, false>(images, params, out, f);
-      else run<3, 3, true>(images, params, out, f);
-      break;
-    case 4:
-      if (to_gray) run<4, 1, false>(images, params, out, f);
-      else run<4, 3, true>(images, params, out, f);
-      break;
-    default:
-      break;  // rejected by the checker
-  }
+  const Affine f = make_preprocess_affine(images.size(3), out.size(1), params);
+  dispatch_preprocess_layout(images.size(3), out.size(1), params.color, [&](auto in, auto out_channels, auto diagonal) {
+    run<decltype(in)::value, decltype(out_channels)::value, decltype(diagonal)::value>(images, params, out, f);
+  });
 }
 
 }  // namespace metaedge::cpu

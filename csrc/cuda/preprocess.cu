@@ -2,40 +2,19 @@
 // cudaTensorNormMean does: one thread per output pixel, bilinear taps (half-pixel centres, clamped at the
 // borders, no antialias), colour conversion, inversion, /255 and (x - mean)/std folded into one affine map per
 // output channel, planar writes coalesced along x. Same tap and affine arithmetic as csrc/cpu/preprocess.cpp
-// (taps in double, interpolation and the affine map in float).
+// (taps in double, interpolation and the affine map in float; the affine map and the dispatch are shared, in
+// metaedge/preprocess_plan.h).
 #include <algorithm>
 #include <cstdint>
 
 #include "cuda_common.cuh"
 #include "cuda_kernels.h"
+#include "metaedge/preprocess_plan.h"
 
 namespace metaedge::cuda {
 namespace {
 
-struct Affine {
-  float m[3][4];  // [output channel][input channel]
-  float bias[3];
-};
-
-// Mirrors make_affine in csrc/cpu/preprocess.cpp: the luma weights sum to 1, so inverting before or after the
-// gray conversion is the same.
-Affine make_affine(int64_t in_channels, int64_t out_channels, const PreprocessParams& p) {
-  static const float kLuma[3] = {0.299f, 0.587f, 0.114f};
-  Affine f{};
-  const float sign = p.invert ? -1.f : 1.f;
-  for (int64_t oc = 0; oc < out_channels; ++oc) {
-    const double gain = sign / (255.0 * p.std[oc]);
-    if (p.color == ColorMode::kToGray && in_channels >= 3) {
-      for (int k = 0; k < 3; ++k) f.m[oc][k] = static_cast<float>(kLuma[k] * gain);
-    } else if (in_channels == 1) {
-      f.m[oc][0] = static_cast<float>(gain);
-    } else {
-      f.m[oc][oc] = static_cast<float>(gain);
-    }
-    f.bias[oc] = static_cast<float>(((p.invert ? 1.0 : 0.0) - p.mean[oc]) / p.std[oc]);
-  }
-  return f;
-}
+using Affine = PreprocessAffine;
 
 struct Tap {
   int64_t lo, hi;
@@ -110,26 +89,10 @@ void launch(const Tensor& images, const PreprocessParams& p, const Tensor& out, 
 void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out) {
   if (images.size(0) == 0) return;
   DeviceGuard guard(images.device_index);
-  const int64_t in_channels = images.size(3);
-  const int64_t out_channels = out.size(1);
-  const Affine f = make_affine(in_channels, out_channels, params);
-  const bool to_gray = params.color == ColorMode::kToGray;
-  switch (in_channels) {
-    case 1:
-      if (out_channels == 1) launch<1, 1, true>(images, params, out, f);
-      else launch<1, 3, false>(images, params, out, f);
-      break;
-    case 3:
-      if (to_gray) launch<3, 1, false>(images, params, out, f);
-      else launch<3, 3, true>(images, params, out, f);
-      break;
-    case 4:
-      if (to_gray) launch<4, 1, false>(images, params, out, f);
-      else launch<4, 3, true>(images, params, out, f);
-      break;
-    default:
-      break;  // rejected by the checker
-  }
+  const Affine f = make_preprocess_affine(images.size(3), out.size(1), params);
+  dispatch_preprocess_layout(images.size(3), out.size(1), params.color, [&](auto in, auto out_channels, auto diagonal) {
+    launch<decltype(in)::value, decltype(out_channels)::value, decltype(diagonal)::value>(images, params, out, f);
+  });
 }
 
 }  // namespace metaedge::cuda
