@@ -20,15 +20,17 @@ import numpy as np
 from metaedge._native import native
 
 __all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "adapt_head", "preprocess",
-           "METRICS", "COLOR_MODES"]
+           "Preprocessor", "METRICS", "COLOR_MODES"]
 
 METRICS = ("cosine", "dot", "euclidean")
 COLOR_MODES = ("keep", "gray", "rgb")
 
 
 def _is_cuda(x) -> bool:
-    # DeviceArray first: cheap, and it is the common case on the device path. hasattr() evaluates the
-    # interface property, which costs microseconds for torch tensors.
+    # numpy, then DeviceArray: the two common cases, tested by type alone. hasattr() evaluates the interface
+    # property, which costs microseconds for torch tensors.
+    if type(x) is np.ndarray:
+        return False
     return getattr(type(x), "_metaedge_device_array", False) or hasattr(x, "__cuda_array_interface__")
 
 
@@ -158,6 +160,14 @@ def topk(queries, protos, k: int = 1, metric: str = "cosine"):
     scores (or squared norms) overflow and a ValueError says so; ``"cosine"`` handles any finite rows down to
     norms of about 1e-30.
     """
+    if (type(queries) is np.ndarray and type(protos) is np.ndarray and queries.dtype == np.float32
+            and protos.dtype == np.float32 and queries.ndim == 2 and type(k) is int and k >= 1
+            and queries.flags.c_contiguous and protos.flags.c_contiguous):
+        # the per-frame case, without the conversions below; the native checker still checks everything
+        scores = np.empty((queries.shape[0], k), np.float32)
+        indices = np.empty((queries.shape[0], k), np.int64)
+        native().topk(queries, protos, k, metric, scores, indices)
+        return scores, indices
     if metric not in METRICS:
         raise ValueError(f"`metric`: expected one of {METRICS}, got {metric!r}")
     try:
@@ -233,6 +243,14 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
 
 
 def _per_channel(values, channels: int, name: str) -> list[float]:
+    # plain numbers and tuples (what PreprocessSpec holds) without numpy: this runs once per frame
+    if isinstance(values, (tuple, list)) and all(type(v) in (float, int) for v in values):
+        if len(values) == 1:
+            return [float(values[0])] * channels
+        if len(values) == channels:
+            return [float(v) for v in values]
+    elif type(values) in (float, int):
+        return [float(values)] * channels
     arr = np.atleast_1d(np.asarray(values, dtype=np.float64)).ravel()
     if arr.size == 1:
         arr = np.repeat(arr, channels)
@@ -258,11 +276,12 @@ def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "kee
     if color not in COLOR_MODES:
         raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")
     try:
-        height, width = (int(s) for s in size)
+        height, width = size
+        height, width = int(height), int(width)
     except (TypeError, ValueError):
         raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
     single = False
-    if _is_cuda(images):
+    if type(images) is not np.ndarray and _is_cuda(images):
         shape = _cuda().shape_of(images)
         if len(shape) in (2, 3):
             shape = (1, *shape, 1) if len(shape) == 2 else (1, *shape)
@@ -280,8 +299,55 @@ def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "kee
         shape = images.shape
     if len(shape) != 4:
         raise ValueError(f"`images`: expected [b, h, w, c], [h, w, c] or [h, w], got shape {tuple(shape)}")
-    channels = native().preprocess_output_channels(int(shape[3]), color) if shape[3] in (1, 3, 4) else shape[3]
+    lib = native()
+    channels = lib.preprocess_output_channels(int(shape[3]), color) if shape[3] in (1, 3, 4) else shape[3]
     out = _empty_like_device(images, (shape[0], channels, height, width), np.float32)
-    native().preprocess(images, height, width, color, _per_channel(mean, channels, "mean"),
-                        _per_channel(std, channels, "std"), bool(invert), out)
+    lib.preprocess(images, height, width, color, _per_channel(mean, channels, "mean"),
+                   _per_channel(std, channels, "std"), bool(invert), out)
     return out[0] if single else out
+
+
+class Preprocessor:
+    """:func:`preprocess` with its settings bound once, for the per-frame path of a device app
+    (``EdgeClassifier`` uses one through ``PreprocessSpec.apply``).
+
+    ``Preprocessor(size, mean, std, color, invert)(images)`` returns exactly what
+    ``preprocess(images, size, mean, std, color, invert)`` returns. The settings are checked here; a
+    C-contiguous uint8 batch ``[b, h, w, c]`` then goes straight to the native kernel with the per-channel
+    values prepared once per input channel count (a few microseconds less per call, which is a tenth of a small
+    network's frame). Anything else takes :func:`preprocess`'s converting path.
+    """
+
+    def __init__(self, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
+        if color not in COLOR_MODES:
+            raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")
+        try:
+            height, width = size
+            height, width = int(height), int(width)
+        except (TypeError, ValueError):
+            raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
+        self.size, self.color, self.invert = (height, width), color, bool(invert)
+        self.mean, self.std = mean, std
+        self._by_channels: dict[int, tuple[int, list[float], list[float]]] = {}
+
+    def _plan(self, in_channels: int) -> tuple[int, list[float], list[float]]:
+        plan = self._by_channels.get(in_channels)
+        if plan is None:
+            out_channels = native().preprocess_output_channels(in_channels, self.color)
+            plan = (out_channels, _per_channel(self.mean, out_channels, "mean"),
+                    _per_channel(self.std, out_channels, "std"))
+            self._by_channels[in_channels] = plan  # same value from any thread: no lock needed
+        return plan
+
+    def __call__(self, images):
+        if (type(images) is np.ndarray and images.dtype == np.uint8 and images.ndim == 4
+                and images.shape[3] in (1, 3, 4) and images.flags.c_contiguous):
+            channels, mean, std = self._plan(images.shape[3])
+            out = np.empty((images.shape[0], channels, *self.size), np.float32)
+            native().preprocess(images, self.size[0], self.size[1], self.color, mean, std, self.invert, out)
+            return out
+        return preprocess(images, self.size, self.mean, self.std, self.color, self.invert)
+
+    def __repr__(self) -> str:
+        return (f"Preprocessor(size={self.size}, mean={self.mean!r}, std={self.std!r}, color={self.color!r}, "
+                f"invert={self.invert})")

@@ -132,6 +132,22 @@ def test_topk_ties_go_to_the_lower_index(rng, metric, b, c, d, dupes):
     assert_topk_correct(q, p, len(dupes) + 2, metric, scores, indices)
 
 
+# Batch-1 scoring, block by block: a duplicated row must score the same bit for bit at a block's start, end or
+# in the last partial block, for any d (vector pairs, single vectors, scalar tail).
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("d", [1, 5, 16, 17, 31, 48, 64, 100, 513])
+def test_topk_single_query_duplicates_score_identically_wherever_they_sit(rng, metric, d):
+    if metric == "cosine" and d == 1:
+        pytest.skip("in 1-d every positive row has cosine 1: ties everywhere, nothing to tell apart")
+    p = rng.standard_normal((300, d)).astype(np.float32)
+    dupes = [0, 17, 255, 290, 299]  # group starts/ends, and rows past the last full group of each block
+    p[dupes] = 3 * p[dupes[0]]
+    q = (p[0] + 0.01 * rng.standard_normal(d)).astype(np.float32)
+    scores, indices = kernels.topk(q, p, len(dupes), metric)
+    assert indices.tolist() == dupes
+    assert np.all(scores == scores[0]), "identical prototypes got different scores"
+
+
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b", [1, 32])
 def test_topk_all_prototypes_identical(rng, metric, b):
@@ -289,12 +305,13 @@ for metric in ("cosine", "dot", "euclidean"):
     for b, c, d, k in [(1, 900, 64, 5), (3, 300, 7, 300), (9, 2000, 130, 4), (40, 500, 3, 1)]:
         q = rng.standard_normal((b, d)).astype(np.float32)
         p = rng.standard_normal((c, d)).astype(np.float32)
-        p[[5, 100, 250]] = 3 * p[100]
+        dupes = [5, 100, 250, c - 1]  # the last row is in the last, partial block
+        p[dupes] = 3 * p[100]
         q[0] = p[100]
         s, i = kernels.topk(q, p, k, metric)
         assert_topk_correct(q, p, k, metric, s, i)
-        if k >= 3:
-            assert i[0, :3].tolist() == [5, 100, 250], i[0]
+        if k >= 4:
+            assert i[0, :4].tolist() == dupes, i[0]
     qi = rng.integers(-3, 4, (20, 5)).astype(np.float32)
     pi = rng.integers(-3, 4, (60, 5)).astype(np.float32)
     if metric != "cosine":

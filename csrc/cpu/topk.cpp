@@ -201,27 +201,26 @@ inline bool not_finite(float s) { return (s - s) != 0.f; }  // NaN for +-Inf and
 void scan_block(Transform transform, float* raw, int64_t ldr, int64_t rows, int64_t nq, int64_t c0,
                 const float* class_aux, const float* query_aux, Selector* selectors, float* thresholds,
                 BadScore& bad) {
-  for (int64_t c = 0; c < rows; ++c) {
-    float* row = raw + c * ldr;
-    switch (transform) {
-      case Transform::kIdentity: break;
-      case Transform::kScaleByClass: {
-        const float scale = class_aux[c];
-        for (int64_t j = 0; j < nq; ++j) row[j] *= scale;
-        break;
-      }
-      case Transform::kNegate:
-        for (int64_t j = 0; j < nq; ++j) row[j] = 0.f - row[j];
-        break;
-      case Transform::kNegateExpanded: {
+  // One loop per transform over the whole block (not a switch per row): with one query a row holds a single
+  // score, and per-row dispatch cost more than the scoring itself.
+  switch (transform) {
+    case Transform::kIdentity: break;
+    case Transform::kScaleByClass:
+      for (int64_t c = 0; c < rows; ++c)
+        for (int64_t j = 0; j < nq; ++j) raw[c * ldr + j] *= class_aux[c];
+      break;
+    case Transform::kNegate:
+      for (int64_t i = 0; i < rows * ldr; ++i) raw[i] = 0.f - raw[i];
+      break;
+    case Transform::kNegateExpanded:
+      for (int64_t c = 0; c < rows; ++c) {
         const float pn = class_aux[c];
         for (int64_t j = 0; j < nq; ++j) {
-          const float dist = query_aux[j] - 2.f * row[j] + pn;
-          row[j] = dist <= 0.f ? 0.f : -dist;  // rounding can push a distance below 0; NaN stays NaN
+          const float dist = query_aux[j] - 2.f * raw[c * ldr + j] + pn;
+          raw[c * ldr + j] = dist <= 0.f ? 0.f : -dist;  // rounding can push a distance below 0; NaN stays NaN
         }
-        break;
       }
-    }
+      break;
   }
   auto offer = [&](int64_t c, int64_t j) {
     const float s = raw[c * ldr + j];
@@ -358,8 +357,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   std::atomic<bool> failed{false};
   std::exception_ptr error;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-  for (int64_t task = 0; task < tasks; ++task) {
+  auto run_task = [&](int64_t task) {
     try {
       const int64_t qb = task / class_chunks, chunk = task % class_chunks;
       const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
@@ -411,6 +409,13 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
       if (!error) error = std::current_exception();
       failed.store(true, std::memory_order_relaxed);
     }
+  };
+  // One thread enters no OpenMP region at all: a one-thread team still costs about a microsecond per call.
+  if (threads > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t task = 0; task < tasks; ++task) run_task(task);
+  } else {
+    for (int64_t task = 0; task < tasks; ++task) run_task(task);
   }
   if (error) std::rethrow_exception(error);
   if (failed.load()) {
@@ -423,8 +428,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   // Merge the chunks of each query: the k best by (score desc, index asc), in that order.
   float* out_scores = scores.ptr<float>();
   int64_t* out_indices = indices.ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && b * class_chunks * k >= 4096)
-  for (int64_t i = 0; i < b; ++i) {
+  auto merge_query = [&](int64_t i) {
     const int64_t qb = i / query_block, local = i - qb * query_block;
     std::vector<Candidate> merged;
     for (int64_t chunk = 0; chunk < class_chunks; ++chunk) {
@@ -438,6 +442,12 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
       out_scores[i * k + j] = merged[j].score;
       out_indices[i * k + j] = merged[j].index;
     }
+  };
+  if (threads > 1 && b * class_chunks * k >= 4096) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < b; ++i) merge_query(i);
+  } else {
+    for (int64_t i = 0; i < b; ++i) merge_query(i);
   }
 }
 

@@ -394,8 +394,11 @@ class EdgeClassifier:
         results = []
         for group, e in zip(groups, embs):
             if isinstance(e, np.ndarray):
-                self._check_finite(e, group.indices)
-                s, i = kernels.topk(e, snap.kernel_weights, kk, snap.metric)
+                try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
+                    s, i = kernels.topk(e, snap.kernel_weights, kk, snap.metric)
+                except ValueError:
+                    self._check_finite(e, group.indices)  # names the image that produced it
+                    raise
             else:
                 s, i = kernels.topk(e, snap.device_weights(), kk, snap.metric)
                 s, i = _to_host(s), _to_host(i)

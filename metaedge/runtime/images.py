@@ -199,8 +199,16 @@ def _single_batch(images) -> np.ndarray | None:
     return None
 
 
+_FIRST_ONLY = np.zeros(1, np.int64)
+_FIRST_ONLY.flags.writeable = False
+
+
 def to_groups(images, max_batch: int | None = None) -> tuple[int, list[ImageGroup]]:
     """``(number of images, shape groups)`` for any accepted input."""
+    if (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous
+            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2) and images.size):
+        # one camera frame: the real-time case, kept to a few attribute checks
+        return 1, [ImageGroup(_FIRST_ONLY, images[None] if images.ndim == 3 else images[None, :, :, None])]
     batch = _single_batch(images)
     if batch is not None and batch.shape[0] > 0 and (max_batch is None or batch.shape[0] <= max_batch):
         return batch.shape[0], [ImageGroup(np.arange(batch.shape[0], dtype=np.int64), batch)]

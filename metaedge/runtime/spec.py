@@ -6,9 +6,11 @@ training images were. Plain dataclasses with dict round trips: no torch, no pick
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from metaedge import kernels
 from metaedge.kernels import METRICS
 
 RESIZE_FILTERS = ("bilinear",)  # what metaedge.kernels.preprocess implements (half-pixel centres, no antialias)
@@ -68,11 +70,13 @@ class PreprocessSpec:
             raise SpecError(f"preprocess: malformed description {d!r}: {exc}") from None
         return spec.validate()
 
+    @functools.cached_property
+    def _preprocessor(self) -> "kernels.Preprocessor":
+        return kernels.Preprocessor(self.size, mean=self.mean, std=self.std, color=self.color, invert=self.invert)
+
     def apply(self, images_u8):
         """Run the pre-processing on uint8 images ([b,h,w,c], [h,w,c] or [h,w]; numpy or CUDA)."""
-        from metaedge import kernels
-        return kernels.preprocess(images_u8, self.size, mean=self.mean, std=self.std, color=self.color,
-                                  invert=self.invert)
+        return self._preprocessor(images_u8)
 
 
 @dataclass(frozen=True)
