@@ -195,3 +195,37 @@ def test_property_matches_reference(b, h, w, c, H, W, color, invert, seed):
         hi = ((255.0 - images.min()) if invert else images.max()) / 255.0
         unscaled = got * std[None, :, None, None] + mean[None, :, None, None]
         assert unscaled.min() >= lo - 1e-5 and unscaled.max() <= hi + 1e-5
+
+
+# kernels.Preprocessor: the bound per-frame form must return exactly what preprocess returns, on its fast path
+# (contiguous uint8 batches) and on the converting fallback, and reject bad settings up front.
+@pytest.mark.parametrize("shape,color,mean,std,invert", [
+    ((1, 105, 105, 1), "gray", 0.0, 1.0, True),
+    ((3, 40, 30, 3), "rgb", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+    ((2, 17, 23, 4), "gray", 0.5, 0.25, False),
+    ((1, 9, 9, 1), "rgb", (0.1, 0.2, 0.3), 2.0, True),
+    ((2, 12, 12, 3), "keep", [0.5], [0.5], False),
+])
+def test_preprocessor_equals_preprocess(rng, shape, color, mean, std, invert):
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    bound = kernels.Preprocessor((14, 10), mean=mean, std=std, color=color, invert=invert)
+    want = kernels.preprocess(images, (14, 10), mean=mean, std=std, color=color, invert=invert)
+    for _ in range(2):  # the second call uses the per-channel plan made by the first
+        np.testing.assert_array_equal(bound(images), want)
+    np.testing.assert_array_equal(bound(images[0]), want[0])  # single HWC image: converting path
+    np.testing.assert_array_equal(bound(images[:, ::-1]), kernels.preprocess(  # non-contiguous: converted
+        images[:, ::-1], (14, 10), mean=mean, std=std, color=color, invert=invert))
+
+
+def test_preprocessor_rejects_bad_settings_and_input(rng):
+    with pytest.raises(ValueError, match="color"):
+        kernels.Preprocessor((8, 8), color="cmyk")
+    with pytest.raises(ValueError, match="size"):
+        kernels.Preprocessor((8,))
+    bound = kernels.Preprocessor((8, 8), std=(1.0, 2.0), color="gray")
+    with pytest.raises(ValueError, match="std"):
+        bound(rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8))
+    with pytest.raises(ValueError, match="std"):
+        kernels.Preprocessor((8, 8), std=0.0)(rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        kernels.Preprocessor((8, 8))(np.zeros((1, 8, 8, 1), np.float32))

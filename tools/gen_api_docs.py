@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# (section title, module, names); None = every public function the module defines or re-exports in __all__.
+# (section title, module, names); None = every public function and class the module defines (or its __all__).
 PUBLIC: list[tuple[str, str, list[str] | None]] = [
     ("metaedge", "metaedge", ["build_info", "EdgeClassifier", "Prediction", "Gallery", "Bundle"]),
     ("metaedge.kernels", "metaedge.kernels", None),
@@ -38,7 +38,8 @@ _CLASS_REPR = re.compile(r"<class '([\w.]+)'>")
 
 def _module_functions(module) -> list[str]:
     names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
-    return sorted(n for n in names if inspect.isfunction(getattr(module, n, None))
+    return sorted(n for n in names if (inspect.isfunction(getattr(module, n, None))
+                                       or inspect.isclass(getattr(module, n, None)))
                   and getattr(module, n).__module__ == module.__name__)
 
 

@@ -330,3 +330,16 @@ def test_default_threshold_comes_from_the_spec(glyphs):
     c.enroll("b", glyphs.sample(1, 3))
     assert c.unknown_threshold == 0.99
     assert c.predict(glyphs.sample(5, 1)[0]).unknown
+
+
+def test_one_frame_fast_path_groups_like_the_general_path():
+    from metaedge.runtime.images import group_by_shape, load_images, to_groups
+    rng = np.random.default_rng(3)
+    for frame in (rng.integers(0, 256, (21, 17, 3), dtype=np.uint8), rng.integers(0, 256, (9, 13), dtype=np.uint8),
+                  rng.integers(0, 256, (9, 13, 1), dtype=np.uint8)):
+        n, groups = to_groups(frame)
+        (want,) = group_by_shape(load_images(frame))
+        assert n == 1 and len(groups) == 1
+        np.testing.assert_array_equal(groups[0].indices, want.indices)
+        np.testing.assert_array_equal(groups[0].pixels, want.pixels)
+        assert groups[0].pixels.shape == (1, *frame.shape[:2], frame.shape[2] if frame.ndim == 3 else 1)
