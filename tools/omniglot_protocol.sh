@@ -57,13 +57,15 @@ for method in "${METHODS[@]}"; do
 done
 
 "$PY" - "$OUT" "${METHODS[@]}" <<'EOF'
-import glob, json, sys
+import glob, json, os, re, sys
 out, methods = sys.argv[1], sys.argv[2:]
 print(f"\n| method | training | evaluation | accuracy (95% CI, 1,000 episodes) |\n|---|---|---|---|")
 for m in methods:
-    with open(f"{out}/{m}/metrics.jsonl") as f:
-        last = [json.loads(line) for line in f if '"episode"' in line][-1]
-    trained = f"{last['episode']} episodes, {last['elapsed_s']:.0f} s"
+    trained = "see its run directory"
+    log = f"{out}/{m}.train.log"
+    done = re.findall(r"(\d+) episodes in (\d+)s", open(log).read()) if os.path.exists(log) else []
+    if done:  # the trainer's last line: "N episodes in Ts (reason)"
+        trained = f"{done[-1][0]} episodes, {done[-1][1]} s"
     for path in sorted(glob.glob(f"{out}/{m}.eval.*.json")):
         for r in json.load(open(path))["reports"]:
             print(f"| {m} | {trained} | {r['ways']}-way {r['shots']}-shot, {r['method']} | "
