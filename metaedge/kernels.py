@@ -259,6 +259,17 @@ def _per_channel(values, channels: int, name: str) -> list[float]:
     return [float(v) for v in arr]
 
 
+def _preprocess_settings(size, color: str) -> tuple[int, int]:
+    """Checks ``color``; returns ``size`` as ``(height, width)`` ints."""
+    if color not in COLOR_MODES:
+        raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")
+    try:
+        height, width = size
+        return int(height), int(width)
+    except (TypeError, ValueError):
+        raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
+
+
 def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
     """uint8 HWC images -> float32 CHW network input, in one fused pass.
 
@@ -273,13 +284,7 @@ def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "kee
     ``/ 255``, then ``(x - mean) / std`` per output channel (``mean``/``std``: one value, or one per output
     channel; ``std > 0``). Returns ``[b, C, H, W]`` (``[C, H, W]`` for a single image).
     """
-    if color not in COLOR_MODES:
-        raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")
-    try:
-        height, width = size
-        height, width = int(height), int(width)
-    except (TypeError, ValueError):
-        raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
+    height, width = _preprocess_settings(size, color)
     single = False
     if type(images) is not np.ndarray and _is_cuda(images):
         shape = _cuda().shape_of(images)
@@ -319,14 +324,8 @@ class Preprocessor:
     """
 
     def __init__(self, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
-        if color not in COLOR_MODES:
-            raise ValueError(f"`color`: expected one of {COLOR_MODES}, got {color!r}")
-        try:
-            height, width = size
-            height, width = int(height), int(width)
-        except (TypeError, ValueError):
-            raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
-        self.size, self.color, self.invert = (height, width), color, bool(invert)
+        self.size = _preprocess_settings(size, color)
+        self.color, self.invert = color, bool(invert)
         self.mean, self.std = mean, std
         self._by_channels: dict[int, tuple[int, list[float], list[float]]] = {}
 
