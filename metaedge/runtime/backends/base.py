@@ -40,14 +40,17 @@ class Backend(abc.ABC):
     """
 
     name: str = "base"
+    # Backends built from a bundle set these two in __init__; others override the properties.
+    _input: InputSpec
+    _dim: int
 
     @property
-    @abc.abstractmethod
-    def input_spec(self) -> InputSpec: ...
+    def input_spec(self) -> InputSpec:
+        return self._input
 
     @property
-    @abc.abstractmethod
-    def embedding_dim(self) -> int: ...
+    def embedding_dim(self) -> int:
+        return self._dim
 
     @property
     def output_device(self) -> str:

@@ -84,14 +84,6 @@ class OnnxRuntimeBackend(Backend):
         self._run = self._session.run
 
     @property
-    def input_spec(self) -> InputSpec:
-        return self._input
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
-    @property
     def bundle(self) -> Bundle:
         return self._bundle
 

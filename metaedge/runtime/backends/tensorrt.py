@@ -137,14 +137,6 @@ class TensorRTBackend(Backend):
         self._lock = threading.Lock()
 
     @property
-    def input_spec(self) -> InputSpec:
-        return self._input
-
-    @property
-    def embedding_dim(self) -> int:
-        return self._dim
-
-    @property
     def output_device(self) -> str:
         return "cuda"
 
