@@ -77,7 +77,7 @@ __global__ void adapt_forward_kernel(const float* __restrict__ Sn, const float* 
     r[c] = e;
     local_sum += e;
   }
-  const float sum = block_sum_f(local_sum, fscratch);
+  const float sum = block_sum(local_sum, fscratch);
   const float inv_sum = coef / sum;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     float g = r[c] * inv_sum;

@@ -159,15 +159,16 @@ __device__ __forceinline__ float transpose_reduce(float (&v)[NV], int lane) {
   return total;
 }
 
-// Block-wide sum in a fixed order (deterministic), result returned to every thread. `scratch` holds
-// blockDim.x / 32 values; the caller must not reuse it before the next __syncthreads.
-__device__ __forceinline__ double block_sum(double v, double* scratch) {
+// Block-wide sum in a fixed order (deterministic), result returned to every thread; float or double. `scratch`
+// holds blockDim.x / 32 values; the caller must not reuse it before the next __syncthreads.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   v = warp_sum(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  double total = 0.0;
+  T total = 0;
   for (int w = 0; w < warps; ++w) total += scratch[w];
   return total;
 }
@@ -183,16 +184,6 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return m;
 }
 
-__device__ __forceinline__ float block_sum_f(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < warps; ++w) total += scratch[w];
-  return total;
-}
 #endif  // __CUDACC__
 
 }  // namespace metaedge::cuda

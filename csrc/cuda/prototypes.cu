@@ -83,16 +83,37 @@ __global__ void class_update_kernel(const float* __restrict__ emb, const uint64_
   if (threadIdx.x == 0) counts[c] = n_old + (end - start);
 }
 
-// Sorts rows by label (stable), leaving keys/rows sorted in the workspace pieces given.
-void sort_by_label(const Tensor& labels, int64_t num_classes, uint64_t* keys_in, uint32_t* rows_in,
-                   uint64_t* keys_out, uint32_t* rows_out, cudaStream_t stream) {
-  const int64_t n = labels.numel();
-  sort_keys_kernel<<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, stream>>>(labels.ptr<int64_t>(), n,
-                                                                                   keys_in, rows_in);
-  METAEDGE_CUDA_CHECK_LAUNCH("sort_keys");
-  sort_pairs_u64_u32(keys_in, keys_out, rows_in, rows_out, n, bits_for(static_cast<uint64_t>(num_classes)),
-                     labels.device_index, stream);
-}
+// Rows sorted by label (stable), in a workspace this object owns: keys[i] = label << 32 | row and rows[i] the
+// row, for i < labels.numel().
+class RowsByLabel {
+ public:
+  RowsByLabel(const Tensor& labels, int64_t num_classes, cudaStream_t stream)
+      : ws_(workspace_bytes(labels.numel()), labels.device_index, stream) {
+    const int64_t n = labels.numel();
+    Carver carve(ws_.data());
+    uint64_t* keys_in = carve.take<uint64_t>(n);
+    uint32_t* rows_in = carve.take<uint32_t>(n);
+    keys = carve.take<uint64_t>(n);
+    rows = carve.take<uint32_t>(n);
+    if (n == 0) return;
+    sort_keys_kernel<<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, stream>>>(labels.ptr<int64_t>(), n,
+                                                                                     keys_in, rows_in);
+    METAEDGE_CUDA_CHECK_LAUNCH("sort_keys");
+    sort_pairs_u64_u32(keys_in, keys, rows_in, rows, n, bits_for(static_cast<uint64_t>(num_classes)),
+                       labels.device_index, stream);
+  }
+
+  uint64_t* keys = nullptr;
+  uint32_t* rows = nullptr;
+
+ private:
+  static int64_t workspace_bytes(int64_t n) {
+    Carver size(nullptr);
+    size.take<uint64_t>(n), size.take<uint32_t>(n), size.take<uint64_t>(n), size.take<uint32_t>(n);
+    return size.bytes();
+  }
+  Workspace ws_;
+};
 
 void check_row_count(int64_t n, const char* name) {
   if (n >= static_cast<int64_t>(UINT32_MAX) || n > INT_MAX)
@@ -123,17 +144,9 @@ void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_class
   if (num_classes > INT_MAX) throw ArgumentError("`num_classes`: at most 2^31 - 1 classes on the GPU");
   DeviceGuard guard(emb.device_index);
   const cudaStream_t stream = stream_of(emb);
-  Carver size(nullptr);
-  size.take<uint64_t>(n), size.take<uint32_t>(n), size.take<uint64_t>(n), size.take<uint32_t>(n);
-  Workspace ws(size.bytes(), emb.device_index, stream);
-  Carver carve(ws.data());
-  uint64_t* keys_in = carve.take<uint64_t>(n);
-  uint32_t* rows_in = carve.take<uint32_t>(n);
-  uint64_t* keys = carve.take<uint64_t>(n);
-  uint32_t* rows = carve.take<uint32_t>(n);
-  if (n > 0) sort_by_label(labels, num_classes, keys_in, rows_in, keys, rows, stream);
+  const RowsByLabel sorted(labels, num_classes, stream);
   class_mean_kernel<<<static_cast<unsigned>(num_classes), block_threads_for(d), 0, stream>>>(
-      emb.ptr<float>(), keys, rows, n, d, protos.ptr<float>(), counts.ptr<int64_t>());
+      emb.ptr<float>(), sorted.keys, sorted.rows, n, d, protos.ptr<float>(), counts.ptr<int64_t>());
   METAEDGE_CUDA_CHECK_LAUNCH("class_prototypes");
 }
 
@@ -143,17 +156,9 @@ void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor&
   check_row_count(m, "emb");
   DeviceGuard guard(protos.device_index);
   const cudaStream_t stream = stream_of(protos);
-  Carver size(nullptr);
-  size.take<uint64_t>(m), size.take<uint32_t>(m), size.take<uint64_t>(m), size.take<uint32_t>(m);
-  Workspace ws(size.bytes(), protos.device_index, stream);
-  Carver carve(ws.data());
-  uint64_t* keys_in = carve.take<uint64_t>(m);
-  uint32_t* rows_in = carve.take<uint32_t>(m);
-  uint64_t* keys = carve.take<uint64_t>(m);
-  uint32_t* rows = carve.take<uint32_t>(m);
-  sort_by_label(labels, protos.size(0), keys_in, rows_in, keys, rows, stream);
+  const RowsByLabel sorted(labels, protos.size(0), stream);
   class_update_kernel<<<static_cast<unsigned>(m), block_threads_for(d), 0, stream>>>(
-      emb.ptr<float>(), keys, rows, m, d, protos.ptr<float>(), counts.ptr<int64_t>());
+      emb.ptr<float>(), sorted.keys, sorted.rows, m, d, protos.ptr<float>(), counts.ptr<int64_t>());
   METAEDGE_CUDA_CHECK_LAUNCH("update_prototypes");
 }
 
