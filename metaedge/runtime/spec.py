@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from metaedge import kernels
-from metaedge.kernels import METRICS
 
 RESIZE_FILTERS = ("bilinear",)  # what metaedge.kernels.preprocess implements (half-pixel centres, no antialias)
 
@@ -98,7 +97,7 @@ class ModelSpec:
         _require(isinstance(self.backbone, str) and self.backbone != "", "backbone: expected a name")
         _require(isinstance(self.embedding_dim, int) and self.embedding_dim >= 1,
                  f"embedding_dim: expected a positive int, got {self.embedding_dim!r}")
-        _require(self.metric in METRICS, f"metric: expected one of {METRICS}, got {self.metric!r}")
+        _require(self.metric in kernels.METRICS, f"metric: expected one of {kernels.METRICS}, got {self.metric!r}")
         self.preprocess.validate()
         return self
 
