@@ -127,13 +127,22 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("protos"), py::arg("counts"), py::arg("emb"), py::arg("labels"));
 
   m.def("topk", [](py::handle queries, py::handle protos, int64_t k, const std::string& metric, py::handle scores,
-                   py::handle indices) {
+                   py::handle indices, py::handle packed) {
     Tensor tq = to_tensor(queries, "queries"), tp = to_tensor(protos, "protos"),
            ts = to_tensor(scores, "scores"), ti = to_tensor(indices, "indices");
+    Tensor tpk;
+    if (!packed.is_none()) tpk = to_tensor(packed, "packed");
     const metaedge::Metric parsed = metaedge::parse_metric(metric);
     py::gil_scoped_release nogil;
-    metaedge::topk(tq, tp, k, parsed, ts, ti);
-  }, py::arg("queries"), py::arg("protos"), py::arg("k"), py::arg("metric"), py::arg("scores"), py::arg("indices"));
+    metaedge::topk(tq, tp, k, parsed, ts, ti, packed.is_none() ? nullptr : &tpk);
+  }, py::arg("queries"), py::arg("protos"), py::arg("k"), py::arg("metric"), py::arg("scores"), py::arg("indices"),
+     py::arg("packed") = py::none());
+
+  m.def("pack_prototypes", [](py::handle protos, py::handle packed) {
+    Tensor tp = to_tensor(protos, "protos"), tpk = to_tensor(packed, "packed");
+    py::gil_scoped_release nogil;
+    metaedge::pack_prototypes(tp, tpk);
+  }, py::arg("protos"), py::arg("packed"));
 
   m.def("adapt_head", [](py::handle weights, py::handle velocity, py::handle support, py::handle labels,
                          int64_t steps, double lr, double momentum, double weight_decay, double scale,

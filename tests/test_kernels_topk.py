@@ -60,6 +60,15 @@ def assert_topk_correct(queries, protos, k, metric, scores, indices):
     assert np.all(np.diff(scores, axis=1) <= 0), "scores not descending"
 
 
+def matcher_topk(queries, protos, k=1, metric="cosine"):
+    """kernels.topk through a PrototypeMatcher (the packed class matrix for small batches)."""
+    return kernels.PrototypeMatcher(protos, metric).topk(queries, k)
+
+
+# Tests that take `topk` run against both ways of scoring a class matrix.
+BOTH_WAYS = pytest.mark.parametrize("topk", [kernels.topk, matcher_topk], ids=["topk", "matcher"])
+
+
 def random_case(rng, b, c, d):
     return rng.standard_normal((b, d)).astype(np.float32), rng.standard_normal((c, d)).astype(np.float32)
 
@@ -71,33 +80,37 @@ def random_case(rng, b, c, d):
     (1, 1000, 64, 5), (1, 1, 1, 1), (2, 300, 3, 7), (3, 777, 33, 10), (4, 1000, 64, 5), (5, 64, 1, 64),
     (7, 500, 3, 1), (6, 400, 300, 5), (32, 2000, 512, 5), (130, 700, 17, 9),
 ])
-def test_topk_matches_reference(rng, metric, b, c, d, k):
+@BOTH_WAYS
+def test_topk_matches_reference(topk, rng, metric, b, c, d, k):
     q, p = random_case(rng, b, c, d)
-    scores, indices = kernels.topk(q, p, k, metric)
+    scores, indices = topk(q, p, k, metric)
     assert_topk_correct(q, p, k, metric, scores, indices)
 
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b,d", [(1, 512), (32, 64)])
-def test_topk_large_number_of_classes(rng, metric, b, d):
+@BOTH_WAYS
+def test_topk_large_number_of_classes(topk, rng, metric, b, d):
     q, p = random_case(rng, b, 20000, d)
-    scores, indices = kernels.topk(q, p, 5, metric)
+    scores, indices = topk(q, p, 5, metric)
     assert_topk_correct(q, p, 5, metric, scores, indices)
 
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b", [1, 6])
-def test_topk_k_equals_number_of_classes_returns_a_full_ranking(rng, metric, b):
+@BOTH_WAYS
+def test_topk_k_equals_number_of_classes_returns_a_full_ranking(topk, rng, metric, b):
     q, p = random_case(rng, b, 300, 16)
-    scores, indices = kernels.topk(q, p, 300, metric)
+    scores, indices = topk(q, p, 300, metric)
     assert_topk_correct(q, p, 300, metric, scores, indices)
     assert np.all(np.sort(indices, axis=1) == np.arange(300))
 
 
-def test_topk_one_class(rng):
+@BOTH_WAYS
+def test_topk_one_class(topk, rng):
     q, p = random_case(rng, 3, 1, 8)
     for metric in METRICS:
-        scores, indices = kernels.topk(q, p, 1, metric)
+        scores, indices = topk(q, p, 1, metric)
         assert indices.tolist() == [[0], [0], [0]]
         assert_topk_correct(q, p, 1, metric, scores, indices)
 
@@ -112,9 +125,10 @@ def test_topk_empty_batch_and_single_query_shapes(rng):
 
 
 @pytest.mark.parametrize("b", [1, 8])
-def test_topk_zero_dimensional_embeddings_score_zero(b):
+@BOTH_WAYS
+def test_topk_zero_dimensional_embeddings_score_zero(topk, b):
     for metric in METRICS:
-        scores, indices = kernels.topk(np.zeros((b, 0), np.float32), np.zeros((5, 0), np.float32), 3, metric)
+        scores, indices = topk(np.zeros((b, 0), np.float32), np.zeros((5, 0), np.float32), 3, metric)
         assert np.all(scores == 0) and np.all(indices == [0, 1, 2])
 
 
@@ -122,11 +136,12 @@ def test_topk_zero_dimensional_embeddings_score_zero(b):
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b", [1, 2, 32])
 @pytest.mark.parametrize("c,d,dupes", [(1000, 64, [10, 500, 700, 999]), (20000, 24, [3, 4999, 9000, 15001, 19999])])
-def test_topk_ties_go_to_the_lower_index(rng, metric, b, c, d, dupes):
+@BOTH_WAYS
+def test_topk_ties_go_to_the_lower_index(topk, rng, metric, b, c, d, dupes):
     p = rng.standard_normal((c, d)).astype(np.float32)
     p[dupes] = 3 * p[dupes[0]]  # long rows, so they beat every random row for the dot metric too
     q = (p[dupes[0]] + 0.01 * rng.standard_normal((b, d))).astype(np.float32)
-    scores, indices = kernels.topk(q, p, len(dupes) + 2, metric)
+    scores, indices = topk(q, p, len(dupes) + 2, metric)
     assert np.all(indices[:, :len(dupes)] == dupes)
     assert np.all(scores[:, :len(dupes)] == scores[:, :1]), "identical prototypes got different scores"
     assert_topk_correct(q, p, len(dupes) + 2, metric, scores, indices)
@@ -136,34 +151,37 @@ def test_topk_ties_go_to_the_lower_index(rng, metric, b, c, d, dupes):
 # in the last partial block, for any d (vector pairs, single vectors, scalar tail).
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("d", [1, 5, 16, 17, 31, 48, 64, 100, 513])
-def test_topk_single_query_duplicates_score_identically_wherever_they_sit(rng, metric, d):
+@BOTH_WAYS
+def test_topk_single_query_duplicates_score_identically_wherever_they_sit(topk, rng, metric, d):
     if metric == "cosine" and d == 1:
         pytest.skip("in 1-d every positive row has cosine 1: ties everywhere, nothing to tell apart")
     p = rng.standard_normal((300, d)).astype(np.float32)
     dupes = [0, 17, 255, 290, 299]  # group starts/ends, and rows past the last full group of each block
     p[dupes] = 3 * p[dupes[0]]
     q = (p[0] + 0.01 * rng.standard_normal(d)).astype(np.float32)
-    scores, indices = kernels.topk(q, p, len(dupes), metric)
+    scores, indices = topk(q, p, len(dupes), metric)
     assert indices.tolist() == dupes
     assert np.all(scores == scores[0]), "identical prototypes got different scores"
 
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b", [1, 32])
-def test_topk_all_prototypes_identical(rng, metric, b):
+@BOTH_WAYS
+def test_topk_all_prototypes_identical(topk, rng, metric, b):
     p = np.tile(rng.standard_normal((1, 16)).astype(np.float32), (5000, 1))
     q = rng.standard_normal((b, 16)).astype(np.float32)
-    scores, indices = kernels.topk(q, p, 7, metric)
+    scores, indices = topk(q, p, 7, metric)
     assert np.all(indices == np.arange(7))
     assert np.all(scores == scores[:, :1])
 
 
-def test_topk_zero_rows_score_zero_under_cosine(rng):
+@BOTH_WAYS
+def test_topk_zero_rows_score_zero_under_cosine(topk, rng):
     p = rng.standard_normal((6, 5)).astype(np.float32)
     p[2] = 0
-    scores, indices = kernels.topk(np.zeros((1, 5), np.float32), p, 6, "cosine")
+    scores, indices = topk(np.zeros((1, 5), np.float32), p, 6, "cosine")
     assert np.all(scores == 0) and indices.tolist() == [[0, 1, 2, 3, 4, 5]]
-    scores, _ = kernels.topk(p[:1], p, 6, "cosine")
+    scores, _ = topk(p[:1], p, 6, "cosine")
     assert 0.0 in scores[0]
 
 
@@ -191,52 +209,57 @@ def test_topk_float16_reaching_the_cpu_kernel_is_a_type_error():
 
 @pytest.mark.parametrize("b", [1, 32])
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
-def test_topk_cosine_handles_tiny_and_huge_rows(rng, b, scale):
+@BOTH_WAYS
+def test_topk_cosine_handles_tiny_and_huge_rows(topk, rng, b, scale):
     q, p = random_case(rng, b, 500, 64)
     q, p = (q * np.float32(scale)), (p * np.float32(scale))
     assert np.isfinite(p).all() and (np.abs(p) > 0).all()
-    scores, indices = kernels.topk(q, p, 5, "cosine")
+    scores, indices = topk(q, p, 5, "cosine")
     assert_topk_correct(q, p, 5, "cosine", scores, indices)
 
 
 @pytest.mark.parametrize("metric", ["dot", "euclidean"])
 @pytest.mark.parametrize("b", [1, 32])
 @pytest.mark.parametrize("scale", [1e-15, 1e15])
-def test_topk_dot_and_euclidean_supported_magnitudes(rng, metric, b, scale):
+@BOTH_WAYS
+def test_topk_dot_and_euclidean_supported_magnitudes(topk, rng, metric, b, scale):
     q, p = random_case(rng, b, 500, 64)
     q, p = (q * np.float32(scale)), (p * np.float32(scale))
-    scores, indices = kernels.topk(q, p, 5, metric)
+    scores, indices = topk(q, p, 5, metric)
     assert_topk_correct(q, p, 5, metric, scores, indices)
 
 
 @pytest.mark.parametrize("metric", ["dot", "euclidean"])
 @pytest.mark.parametrize("b", [1, 32])
-def test_topk_overflowing_scores_raise_instead_of_returning_garbage(rng, metric, b):
+@BOTH_WAYS
+def test_topk_overflowing_scores_raise_instead_of_returning_garbage(topk, rng, metric, b):
     q, p = random_case(rng, b, 300, 64)
     p[123] *= np.float32(1e20)  # finite, but its squared norm / dot products exceed float32
     q *= np.float32(1e20) if metric == "dot" else 1
     with pytest.raises(ValueError, match=r"`protos` row \d+.*float32.*cosine"):
-        kernels.topk(q, p, 3, metric)
+        topk(q, p, 3, metric)
 
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("b", [1, 32])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("row", [0, 777, 1999])
-def test_topk_rejects_nan_and_inf_in_protos_naming_the_row(rng, metric, b, bad, row):
+@BOTH_WAYS
+def test_topk_rejects_nan_and_inf_in_protos_naming_the_row(topk, rng, metric, b, bad, row):
     q, p = random_case(rng, b, 2000, 40)
     q[:, 5] = 0  # 0 * Inf is NaN: must still be caught
     p[row, 5] = bad
     with pytest.raises(ValueError, match=rf"`protos`.*NaN or Inf in row {row}\b"):
-        kernels.topk(q, p, 5, metric)
+        topk(q, p, 5, metric)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_topk_rejects_nan_and_inf_in_queries(rng, bad):
+@BOTH_WAYS
+def test_topk_rejects_nan_and_inf_in_queries(topk, rng, bad):
     q, p = random_case(rng, 4, 20, 8)
     q[2, 3] = bad
     with pytest.raises(ValueError, match=r"`queries`.*NaN or Inf.*index 19"):
-        kernels.topk(q, p, 2)
+        topk(q, p, 2)
 
 
 @pytest.mark.parametrize("call,exc,words", [
@@ -262,33 +285,109 @@ def test_topk_rejects_bad_arguments(rng, call, exc, words):
         assert w in str(info.value), (w, str(info.value))
 
 
+# PrototypeMatcher: the packed layout, and what it checks once at construction.
+@pytest.mark.parametrize("c,d", [(1, 1), (15, 3), (16, 8), (17, 64), (100, 0)])
+def test_pack_prototypes_layout_is_groups_of_16_classes_one_per_lane(rng, c, d):
+    p = rng.standard_normal((c, d)).astype(np.float32)
+    groups = (c + 15) // 16
+    packed = np.full((groups, d, 16), np.nan, np.float32)
+    native().pack_prototypes(p, packed)
+    want = np.zeros((groups * 16, d), np.float32)
+    want[:c] = p
+    np.testing.assert_array_equal(packed, want.reshape(groups, 16, d).transpose(0, 2, 1))
+
+
+def test_pack_prototypes_and_packed_topk_reject_mismatched_layouts(rng):
+    q, p = random_case(rng, 1, 40, 8)
+    s, i = np.empty((1, 2), np.float32), np.empty((1, 2), np.int64)
+    with pytest.raises(ValueError, match=r"`packed`.*axis 0.*groups of 16.*\[2, 8, 16\]"):
+        native().pack_prototypes(p, np.empty((2, 8, 16), np.float32))
+    with pytest.raises(ValueError, match=r"`packed`.*axis 1.*embedding dim"):
+        native().topk(q, p, 2, "dot", s, i, np.empty((3, 7, 16), np.float32))
+    with pytest.raises(ValueError, match=r"`packed`.*axis 2"):
+        native().topk(q, p, 2, "dot", s, i, np.empty((3, 8, 8), np.float32))
+    with pytest.raises(TypeError, match=r"`packed`.*float32"):
+        native().topk(q, p, 2, "dot", s, i, np.empty((3, 8, 16), np.float16))
+
+
+def test_matcher_checks_protos_once_and_names_the_problem(rng):
+    with pytest.raises(ValueError, match=r"`metric`.*manhattan"):
+        kernels.PrototypeMatcher(np.ones((3, 4), np.float32), "manhattan")
+    with pytest.raises(ValueError, match=r"`protos`.*2-d.*\[4\]"):
+        kernels.PrototypeMatcher(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"`protos`.*at least one class"):
+        kernels.PrototypeMatcher(np.ones((0, 4), np.float32))
+    with pytest.raises(TypeError, match=r"`protos`.*floating-point"):
+        kernels.PrototypeMatcher(np.ones((3, 4), np.int32))
+    p = rng.standard_normal((50, 4)).astype(np.float32)
+    p[31, 2] = np.inf
+    with pytest.raises(ValueError, match=r"`protos`.*NaN or Inf in row 31\b"):
+        kernels.PrototypeMatcher(p)
+
+
+def test_matcher_queries_and_k_are_checked_like_topk(rng):
+    q, p = random_case(rng, 3, 10, 8)
+    matcher = kernels.PrototypeMatcher(p, "euclidean")
+    with pytest.raises(ValueError, match=r"`k`.*\(10\).*got 11"):
+        matcher.topk(q, 11)
+    with pytest.raises(ValueError, match=r"`k`.*got 0"):
+        matcher.topk(q, 0)
+    with pytest.raises(TypeError, match=r"`k`.*integer"):
+        matcher.topk(q, 1.5)
+    with pytest.raises(ValueError, match=r"`queries`.*axis 1|`protos`.*axis 1"):
+        matcher.topk(q[:, :5], 1)
+    q[1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"`queries`.*NaN or Inf"):
+        matcher.topk(q, 1)
+    scores, indices = matcher.topk(p[4].astype(np.float64), 3)  # 1-d float64: converted, squeezed
+    assert scores.shape == (3,) and indices[0] == 4 and scores[0] == 0
+    scores, indices = matcher.topk(np.zeros((0, 8), np.float32), 2)
+    assert scores.shape == (0, 2) and indices.shape == (0, 2)
+
+
+def test_matcher_copies_protos_unless_told_not_to(rng):
+    q, p = random_case(rng, 1, 40, 8)
+    want = kernels.topk(q, p, 3, "dot")
+    copied = kernels.PrototypeMatcher(p, "dot")
+    bound = kernels.PrototypeMatcher(p, "dot", copy=False)
+    assert not np.shares_memory(copied.protos, p) and np.shares_memory(bound.protos, p)
+    p[:] = 0  # after construction: the copy does not see it
+    scores, indices = copied.topk(q, 3)
+    np.testing.assert_array_equal(indices, want[1])
+    np.testing.assert_allclose(scores, want[0], rtol=1e-5)
+    assert not copied.protos.flags.writeable
+    assert (copied.num_classes, copied.dim, copied.metric) == (40, 8, "dot")
+    assert "40 classes x 8" in repr(copied)
+
 # Within the documented range: values below 1e-6 in magnitude become 0 (float32 dot products of two such values
 # underflow, which the reference in float64 would not).
 finite = st.floats(-100, 100, width=32, allow_subnormal=False).map(lambda x: x if abs(x) >= 1e-6 else 0.0)
 
 
+@BOTH_WAYS
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), b=st.integers(0, 40), c=st.integers(1, 60), d=st.integers(1, 40),
        metric=st.sampled_from(METRICS))
-def test_topk_property_matches_reference(data, b, c, d, metric):
+def test_topk_property_matches_reference(topk, data, b, c, d, metric):
     q = data.draw(hnp.arrays(np.float32, (b, d), elements=finite))
     p = data.draw(hnp.arrays(np.float32, (c, d), elements=finite))
     k = data.draw(st.integers(1, c))
-    scores, indices = kernels.topk(q, p, k, metric)
+    scores, indices = topk(q, p, k, metric)
     assert_topk_correct(q, p, k, metric, scores, indices)
 
 
+@BOTH_WAYS
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), b=st.integers(1, 40), c=st.integers(1, 80), d=st.integers(1, 12),
        metric=st.sampled_from(["dot", "euclidean"]))
-def test_topk_property_exact_on_integer_inputs_including_ties(data, b, c, d, metric):
+def test_topk_property_exact_on_integer_inputs_including_ties(topk, data, b, c, d, metric):
     """Small integers make every float32 score exact, and many of them tie: scores and indices must equal
     the reference's stable ordering exactly."""
     small = st.integers(-3, 3).map(float)
     q = data.draw(hnp.arrays(np.float32, (b, d), elements=small))
     p = data.draw(hnp.arrays(np.float32, (c, d), elements=small))
     k = data.draw(st.integers(1, c))
-    scores, indices = kernels.topk(q, p, k, metric)
+    scores, indices = topk(q, p, k, metric)
     want_scores, want_indices, _ = ref.topk(q, p, k, metric)
     np.testing.assert_array_equal(scores, want_scores)
     np.testing.assert_array_equal(indices, want_indices)
@@ -302,22 +401,23 @@ from tests.reference import topk as ref
 from tests.test_kernels_topk import assert_topk_correct
 rng = np.random.default_rng(7)
 for metric in ("cosine", "dot", "euclidean"):
-    for b, c, d, k in [(1, 900, 64, 5), (3, 300, 7, 300), (9, 2000, 130, 4), (40, 500, 3, 1)]:
+    for b, c, d, k in [(1, 900, 64, 5), (3, 300, 7, 300), (9, 2000, 130, 4), (40, 500, 3, 1), (1, 41, 3, 41),
+                       (2, 6000, 33, 6)]:
         q = rng.standard_normal((b, d)).astype(np.float32)
         p = rng.standard_normal((c, d)).astype(np.float32)
-        dupes = [5, 100, 250, c - 1]  # the last row is in the last, partial block
-        p[dupes] = 3 * p[100]
-        q[0] = p[100]
-        s, i = kernels.topk(q, p, k, metric)
-        assert_topk_correct(q, p, k, metric, s, i)
-        if k >= 4:
-            assert i[0, :4].tolist() == dupes, i[0]
+        dupes = [5, c // 3, c // 2, c - 1]  # the last row is in the last, partial block
+        p[dupes] = 3 * p[c // 3]
+        q[0] = p[c // 3]
+        for s, i in (kernels.topk(q, p, k, metric), kernels.PrototypeMatcher(p, metric).topk(q, k)):
+            assert_topk_correct(q, p, k, metric, s, i)
+            if k >= 4:
+                assert i[0, :4].tolist() == dupes, i[0]
     qi = rng.integers(-3, 4, (20, 5)).astype(np.float32)
     pi = rng.integers(-3, 4, (60, 5)).astype(np.float32)
     if metric != "cosine":
-        s, i = kernels.topk(qi, pi, 20, metric)
         ws, wi, _ = ref.topk(qi, pi, 20, metric)
-        assert (s == ws).all() and (i == wi).all()
+        for s, i in (kernels.topk(qi, pi, 20, metric), kernels.PrototypeMatcher(pi, metric).topk(qi[:3], 20)):
+            assert (s == ws[:len(s)]).all() and (i == wi[:len(s)]).all()
 a = rng.standard_normal((37, 70)).astype(np.float32)
 bm = rng.standard_normal((70, 45)).astype(np.float32)
 out = np.zeros((37, 45), np.float32)
@@ -329,7 +429,7 @@ print(_C.simd_level())
 
 @pytest.mark.parametrize("env", [
     {"METAEDGE_CPU_SIMD": "baseline"}, {"METAEDGE_CPU_SIMD": "avx2"},
-    {"METAEDGE_TOPK_GEMM_MIN_BATCH": "1"}, {"METAEDGE_TOPK_GEMM_MIN_BATCH": "1000"},
+    {"METAEDGE_TOPK_GEMM_MIN_BATCH": "1"}, {"METAEDGE_TOPK_GEMM_MIN_BATCH": "1000"}, {"OMP_NUM_THREADS": "2"},
 ], ids=lambda e: "-".join(f"{k}={v}" for k, v in e.items()))
 def test_topk_every_simd_variant_and_scoring_path(env):
     proc = subprocess.run([sys.executable, "-c", VARIANT_CHECK], cwd=REPO, env={**os.environ, **env},

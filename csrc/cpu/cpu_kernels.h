@@ -8,12 +8,18 @@
 
 namespace metaedge::cpu {
 
+// Classes per group of the packed class matrix (pack_prototypes: [ceil(C / 16), d, 16], one class per lane).
+// Fixed for every SIMD variant, so a packed matrix does not depend on the CPU that runs it.
+constexpr int64_t kPackedLanes = 16;
+
 void l2_normalize(const Tensor& x, const Tensor& out, double eps);
 void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_classes, const Tensor& protos,
                       const Tensor& counts);
 void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor& emb, const Tensor& labels);
+// `packed` (optional): pack_prototypes(protos), used for batches scored by streaming (small ones).
 void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
-          const Tensor& indices);
+          const Tensor& indices, const Tensor* packed = nullptr);
+void pack_prototypes(const Tensor& protos, const Tensor& packed);
 void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
                 int64_t steps, double lr, double momentum, double weight_decay, double scale,
                 const Tensor& losses);

@@ -11,6 +11,7 @@ typedef int32_t IVec __attribute__((vector_size(ME_VEC_BYTES)));
 static inline Vec load_unaligned(const float* p) { return *reinterpret_cast<const VecUnaligned*>(p); }
 static inline Vec load_aligned(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 static inline void store_aligned(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+static inline void store_unaligned(float* p, Vec v) { *reinterpret_cast<VecUnaligned*>(p) = v; }
 static inline Vec splat(float x) { return Vec{} + x; }
 
 // Lane i of the result is lane (i + kShift) mod n of v. The mask is a compile-time constant after unrolling,

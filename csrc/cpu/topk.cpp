@@ -70,19 +70,21 @@ namespace {
 using StreamRowsFn = void (*)(int, int, const float*, int64_t, int64_t, const float* const*, float*, int64_t,
                               float*);
 using RowSumsqFn = void (*)(const float*, int64_t, int64_t, float*);
+using PackedRowsFn = void (*)(int, const float*, int64_t, int64_t, const float*, float*, int64_t, float*);
 
 struct ScoringLoops {
   StreamRowsFn stream_rows;
   RowSumsqFn row_sumsq;
+  PackedRowsFn packed_rows;
 };
 
 ScoringLoops scoring_loops() {
   switch (simd_target()) {
 #if defined(__x86_64__)
-    case SimdTarget::kAvx512: return {topk_avx512::stream_rows, topk_avx512::row_sumsq};
-    case SimdTarget::kAvx2: return {topk_avx2::stream_rows, topk_avx2::row_sumsq};
+    case SimdTarget::kAvx512: return {topk_avx512::stream_rows, topk_avx512::row_sumsq, topk_avx512::packed_rows};
+    case SimdTarget::kAvx2: return {topk_avx2::stream_rows, topk_avx2::row_sumsq, topk_avx2::packed_rows};
 #endif
-    default: return {topk_baseline::stream_rows, topk_baseline::row_sumsq};
+    default: return {topk_baseline::stream_rows, topk_baseline::row_sumsq, topk_baseline::packed_rows};
   }
 }
 
@@ -280,7 +282,7 @@ std::string format_number(double v) {
 }  // namespace
 
 void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
-          const Tensor& indices) {
+          const Tensor& indices, const Tensor* packed) {
   auto require_float32 = [](const Tensor& t, const char* name) {
     if (t.dtype != DType::kFloat32)
       throw ArgumentTypeError(std::string("`") + name + "`: the CPU topk computes in float32, got " +
@@ -294,6 +296,8 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   const float* Q = queries.ptr<float>();
   const ScoringLoops loops = scoring_loops();
   const bool use_gemm = b >= gemm_min_batch(d);
+  // The packed copy serves the streaming path; the gemm path packs blocks its own way.
+  const float* packed_classes = packed != nullptr && !use_gemm ? packed->ptr<float>() : nullptr;
 
   // Per-query preparation: unit queries for cosine (exactly, in double: tiny or huge queries are fine), squared
   // norms for the expanded euclidean form.
@@ -351,6 +355,11 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     class_chunks = std::clamp<int64_t>(C / min_rows, 1, wanted);
   }
   const int64_t tasks = query_blocks * class_chunks;
+  // Chunks of the packed matrix start at a group boundary (blocks are whole groups too: 256 = 16 x 16).
+  auto chunk_start = [&](int64_t chunk) {
+    const int64_t start = C * chunk / class_chunks;
+    return packed_classes != nullptr && chunk < class_chunks ? start / kPackedLanes * kPackedLanes : start;
+  };
 
   std::vector<std::vector<Selector>> results(static_cast<size_t>(tasks));
   std::vector<BadScore> bad_scores(static_cast<size_t>(tasks));
@@ -361,13 +370,14 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     try {
       const int64_t qb = task / class_chunks, chunk = task % class_chunks;
       const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
-      const int64_t c_begin = C * chunk / class_chunks, c_end = C * (chunk + 1) / class_chunks;
+      const int64_t c_begin = chunk_start(chunk), c_end = chunk_start(chunk + 1);
       std::vector<Selector>& selectors = results[task];
       selectors.assign(static_cast<size_t>(nq), Selector(k));
       std::vector<float> thresholds(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
       static thread_local ScratchBuffer raw_buffer, aux_buffer;
-      float* raw = raw_buffer.get(static_cast<size_t>(class_block * nq));
-      float* aux = aux_buffer.get(static_cast<size_t>(class_block));
+      // (+ one group: the packed loop writes the padding lanes of the last group too)
+      float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
+      float* aux = aux_buffer.get(static_cast<size_t>(class_block + kPackedLanes));
       BadScore& bad = bad_scores[task];
       std::vector<const float*> query_ptrs(static_cast<size_t>(nq));
       for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
@@ -384,6 +394,15 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
           g.b = q_rows + q0 * d, g.ldb = d, g.b_row_major = false;
           g.c = raw, g.rs_c = nq, g.cs_c = 1;
           gemm_serial(gemm_best_orientation(g));
+        } else if (packed_classes != nullptr) {
+          // A group is 4 KiB at d = 64: it stays in L1 while every query of the batch reads it.
+          const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
+          const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
+          const int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
+          for (int64_t j = 0; j < nq; ++j) {
+            const int lane_mode = metric == Metric::kCosine && j == 0 ? kStreamDotAndNorm : mode;
+            loops.packed_rows(lane_mode, first_group, d, groups, query_ptrs[j], raw + j, nq, aux);
+          }
         } else {
           for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
             const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
@@ -448,6 +467,22 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     for (int64_t i = 0; i < b; ++i) merge_query(i);
   } else {
     for (int64_t i = 0; i < b; ++i) merge_query(i);
+  }
+}
+
+void pack_prototypes(const Tensor& protos, const Tensor& packed) {
+  const int64_t C = protos.size(0), d = protos.size(1);
+  const float* src = protos.ptr<float>();
+  float* dst = packed.ptr<float>();
+  const int64_t groups = (C + kPackedLanes - 1) / kPackedLanes;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* group = dst + g * d * kPackedLanes;
+    const int64_t lanes = std::min(kPackedLanes, C - g * kPackedLanes);
+    if (lanes < kPackedLanes) std::fill(group, group + d * kPackedLanes, 0.f);
+    for (int64_t lane = 0; lane < lanes; ++lane) {
+      const float* row = src + (g * kPackedLanes + lane) * d;
+      for (int64_t t = 0; t < d; ++t) group[t * kPackedLanes + lane] = row[t];
+    }
   }
 }
 

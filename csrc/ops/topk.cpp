@@ -30,11 +30,36 @@ static void check_topk(const Tensor& queries, const Tensor& protos, int64_t k, c
   if (!queries.is_cuda()) check_finite(queries, "queries");
 }
 
+static void check_packed(const Tensor& protos, const Tensor& packed) {
+  check_ndim(packed, "packed", 3, "[ceil(C / 16), d, 16]");
+  check_dtype(packed, "packed", {DType::kFloat32});
+  check_dim(packed, "packed", 0, (protos.size(0) + cpu::kPackedLanes - 1) / cpu::kPackedLanes,
+            "groups of 16 classes of `protos`");
+  check_dim(packed, "packed", 1, protos.size(1), "the embedding dim of `protos`");
+  check_dim(packed, "packed", 2, cpu::kPackedLanes, "16 classes per group");
+  if (packed.is_cuda()) throw ArgumentError("`packed`: the packed class matrix is a CPU layout, got " +
+                                            packed.describe());
+}
+
 void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
-          const Tensor& indices) {
+          const Tensor& indices, const Tensor* packed) {
   check_topk(queries, protos, k, scores, indices);
+  if (packed != nullptr) {
+    check_packed(protos, *packed);
+    if (queries.is_cuda()) throw ArgumentError("`packed`: only for the CPU path, got `queries` " + queries.describe());
+  }
   if (queries.size(0) == 0) return;
+  if (packed != nullptr) return cpu::topk(queries, protos, k, metric, scores, indices, packed);
   METAEDGE_DISPATCH(topk, queries, queries, protos, k, metric, scores, indices);
+}
+
+void pack_prototypes(const Tensor& protos, const Tensor& packed) {
+  check_ndim(protos, "protos", 2, "[C, d]");
+  check_dtype(protos, "protos", {DType::kFloat32});
+  if (protos.is_cuda()) throw ArgumentError("`protos`: pack_prototypes works on host arrays, got " +
+                                            protos.describe());
+  check_packed(protos, packed);
+  cpu::pack_prototypes(protos, packed);
 }
 
 }  // namespace metaedge

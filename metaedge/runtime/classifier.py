@@ -395,7 +395,7 @@ class EdgeClassifier:
         for group, e in zip(groups, embs):
             if isinstance(e, np.ndarray):
                 try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-                    s, i = kernels.topk(e, snap.kernel_weights, kk, snap.metric)
+                    s, i = snap.matcher().topk(e, kk)
                 except ValueError:
                     self._check_finite(e, group.indices)  # names the image that produced it
                     raise

@@ -141,6 +141,17 @@ class ClassMatrix:
         """Read-only ``[C, d]`` view of the class weights."""
         return _readonly(self.kernel_weights)
 
+    def matcher(self) -> "kernels.PrototypeMatcher":
+        """The CPU top-k of this snapshot (its packed copy of the weights), built on first use."""
+        matcher = self._device.get("matcher")
+        if matcher is None:
+            with self._device_lock:
+                matcher = self._device.get("matcher")
+                if matcher is None:
+                    matcher = kernels.PrototypeMatcher(self.kernel_weights, self.metric, copy=False)
+                    self._device["matcher"] = matcher
+        return matcher
+
     def device_weights(self):
         """The weights as a CUDA DeviceArray, uploaded once per snapshot (for the GPU top-k path)."""
         with self._device_lock:
