@@ -199,16 +199,24 @@ def _single_batch(images) -> np.ndarray | None:
     return None
 
 
-_FIRST_ONLY = np.zeros(1, np.int64)
-_FIRST_ONLY.flags.writeable = False
+FIRST_IMAGE_INDEX = np.zeros(1, np.int64)
+FIRST_IMAGE_INDEX.flags.writeable = False
+
+
+def as_frame_batch(images) -> np.ndarray | None:
+    """``[1, h, w, c]`` view of one C-contiguous uint8 camera frame (``[h, w]`` or ``[h, w, c]``), else None.
+    The real-time case, kept to a few attribute checks."""
+    if (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous and images.size
+            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2)):
+        return images[None] if images.ndim == 3 else images[None, :, :, None]
+    return None
 
 
 def to_groups(images, max_batch: int | None = None) -> tuple[int, list[ImageGroup]]:
     """``(number of images, shape groups)`` for any accepted input."""
-    if (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous
-            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2) and images.size):
-        # one camera frame: the real-time case, kept to a few attribute checks
-        return 1, [ImageGroup(_FIRST_ONLY, images[None] if images.ndim == 3 else images[None, :, :, None])]
+    frame = as_frame_batch(images)
+    if frame is not None:
+        return 1, [ImageGroup(FIRST_IMAGE_INDEX, frame)]
     batch = _single_batch(images)
     if batch is not None and batch.shape[0] > 0 and (max_batch is None or batch.shape[0] <= max_batch):
         return batch.shape[0], [ImageGroup(np.arange(batch.shape[0], dtype=np.int64), batch)]

@@ -70,12 +70,13 @@ class PreprocessSpec:
         return spec.validate()
 
     @functools.cached_property
-    def _preprocessor(self) -> "kernels.Preprocessor":
+    def preprocessor(self) -> "kernels.Preprocessor":
+        """This pre-processing as a ``metaedge.kernels.Preprocessor`` (settings bound once)."""
         return kernels.Preprocessor(self.size, mean=self.mean, std=self.std, color=self.color, invert=self.invert)
 
     def apply(self, images_u8):
         """Run the pre-processing on uint8 images ([b,h,w,c], [h,w,c] or [h,w]; numpy or CUDA)."""
-        return self._preprocessor(images_u8)
+        return self.preprocessor(images_u8)
 
 
 @dataclass(frozen=True)
