@@ -92,6 +92,69 @@ Tensor to_tensor(py::handle obj, const char* name) {
   return t;
 }
 
+// topk against one class matrix and its packed copy (metaedge.kernels.PrototypeMatcher): the arrays are
+// converted once, and each call converts only the queries and allocates the outputs here, which is most of
+// the fixed cost of a per-frame call.
+class BoundTopk {
+ public:
+  BoundTopk(py::array protos, py::array packed, const std::string& metric)
+      : protos_(std::move(protos)), packed_(std::move(packed)), metric_(metaedge::parse_metric(metric)) {
+    protos_tensor_ = to_tensor(protos_, "protos");
+    packed_tensor_ = to_tensor(packed_, "packed");
+  }
+  py::tuple topk(py::handle queries, int64_t k) const {
+    const Tensor tq = to_tensor(queries, "queries");
+    metaedge::check_ndim(tq, "queries", 2, "[b, d]");
+    metaedge::check_topk_k(k, protos_tensor_.ndim() == 2 ? protos_tensor_.size(0) : 0);
+    py::array_t<float> scores({tq.size(0), k});
+    py::array_t<int64_t> indices({tq.size(0), k});
+    const Tensor ts = to_tensor(scores, "scores"), ti = to_tensor(indices, "indices");
+    {
+      py::gil_scoped_release nogil;
+      metaedge::topk(tq, protos_tensor_, k, metric_, ts, ti, &packed_tensor_);
+    }
+    return py::make_tuple(std::move(scores), std::move(indices));
+  }
+
+ private:
+  py::array protos_, packed_;  // keep the memory alive
+  Tensor protos_tensor_, packed_tensor_;
+  metaedge::Metric metric_;
+};
+
+// preprocess with its settings converted once (metaedge.kernels.Preprocessor keeps one per input channel
+// count); each call allocates the [b, C, H, W] output here.
+class BoundPreprocess {
+ public:
+  BoundPreprocess(int64_t height, int64_t width, const std::string& color, std::vector<float> mean,
+                  std::vector<float> std, bool invert) {
+    params_.out_height = height;
+    params_.out_width = width;
+    params_.color = metaedge::parse_color_mode(color);
+    params_.mean = std::move(mean);
+    params_.std = std::move(std);
+    params_.invert = invert;
+  }
+  // A single [h, w, c] or [h, w] image is a batch of one: no view needs to be made in Python.
+  py::array_t<float> call(py::handle images) const {
+    Tensor ti = to_tensor(images, "images");
+    if (ti.ndim() == 3) ti.shape.insert(ti.shape.begin(), 1);
+    if (ti.ndim() == 2) ti.shape = {1, ti.shape[0], ti.shape[1], 1};
+    metaedge::check_ndim(ti, "images", 4, "[b, h, w, c], [h, w, c] or [h, w] (uint8, HWC)");
+    const int64_t channels = metaedge::preprocess_output_channels(ti.size(3), params_.color);
+    py::array_t<float> out({ti.size(0), channels, params_.out_height, params_.out_width});
+    const Tensor to = to_tensor(out, "out");
+    {
+      py::gil_scoped_release nogil;
+      metaedge::preprocess(ti, params_, to);
+    }
+    return out;
+  }
+
+ private:
+  metaedge::PreprocessParams params_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -137,6 +200,17 @@ PYBIND11_MODULE(_C, m) {
     metaedge::topk(tq, tp, k, parsed, ts, ti, packed.is_none() ? nullptr : &tpk);
   }, py::arg("queries"), py::arg("protos"), py::arg("k"), py::arg("metric"), py::arg("scores"), py::arg("indices"),
      py::arg("packed") = py::none());
+
+  // module_local: a second copy of this module (an A/B benchmark loads two builds) registers its own types.
+  py::class_<BoundTopk>(m, "BoundTopk", py::module_local())
+      .def(py::init<py::array, py::array, const std::string&>(), py::arg("protos"), py::arg("packed"),
+           py::arg("metric"))
+      .def("topk", &BoundTopk::topk, py::arg("queries"), py::arg("k"));
+
+  py::class_<BoundPreprocess>(m, "BoundPreprocess", py::module_local())
+      .def(py::init<int64_t, int64_t, const std::string&, std::vector<float>, std::vector<float>, bool>(),
+           py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"), py::arg("invert"))
+      .def("__call__", &BoundPreprocess::call, py::arg("images"));
 
   m.def("pack_prototypes", [](py::handle protos, py::handle packed) {
     Tensor tp = to_tensor(protos, "protos"), tpk = to_tensor(packed, "packed");

@@ -239,6 +239,7 @@ class PrototypeMatcher:
         offset = (-raw.ctypes.data % 64) // 4
         self._packed = raw[offset:offset + groups * d * 16].reshape(groups, d, 16)
         native().pack_prototypes(protos, self._packed)
+        self._bound_topk = native().BoundTopk(protos, self._packed, metric).topk
 
     @property
     def protos(self) -> np.ndarray:
@@ -271,12 +272,7 @@ class PrototypeMatcher:
             if queries.ndim == 1:
                 scores, indices = self.topk(queries[None, :], k)
                 return scores[0], indices[0]
-            if k < 1:  # before the allocation; the native checker words it for k > C
-                raise ValueError(f"`k`: expected 1 <= k <= number of classes ({self.num_classes}), got {k}")
-        scores = np.empty((queries.shape[0], k), np.float32)
-        indices = np.empty((queries.shape[0], k), np.int64)
-        native().topk(queries, self._protos, k, self.metric, scores, indices, self._packed)
-        return scores, indices
+        return self._bound_topk(queries, k)
 
     def __repr__(self) -> str:
         return f"PrototypeMatcher({self.num_classes} classes x {self.dim}, metric={self.metric!r})"
@@ -411,25 +407,39 @@ class Preprocessor:
         self.size = _preprocess_settings(size, color)
         self.color, self.invert = color, bool(invert)
         self.mean, self.std = mean, std
-        self._by_channels: dict[int, tuple[int, list[float], list[float]]] = {}
+        self._by_channels: dict[int, object] = {}  # input channels -> native preprocess with these settings
 
-    def _plan(self, in_channels: int) -> tuple[int, list[float], list[float]]:
+    def _plan(self, in_channels: int):
         plan = self._by_channels.get(in_channels)
         if plan is None:
             out_channels = native().preprocess_output_channels(in_channels, self.color)
-            plan = (out_channels, _per_channel(self.mean, out_channels, "mean"),
-                    _per_channel(self.std, out_channels, "std"))
-            self._by_channels[in_channels] = plan  # same value from any thread: no lock needed
+            plan = native().BoundPreprocess(self.size[0], self.size[1], self.color,
+                                            _per_channel(self.mean, out_channels, "mean"),
+                                            _per_channel(self.std, out_channels, "std"), self.invert)
+            self._by_channels[in_channels] = plan  # equivalent value from any thread: no lock needed
         return plan
 
     def __call__(self, images):
-        if (type(images) is np.ndarray and images.dtype == np.uint8 and images.ndim == 4
-                and images.shape[3] in (1, 3, 4) and images.flags.c_contiguous):
-            channels, mean, std = self._plan(images.shape[3])
-            out = np.empty((images.shape[0], channels, *self.size), np.float32)
-            native().preprocess(images, self.size[0], self.size[1], self.color, mean, std, self.invert, out)
-            return out
+        if type(images) is np.ndarray and images.ndim == 4:
+            return self.as_batch(images)
         return preprocess(images, self.size, self.mean, self.std, self.color, self.invert)
+
+    def as_batch(self, images):
+        """Like calling it, but one image (``[h, w, c]`` or ``[h, w]``) gives a batch of one, ``[1, C, H, W]``:
+        the network input for a camera frame, with no view of the frame to make first."""
+        if (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous
+                and 2 <= images.ndim <= 4):
+            channels = images.shape[-1] if images.ndim > 2 else 1
+            plan = self._by_channels.get(channels)
+            if plan is not None:
+                return plan(images)
+            if channels in (1, 3, 4):
+                return self._plan(channels)(images)
+        out = preprocess(images, self.size, self.mean, self.std, self.color, self.invert)
+        if not _is_cuda(out):
+            return out[None] if out.ndim == 3 else out
+        shape = _cuda().shape_of(out)
+        return _cuda().as_device_array(out).reshape((1, *shape)) if len(shape) == 3 else out
 
     def __repr__(self) -> str:
         return (f"Preprocessor(size={self.size}, mean={self.mean!r}, std={self.std!r}, color={self.color!r}, "

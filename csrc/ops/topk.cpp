@@ -2,6 +2,12 @@
 
 namespace metaedge {
 
+void check_topk_k(int64_t k, int64_t classes) {
+  if (k < 1 || k > classes)
+    throw ArgumentError("`k`: expected 1 <= k <= number of classes (" + std::to_string(classes) + "), got " +
+                        std::to_string(k));
+}
+
 static void check_topk(const Tensor& queries, const Tensor& protos, int64_t k, const Tensor& scores,
                        const Tensor& indices) {
   check_ndim(queries, "queries", 2, "[b, d]");
@@ -10,9 +16,7 @@ static void check_topk(const Tensor& queries, const Tensor& protos, int64_t k, c
   check_dtype(protos, "protos", {DType::kFloat32, DType::kFloat16});
   check_dim(protos, "protos", 1, queries.size(1), "the embedding dim of `queries`");
   if (protos.size(0) == 0) throw ArgumentError("`protos`: expected at least one class, got shape [0, d]");
-  if (k < 1 || k > protos.size(0))
-    throw ArgumentError("`k`: expected 1 <= k <= number of classes (" + std::to_string(protos.size(0)) +
-                        "), got " + std::to_string(k));
+  check_topk_k(k, protos.size(0));
   check_ndim(scores, "scores", 2, "[b, k]");
   check_dtype(scores, "scores", {DType::kFloat32});
   check_dim(scores, "scores", 0, queries.size(0), "rows of `queries`");

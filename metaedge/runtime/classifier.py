@@ -29,7 +29,7 @@ from metaedge import kernels
 from metaedge.runtime.backends.base import Backend
 from metaedge.runtime.gallery import (DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, Gallery, GalleryMismatchError,
                                       check_label)
-from metaedge.runtime.images import (FIRST_IMAGE_INDEX, ImageError, as_frame_batch, is_single_image, preprocess_groups,
+from metaedge.runtime.images import (FIRST_IMAGE_INDEX, ImageError, is_frame, is_single_image, preprocess_groups,
                                      to_groups)
 from metaedge.runtime.spec import ModelSpec
 
@@ -188,7 +188,8 @@ class EdgeClassifier:
             if unknown_threshold is not _UNSET:
                 self.unknown_threshold = unknown_threshold
             self._pre_device = self._preprocess_device()
-            self._frame_preprocessor = self.spec.preprocess.preprocessor
+            self._frame_preprocessor = self.spec.preprocess.preprocessor.as_batch
+            self._frame_embedding_shape = (1, self.spec.embedding_dim)
         except BaseException:
             self.close()
             raise
@@ -394,9 +395,8 @@ class EdgeClassifier:
         kk = min(int(k), len(snap))
         if self._pre_device == "cpu":
             t_load = time.perf_counter()
-            frame = as_frame_batch(images)
-            if frame is not None:
-                return self._predict_frame(frame, kk, snap, start, t_load)
+            if is_frame(images):
+                return self._predict_frame(images, kk, snap, start, t_load)
         single = is_single_image(images)
         n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
         t_k = time.perf_counter()
@@ -421,18 +421,22 @@ class EdgeClassifier:
 
     def _predict_frame(self, frame: np.ndarray, kk: int, snap: ClassMatrix, start: float,
                        t0: float) -> Prediction:
-        """``predict`` of one host uint8 frame (``frame``: its ``[1, h, w, c]`` view; ``t0``: when its recognition
-        began), the real-time case: the steps of the general path without its grouping and reordering,
-        which cost a tenth of a small network's frame."""
+        """``predict`` of one host uint8 frame (``[h, w]`` or ``[h, w, c]``; ``t0``: when recognising it began),
+        the real-time case: the steps of the general path without its grouping and reordering, whose Python
+        cost is a tenth of a small network's frame."""
         t1 = time.perf_counter()
         batch = self._frame_preprocessor(frame)
         t2 = time.perf_counter()
         e = self._backend.embed(batch)
         t3 = time.perf_counter()
-        self._check_embedding_shape(e, 1)
-        if type(e) is np.ndarray:
-            scores, indices = self._host_topk(snap, e, kk, FIRST_IMAGE_INDEX)
-        else:  # a GPU backend fed from host pre-processing (the CUDA kernels are not built)
+        if type(e) is np.ndarray and e.shape == self._frame_embedding_shape:
+            try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
+                scores, indices = snap.matcher.topk(e, kk)
+            except ValueError:
+                self._check_finite(e, FIRST_IMAGE_INDEX)
+                raise
+        else:  # a wrong shape (raises), or a GPU backend fed from host pre-processing (no CUDA kernels built)
+            self._check_embedding_shape(e, 1)
             s, i = kernels.topk(e, snap.device_weights(), kk, snap.metric)
             scores, indices = _to_host(s), _to_host(i)
         t4 = time.perf_counter()
@@ -442,7 +446,7 @@ class EdgeClassifier:
 
     def _host_topk(self, snap: ClassMatrix, emb: np.ndarray, kk: int, indices: np.ndarray):
         try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-            return snap.matcher().topk(emb, kk)
+            return snap.matcher.topk(emb, kk)
         except ValueError:
             self._check_finite(emb, indices)  # names the image that produced it
             raise

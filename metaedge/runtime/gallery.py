@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import datetime as _dt
 import hashlib
 import json
@@ -141,16 +142,10 @@ class ClassMatrix:
         """Read-only ``[C, d]`` view of the class weights."""
         return _readonly(self.kernel_weights)
 
+    @functools.cached_property
     def matcher(self) -> "kernels.PrototypeMatcher":
-        """The CPU top-k of this snapshot (its packed copy of the weights), built on first use."""
-        matcher = self._device.get("matcher")
-        if matcher is None:
-            with self._device_lock:
-                matcher = self._device.get("matcher")
-                if matcher is None:
-                    matcher = kernels.PrototypeMatcher(self.kernel_weights, self.metric, copy=False)
-                    self._device["matcher"] = matcher
-        return matcher
+        """The CPU top-k of this snapshot (with its packed copy of the weights), built on first use."""
+        return kernels.PrototypeMatcher(self.kernel_weights, self.metric, copy=False)
 
     def device_weights(self):
         """The weights as a CUDA DeviceArray, uploaded once per snapshot (for the GPU top-k path)."""

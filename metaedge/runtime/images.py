@@ -203,20 +203,17 @@ FIRST_IMAGE_INDEX = np.zeros(1, np.int64)
 FIRST_IMAGE_INDEX.flags.writeable = False
 
 
-def as_frame_batch(images) -> np.ndarray | None:
-    """``[1, h, w, c]`` view of one C-contiguous uint8 camera frame (``[h, w]`` or ``[h, w, c]``), else None.
-    The real-time case, kept to a few attribute checks."""
-    if (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous and images.size
-            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2)):
-        return images[None] if images.ndim == 3 else images[None, :, :, None]
-    return None
+def is_frame(images) -> bool:
+    """True for one C-contiguous uint8 camera frame, ``[h, w]`` or ``[h, w, c]`` with c in {1, 3, 4}: the
+    real-time case, kept to a few attribute checks."""
+    return (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous and images.size
+            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2))
 
 
 def to_groups(images, max_batch: int | None = None) -> tuple[int, list[ImageGroup]]:
     """``(number of images, shape groups)`` for any accepted input."""
-    frame = as_frame_batch(images)
-    if frame is not None:
-        return 1, [ImageGroup(FIRST_IMAGE_INDEX, frame)]
+    if is_frame(images):
+        return 1, [ImageGroup(FIRST_IMAGE_INDEX, images[None] if images.ndim == 3 else images[None, :, :, None])]
     batch = _single_batch(images)
     if batch is not None and batch.shape[0] > 0 and (max_batch is None or batch.shape[0] <= max_batch):
         return batch.shape[0], [ImageGroup(np.arange(batch.shape[0], dtype=np.int64), batch)]

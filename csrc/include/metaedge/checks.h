@@ -41,6 +41,8 @@ void check_labels(const Tensor& labels, const char* name, int64_t num_classes);
 void check_positive(double value, const char* name);
 void check_non_negative(double value, const char* name);
 void check_finite_scalar(double value, const char* name);
+// topk's k: 1 <= k <= classes (checked before outputs of k columns are allocated).
+void check_topk_k(int64_t k, int64_t classes);
 
 // Device dispatch helpers used by the checks above and by ops.
 [[noreturn]] void fail_cuda_not_built(const char* op);
