@@ -21,8 +21,9 @@ using metaedge::Tensor;
 
 namespace {
 
-DType dtype_from_typestr(const std::string& typestr, const char* name) {
-  // Array-interface type strings: byte order, kind, item size ("<f4", "|u1").
+// Array-interface type strings: byte order, kind, item size ("<f4", "|u1"). `shown` names the type in the
+// error (a numpy dtype name; the type string itself when empty).
+DType dtype_from_typestr(const std::string& typestr, const char* name, py::handle shown = py::handle()) {
   const std::string t = typestr.size() == 3 ? typestr.substr(1) : typestr;
   if (t == "f4") return DType::kFloat32;
   if (t == "f2") return DType::kFloat16;
@@ -30,8 +31,8 @@ DType dtype_from_typestr(const std::string& typestr, const char* name) {
   if (t == "i4") return DType::kInt32;
   if (t == "u1") return DType::kUInt8;
   throw metaedge::ArgumentTypeError(std::string("`") + name +
-                                    "`: expected float32, float16, int64, int32 or uint8 data, got type '" +
-                                    typestr + "'");
+                                    "`: expected float32, float16, int64, int32 or uint8 data, got " +
+                                    (shown ? std::string(py::str(shown)) : "type '" + typestr + "'"));
 }
 
 Tensor from_cuda_array_interface(py::handle obj, const char* name) {
@@ -87,8 +88,16 @@ Tensor to_tensor(py::handle obj, const char* name) {
   // writability by metaedge.kernels before they get here.
   t.data = const_cast<void*>(arr.data());
   py::dtype dt = arr.dtype();
-  t.dtype = dtype_from_typestr(std::string(1, dt.kind()) + std::to_string(dt.itemsize()), name);
-  for (py::ssize_t i = 0; i < arr.ndim(); ++i) t.shape.push_back(arr.shape(i));
+  // Kind and size straight from the descriptor: no strings on the per-frame path.
+  const char kind = dt.kind();
+  const py::ssize_t bytes = dt.itemsize();
+  if (kind == 'f' && bytes == 4) t.dtype = DType::kFloat32;
+  else if (kind == 'f' && bytes == 2) t.dtype = DType::kFloat16;
+  else if (kind == 'i' && bytes == 8) t.dtype = DType::kInt64;
+  else if (kind == 'i' && bytes == 4) t.dtype = DType::kInt32;
+  else if (kind == 'u' && bytes == 1) t.dtype = DType::kUInt8;
+  else t.dtype = dtype_from_typestr(std::string(1, kind) + std::to_string(bytes), name, dt);  // raises
+  t.shape.assign(arr.shape(), arr.shape() + arr.ndim());
   return t;
 }
 
@@ -122,37 +131,52 @@ class BoundTopk {
   metaedge::Metric metric_;
 };
 
-// preprocess with its settings converted once (metaedge.kernels.Preprocessor keeps one per input channel
-// count); each call allocates the [b, C, H, W] output here.
+// preprocess with its settings converted once (metaedge.kernels.Preprocessor): `mean`/`std` hold one value
+// or one per output channel, expanded here for 1 and 3 output channels; each call allocates the
+// [b, C, H, W] output. A single [h, w, c] or [h, w] image is a batch of one, so no view needs to be made in
+// Python.
 class BoundPreprocess {
  public:
   BoundPreprocess(int64_t height, int64_t width, const std::string& color, std::vector<float> mean,
                   std::vector<float> std, bool invert) {
-    params_.out_height = height;
-    params_.out_width = width;
-    params_.color = metaedge::parse_color_mode(color);
-    params_.mean = std::move(mean);
-    params_.std = std::move(std);
-    params_.invert = invert;
+    given_.out_height = height;
+    given_.out_width = width;
+    given_.color = metaedge::parse_color_mode(color);
+    given_.mean = std::move(mean);
+    given_.std = std::move(std);
+    given_.invert = invert;
+    for (int64_t channels : {1, 3}) {
+      metaedge::PreprocessParams& p = channels == 1 ? gray_ : rgb_;
+      p = given_;
+      if (!expand(p.mean, channels) || !expand(p.std, channels)) p.mean.clear();  // checker reports it
+    }
   }
-  // A single [h, w, c] or [h, w] image is a batch of one: no view needs to be made in Python.
   py::array_t<float> call(py::handle images) const {
     Tensor ti = to_tensor(images, "images");
     if (ti.ndim() == 3) ti.shape.insert(ti.shape.begin(), 1);
     if (ti.ndim() == 2) ti.shape = {1, ti.shape[0], ti.shape[1], 1};
     metaedge::check_ndim(ti, "images", 4, "[b, h, w, c], [h, w, c] or [h, w] (uint8, HWC)");
-    const int64_t channels = metaedge::preprocess_output_channels(ti.size(3), params_.color);
-    py::array_t<float> out({ti.size(0), channels, params_.out_height, params_.out_width});
+    const int64_t channels = metaedge::preprocess_output_channels(ti.size(3), given_.color);
+    const metaedge::PreprocessParams* params = &given_;
+    if (channels == 1 && !gray_.mean.empty()) params = &gray_;
+    if (channels == 3 && !rgb_.mean.empty()) params = &rgb_;
+    py::array_t<float> out({ti.size(0), channels, given_.out_height, given_.out_width});
     const Tensor to = to_tensor(out, "out");
     {
       py::gil_scoped_release nogil;
-      metaedge::preprocess(ti, params_, to);
+      metaedge::preprocess(ti, *params, to);
     }
     return out;
   }
 
  private:
-  metaedge::PreprocessParams params_;
+  static bool expand(std::vector<float>& values, int64_t channels) {
+    if (static_cast<int64_t>(values.size()) == channels) return true;
+    if (values.size() != 1) return false;
+    values.assign(static_cast<size_t>(channels), values[0]);
+    return true;
+  }
+  metaedge::PreprocessParams given_, gray_, rgb_;
 };
 
 }  // namespace

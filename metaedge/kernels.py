@@ -12,6 +12,7 @@ writable arrays. Wrong shapes, dtypes, NaN/Inf values and labels out of range ra
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Sequence
 
@@ -212,6 +213,10 @@ class PrototypeMatcher:
     rounding (scores are summed in another order; ties between equal classes still go to the lower index).
     ``copy=False`` uses ``protos`` itself when it already is a C-contiguous float32 array: the caller then
     promises not to change it (the packed copy would not follow).
+
+    ``topk_float32(queries, k)`` is the per-frame call with nothing in between: C-contiguous float32
+    ``[b, d]`` queries and an int ``k`` go straight to the native kernel, which checks them (anything else
+    raises instead of being converted).
     """
 
     def __init__(self, protos, metric: str = "cosine", copy: bool = True):
@@ -239,7 +244,7 @@ class PrototypeMatcher:
         offset = (-raw.ctypes.data % 64) // 4
         self._packed = raw[offset:offset + groups * d * 16].reshape(groups, d, 16)
         native().pack_prototypes(protos, self._packed)
-        self._bound_topk = native().BoundTopk(protos, self._packed, metric).topk
+        self.topk_float32 = native().BoundTopk(protos, self._packed, metric).topk
 
     @property
     def protos(self) -> np.ndarray:
@@ -272,7 +277,7 @@ class PrototypeMatcher:
             if queries.ndim == 1:
                 scores, indices = self.topk(queries[None, :], k)
                 return scores[0], indices[0]
-        return self._bound_topk(queries, k)
+        return self.topk_float32(queries, k)
 
     def __repr__(self) -> str:
         return f"PrototypeMatcher({self.num_classes} classes x {self.dim}, metric={self.metric!r})"
@@ -320,6 +325,17 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
     native().adapt_head(weights, velocity, support, labels, steps, float(lr), float(momentum),
                         float(weight_decay), float(scale), losses)
     return losses
+
+
+def _setting_values(values, name: str) -> list[float]:
+    """A mean/std setting as a flat list of floats (one value, or one per output channel)."""
+    try:
+        arr = np.atleast_1d(np.asarray(values, dtype=np.float64)).ravel()
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}`: expected a number or a sequence of numbers, got {values!r}") from None
+    if arr.size == 0:
+        raise ValueError(f"`{name}`: expected 1 value or one per output channel, got none")
+    return [float(v) for v in arr]
 
 
 def _per_channel(values, channels: int, name: str) -> list[float]:
@@ -397,49 +413,35 @@ class Preprocessor:
     (``EdgeClassifier`` uses one through ``PreprocessSpec.apply``).
 
     ``Preprocessor(size, mean, std, color, invert)(images)`` returns exactly what
-    ``preprocess(images, size, mean, std, color, invert)`` returns. The settings are checked here; a
-    C-contiguous uint8 batch ``[b, h, w, c]`` then goes straight to the native kernel with the per-channel
-    values prepared once per input channel count (a few microseconds less per call, which is a tenth of a small
-    network's frame). Anything else takes :func:`preprocess`'s converting path.
+    ``preprocess(images, size, mean, std, color, invert)`` returns. The settings are checked here, once, and
+    converted for the native kernel; a C-contiguous uint8 batch ``[b, h, w, c]`` then goes straight to it.
+    Anything else takes :func:`preprocess`'s converting path.
+
+    ``frame_batch(images)`` is the per-frame call with nothing in between: a C-contiguous uint8 ``[h, w]``,
+    ``[h, w, c]`` (one frame: a batch of one) or ``[b, h, w, c]`` array -> ``[b, C, H, W]`` float32, from the
+    native kernel, which checks it (other dtypes, non-contiguous arrays or CUDA arrays raise instead of being
+    converted).
     """
 
     def __init__(self, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
         self.size = _preprocess_settings(size, color)
         self.color, self.invert = color, bool(invert)
         self.mean, self.std = mean, std
-        self._by_channels: dict[int, object] = {}  # input channels -> native preprocess with these settings
-
-    def _plan(self, in_channels: int):
-        plan = self._by_channels.get(in_channels)
-        if plan is None:
-            out_channels = native().preprocess_output_channels(in_channels, self.color)
-            plan = native().BoundPreprocess(self.size[0], self.size[1], self.color,
-                                            _per_channel(self.mean, out_channels, "mean"),
-                                            _per_channel(self.std, out_channels, "std"), self.invert)
-            self._by_channels[in_channels] = plan  # equivalent value from any thread: no lock needed
-        return plan
+        mean_values = _setting_values(mean, "mean")
+        std_values = _setting_values(std, "std")
+        if not all(math.isfinite(v) for v in mean_values):
+            raise ValueError(f"`mean`: expected finite values, got {mean!r}")
+        if not all(math.isfinite(v) and v > 0 for v in std_values):
+            raise ValueError(f"`std`: expected finite values > 0, got {std!r}")
+        self._native = native().BoundPreprocess(self.size[0], self.size[1], color, mean_values, std_values,
+                                                self.invert)
+        self.frame_batch = self._native.__call__
 
     def __call__(self, images):
-        if type(images) is np.ndarray and images.ndim == 4:
-            return self.as_batch(images)
+        if (type(images) is np.ndarray and images.dtype == np.uint8 and images.ndim == 4
+                and images.flags.c_contiguous):
+            return self._native(images)
         return preprocess(images, self.size, self.mean, self.std, self.color, self.invert)
-
-    def as_batch(self, images):
-        """Like calling it, but one image (``[h, w, c]`` or ``[h, w]``) gives a batch of one, ``[1, C, H, W]``:
-        the network input for a camera frame, with no view of the frame to make first."""
-        if (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous
-                and 2 <= images.ndim <= 4):
-            channels = images.shape[-1] if images.ndim > 2 else 1
-            plan = self._by_channels.get(channels)
-            if plan is not None:
-                return plan(images)
-            if channels in (1, 3, 4):
-                return self._plan(channels)(images)
-        out = preprocess(images, self.size, self.mean, self.std, self.color, self.invert)
-        if not _is_cuda(out):
-            return out[None] if out.ndim == 3 else out
-        shape = _cuda().shape_of(out)
-        return _cuda().as_device_array(out).reshape((1, *shape)) if len(shape) == 3 else out
 
     def __repr__(self) -> str:
         return (f"Preprocessor(size={self.size}, mean={self.mean!r}, std={self.std!r}, color={self.color!r}, "

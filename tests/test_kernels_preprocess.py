@@ -215,6 +215,39 @@ def test_preprocessor_equals_preprocess(rng, shape, color, mean, std, invert):
     np.testing.assert_array_equal(bound(images[0]), want[0])  # single HWC image: converting path
     np.testing.assert_array_equal(bound(images[:, ::-1]), kernels.preprocess(  # non-contiguous: converted
         images[:, ::-1], (14, 10), mean=mean, std=std, color=color, invert=invert))
+    np.testing.assert_array_equal(bound.frame_batch(images), want)
+    np.testing.assert_array_equal(bound.frame_batch(images[1 if len(images) > 1 else 0]),
+                                  want[1 if len(images) > 1 else 0][None])  # one frame: a batch of one
+    if shape[3] == 1:
+        np.testing.assert_array_equal(bound.frame_batch(images[0, :, :, 0]), want[:1])  # [h, w]
+
+
+def test_preprocessor_serves_gray_and_colour_frames_alike(rng):
+    """One bound preprocessor, frames of 1, 3 and 4 channels in any order: per-channel settings expand per call."""
+    bound = kernels.Preprocessor((6, 5), mean=(0.1, 0.2, 0.3), std=0.5, color="keep")
+    for channels in (3, 4, 3, 4):
+        frame = rng.integers(0, 256, (11, 13, channels), dtype=np.uint8)
+        want = kernels.preprocess(frame, (6, 5), mean=(0.1, 0.2, 0.3), std=0.5, color="keep")
+        np.testing.assert_array_equal(bound.frame_batch(frame), want[None])
+    gray = rng.integers(0, 256, (11, 13, 1), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"`mean`.*got 3"):  # three means for one output channel
+        bound.frame_batch(gray)
+    same = kernels.Preprocessor((6, 5), mean=0.25, std=(2.0,), color="keep")
+    np.testing.assert_array_equal(same.frame_batch(gray), kernels.preprocess(gray, (6, 5), 0.25, 2.0)[None])
+
+
+def test_preprocessor_frame_batch_rejects_what_it_does_not_convert(rng):
+    bound = kernels.Preprocessor((8, 8), color="gray")
+    with pytest.raises(TypeError, match=r"`images`.*uint8.*float32"):
+        bound.frame_batch(np.zeros((8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match=r"`images`.*C-contiguous"):
+        bound.frame_batch(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)[:, ::-1])
+    with pytest.raises(ValueError, match=r"`images`.*1, 3 or 4 channels"):
+        bound.frame_batch(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"`images`.*\[b, h, w, c\], \[h, w, c\] or \[h, w\]"):
+        bound.frame_batch(np.zeros((1, 1, 8, 8, 1), np.uint8))
+    with pytest.raises(TypeError, match=r"`images`.*str"):
+        bound.frame_batch("frame.png")
 
 
 def test_preprocessor_rejects_bad_settings_and_input(rng):
@@ -225,7 +258,11 @@ def test_preprocessor_rejects_bad_settings_and_input(rng):
     bound = kernels.Preprocessor((8, 8), std=(1.0, 2.0), color="gray")
     with pytest.raises(ValueError, match="std"):
         bound(rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8))
-    with pytest.raises(ValueError, match="std"):
-        kernels.Preprocessor((8, 8), std=0.0)(rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"`std`.*> 0.*0\.0"):  # checked once, when it is made
+        kernels.Preprocessor((8, 8), std=0.0)
+    with pytest.raises(ValueError, match=r"`mean`.*finite"):
+        kernels.Preprocessor((8, 8), mean=(0.5, float("nan"), 0.5))
+    with pytest.raises(TypeError, match=r"`mean`.*numbers"):
+        kernels.Preprocessor((8, 8), mean="zero")
     with pytest.raises(TypeError, match="uint8"):
         kernels.Preprocessor((8, 8))(np.zeros((1, 8, 8, 1), np.float32))

@@ -343,6 +343,16 @@ def test_matcher_queries_and_k_are_checked_like_topk(rng):
     assert scores.shape == (3,) and indices[0] == 4 and scores[0] == 0
     scores, indices = matcher.topk(np.zeros((0, 8), np.float32), 2)
     assert scores.shape == (0, 2) and indices.shape == (0, 2)
+    # the unconverting per-frame call: the native checker words what it does not take
+    np.testing.assert_array_equal(matcher.topk_float32(p[3:5], 2)[1], matcher.topk(p[3:5], 2)[1])
+    with pytest.raises(TypeError, match=r"`queries`.*float32.*float64|`queries`.*float64"):
+        matcher.topk_float32(p[3:5].astype(np.float64), 1)
+    with pytest.raises(ValueError, match=r"`queries`.*C-contiguous"):
+        matcher.topk_float32(np.ones((8, 2), np.float32).T, 1)
+    with pytest.raises(ValueError, match=r"`queries`.*2-d"):
+        matcher.topk_float32(p[3], 1)
+    with pytest.raises(ValueError, match=r"`k`.*got 0"):
+        matcher.topk_float32(p[3:5], 0)
 
 
 def test_matcher_copies_protos_unless_told_not_to(rng):

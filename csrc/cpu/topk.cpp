@@ -124,8 +124,13 @@ inline bool better(const Candidate& a, const Candidate& b) {
 // full, so a push costs O(1) amortised for any k.
 class Selector {
  public:
-  explicit Selector(int64_t k)
-      : k_(k), sorted_(k <= kSortedMaxK), capacity_(sorted_ ? k + 1 : std::max<int64_t>(2 * k, k + 32)) {
+  // Ready for a new query, keeping the memory it already has (per-frame calls reuse their selectors).
+  void reset(int64_t k) {
+    k_ = k;
+    sorted_ = k <= kSortedMaxK;
+    capacity_ = sorted_ ? k + 1 : std::max<int64_t>(2 * k, k + 32);
+    threshold_ = -std::numeric_limits<float>::infinity();
+    items_.clear();
     items_.reserve(static_cast<size_t>(std::min<int64_t>(capacity_, 256)));
   }
   // Scores at or below this cannot enter: once k better-or-equal ones are kept, an equal score from a later
@@ -155,9 +160,9 @@ class Selector {
 
  private:
   static constexpr int64_t kSortedMaxK = 16;
-  int64_t k_;
-  bool sorted_;
-  int64_t capacity_;
+  int64_t k_ = 1;
+  bool sorted_ = true;
+  int64_t capacity_ = 2;
   float threshold_ = -std::numeric_limits<float>::infinity();
   std::vector<Candidate> items_;
 };
@@ -376,8 +381,18 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
     return packed_classes != nullptr && chunk < class_chunks ? start / kPackedLanes * kPackedLanes : start;
   };
 
-  std::vector<std::vector<Selector>> results(static_cast<size_t>(tasks));
-  std::vector<BadScore> bad_scores(static_cast<size_t>(tasks));
+  // Per-task candidates. Small calls (the per-frame case) reuse this thread's storage from the last call
+  // rather than allocating a dozen vectors; large ones allocate, so no thread keeps a big batch's memory.
+  static thread_local std::vector<std::vector<Selector>> reused_results;
+  std::vector<std::vector<Selector>> own_results;
+  const bool reuse = b <= 16 && tasks <= 64 && k <= 256;
+  std::vector<std::vector<Selector>>& results = reuse ? reused_results : own_results;
+  if (static_cast<int64_t>(results.size()) < tasks) results.resize(static_cast<size_t>(tasks));
+  // (References, not the thread_locals themselves, are what the tasks see: a worker thread naming a
+  // thread_local would get its own, empty one.)
+  static thread_local std::vector<BadScore> reused_bad_scores;
+  std::vector<BadScore>& bad_scores = reused_bad_scores;
+  bad_scores.assign(static_cast<size_t>(tasks), BadScore{});
   std::atomic<bool> failed{false};
   std::exception_ptr error;
 
@@ -387,14 +402,17 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
       const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
       const int64_t c_begin = chunk_start(chunk), c_end = chunk_start(chunk + 1);
       std::vector<Selector>& selectors = results[task];
-      selectors.assign(static_cast<size_t>(nq), Selector(k));
-      std::vector<float> thresholds(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+      if (static_cast<int64_t>(selectors.size()) < nq) selectors.resize(static_cast<size_t>(nq));
+      for (int64_t j = 0; j < nq; ++j) selectors[j].reset(k);
+      static thread_local std::vector<float> thresholds;  // (nq <= kGemmQueryBlock)
+      thresholds.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
       static thread_local ScratchBuffer raw_buffer, aux_buffer;
       // (+ one group: the packed loop writes the padding lanes of the last group too)
       float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
       float* aux = aux_buffer.get(static_cast<size_t>(class_block + kPackedLanes));
       BadScore& bad = bad_scores[task];
-      std::vector<const float*> query_ptrs(static_cast<size_t>(nq));
+      static thread_local std::vector<const float*> query_ptrs;
+      query_ptrs.resize(static_cast<size_t>(nq));
       for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
 
       for (int64_t c0 = c_begin; c0 < c_end; c0 += class_block) {
@@ -464,7 +482,8 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   int64_t* out_indices = indices.ptr<int64_t>();
   auto merge_query = [&](int64_t i) {
     const int64_t qb = i / query_block, local = i - qb * query_block;
-    std::vector<Candidate> merged;
+    static thread_local std::vector<Candidate> merged;
+    merged.clear();
     for (int64_t chunk = 0; chunk < class_chunks; ++chunk) {
       const std::vector<Candidate>& items = results[qb * class_chunks + chunk][local].items();
       merged.insert(merged.end(), items.begin(), items.end());
@@ -476,6 +495,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
       out_scores[i * k + j] = merged[j].score;
       out_indices[i * k + j] = merged[j].index;
     }
+    if (merged.capacity() > 65536) std::vector<Candidate>().swap(merged);  // a huge k: do not keep it
   };
   if (threads > 1 && b * class_chunks * k >= 4096) {
 #pragma omp parallel for schedule(static) num_threads(threads)

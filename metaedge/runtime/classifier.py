@@ -188,7 +188,7 @@ class EdgeClassifier:
             if unknown_threshold is not _UNSET:
                 self.unknown_threshold = unknown_threshold
             self._pre_device = self._preprocess_device()
-            self._frame_preprocessor = self.spec.preprocess.preprocessor.as_batch
+            self._frame_preprocessor = self.spec.preprocess.preprocessor.frame_batch
             self._frame_embedding_shape = (1, self.spec.embedding_dim)
         except BaseException:
             self.close()
@@ -429,9 +429,9 @@ class EdgeClassifier:
         t2 = time.perf_counter()
         e = self._backend.embed(batch)
         t3 = time.perf_counter()
-        if type(e) is np.ndarray and e.shape == self._frame_embedding_shape:
+        if type(e) is np.ndarray and e.shape == self._frame_embedding_shape and e.dtype == np.float32:
             try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-                scores, indices = snap.matcher.topk(e, kk)
+                scores, indices = snap.matcher.topk_float32(e, kk)
             except ValueError:
                 self._check_finite(e, FIRST_IMAGE_INDEX)
                 raise
