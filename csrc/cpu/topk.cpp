@@ -89,6 +89,7 @@ ScoringLoops scoring_loops() {
 }
 
 enum StreamMode { kStreamDot = 0, kStreamDotAndNorm = 1, kStreamSquaredDistance = 2 };
+// (packed_rows writes mode 2 as the score itself, 0 - ||q - p||^2, saving topk a pass over the block)
 
 // Batches from this size use the gemm path. Measured on AVX-512 (Zen 4, one thread, C = 50k): with long rows
 // the stream path's extra work per query (a horizontal sum per row) is cheap next to the row, and it wins up
@@ -346,6 +347,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   Transform transform = Transform::kIdentity;
   if (metric == Metric::kCosine) transform = Transform::kScaleByClass;
   if (metric == Metric::kEuclidean) transform = use_gemm ? Transform::kNegateExpanded : Transform::kNegate;
+  if (metric == Metric::kEuclidean && packed_classes != nullptr) transform = Transform::kIdentity;  // negated there
   // The gemm path runs the sum-of-squares pass for dot too: that sequential read brings the block into L2
   // at full bandwidth, and the gemm's packing, which reads 16 rows at a time, then hits L2 instead of DRAM
   // (measured faster than packing straight from memory).

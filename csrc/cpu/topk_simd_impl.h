@@ -116,9 +116,9 @@ void row_sumsq(const float* __restrict p, int64_t d, int64_t rows, float* __rest
 // the last group zero-padded; see pack_prototypes): one class per vector lane, so a group's scores come out
 // of the loop as whole vectors and no row needs a horizontal sum - that sum, not the memory, is what bounds
 // the row-major stream with short rows (d = 64: 2.4 vs 6.6 us for 1,024 classes on Zen 4). Modes as in
-// stream_rows, for groups [0, groups) of `packed`, writing raw[(g * kPackedLanes + lane) * ldr] (and sumsq)
-// for every lane, padding included. Every lane runs the same operations in the same order, so equal classes
-// score bit-identically wherever they sit.
+// stream_rows, except that mode 2 writes the score, minus the squared distance; for groups [0, groups) of
+// `packed`, writing raw[(g * kPackedLanes + lane) * ldr] (and sumsq) for every lane, padding included. Every
+// lane runs the same operations in the same order, so equal classes score bit-identically wherever they sit.
 template <int kMode>
 static void packed_rows_impl(const float* __restrict packed, int64_t d, int64_t groups, const float* __restrict q,
                              float* __restrict raw, int64_t ldr, float* __restrict sumsq) {
@@ -149,6 +149,7 @@ static void packed_rows_impl(const float* __restrict packed, int64_t d, int64_t 
     for (int v = 0; v < kParts; ++v) {
       Vec total = acc[0][v], total_ss = ss[0][v];
       for (int u = 1; u < kChains; ++u) total += acc[u][v], total_ss += ss[u][v];
+      if constexpr (kMode == 2) total = Vec{} - total;  // the score; 0 - x keeps a zero distance +0
       const int64_t c0 = g * kPackedLanes + v * kVecLanes;
       if (ldr == 1) {
         store_unaligned(raw + c0, total);

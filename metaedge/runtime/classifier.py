@@ -35,6 +35,7 @@ from metaedge.runtime.spec import ModelSpec
 
 __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "Timings", "EmptyGalleryError"]
 
+_FLOAT32 = np.dtype(np.float32)
 _UNSET: Any = object()
 
 
@@ -394,19 +395,34 @@ class EdgeClassifier:
             raise EmptyGalleryError("predict(): no classes enrolled yet; enroll some first")
         kk = min(int(k), len(snap))
         if self._pre_device == "cpu":
-            t_load = time.perf_counter()
+            t0 = time.perf_counter()
             if is_frame(images):
-                return self._predict_frame(images, kk, snap, start, t_load)
+                # One host camera frame, the real-time case: the steps below without their grouping and
+                # reordering, whose Python cost alone would be a tenth of a small network's frame.
+                t1 = time.perf_counter()
+                batch = self._frame_preprocessor(images)
+                t2 = time.perf_counter()
+                e = self._backend.embed(batch)
+                t3 = time.perf_counter()
+                if type(e) is np.ndarray and e.shape == self._frame_embedding_shape and e.dtype is _FLOAT32:
+                    scores, indices = self._host_topk(snap, e, kk, FIRST_IMAGE_INDEX, snap.matcher.topk_float32)
+                else:  # a wrong shape (raises), another dtype, or a GPU backend's output
+                    self._check_embedding_shape(e, 1)
+                    scores, indices = (self._host_topk(snap, e, kk, FIRST_IMAGE_INDEX, snap.matcher.topk)
+                                       if isinstance(e, np.ndarray) else self._device_topk(snap, e, kk))
+                t4 = time.perf_counter()
+                pred = self._predictions(snap, scores, indices)[0]
+                self._local.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - start, 1)
+                return pred
         single = is_single_image(images)
         n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
         t_k = time.perf_counter()
         results = []
         for group, e in zip(groups, embs):
             if isinstance(e, np.ndarray):
-                results.append(self._host_topk(snap, e, kk, group.indices))
+                results.append(self._host_topk(snap, e, kk, group.indices, snap.matcher.topk))
             else:
-                s, i = kernels.topk(e, snap.device_weights(), kk, snap.metric)
-                results.append((_to_host(s), _to_host(i)))
+                results.append(self._device_topk(snap, e, kk))
         if len(groups) == 1:  # one batch in the caller's order (the real-time case): nothing to reorder
             scores, indices = results[0]
         else:
@@ -419,37 +435,17 @@ class EdgeClassifier:
         self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
         return preds[0] if single else preds
 
-    def _predict_frame(self, frame: np.ndarray, kk: int, snap: ClassMatrix, start: float,
-                       t0: float) -> Prediction:
-        """``predict`` of one host uint8 frame (``[h, w]`` or ``[h, w, c]``; ``t0``: when recognising it began),
-        the real-time case: the steps of the general path without its grouping and reordering, whose Python
-        cost is a tenth of a small network's frame."""
-        t1 = time.perf_counter()
-        batch = self._frame_preprocessor(frame)
-        t2 = time.perf_counter()
-        e = self._backend.embed(batch)
-        t3 = time.perf_counter()
-        if type(e) is np.ndarray and e.shape == self._frame_embedding_shape and e.dtype == np.float32:
-            try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-                scores, indices = snap.matcher.topk_float32(e, kk)
-            except ValueError:
-                self._check_finite(e, FIRST_IMAGE_INDEX)
-                raise
-        else:  # a wrong shape (raises), or a GPU backend fed from host pre-processing (no CUDA kernels built)
-            self._check_embedding_shape(e, 1)
-            s, i = kernels.topk(e, snap.device_weights(), kk, snap.metric)
-            scores, indices = _to_host(s), _to_host(i)
-        t4 = time.perf_counter()
-        pred = self._predictions(snap, scores, indices)[0]
-        self._local.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - start, 1)
-        return pred
-
-    def _host_topk(self, snap: ClassMatrix, emb: np.ndarray, kk: int, indices: np.ndarray):
+    def _host_topk(self, snap: ClassMatrix, emb: np.ndarray, kk: int, indices: np.ndarray, topk):
         try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-            return snap.matcher.topk(emb, kk)
+            return topk(emb, kk)
         except ValueError:
             self._check_finite(emb, indices)  # names the image that produced it
             raise
+
+    @staticmethod
+    def _device_topk(snap: ClassMatrix, emb, kk: int):
+        s, i = kernels.topk(emb, snap.device_weights(), kk, snap.metric)
+        return _to_host(s), _to_host(i)
 
     def _predictions(self, snap: ClassMatrix, scores: np.ndarray, indices: np.ndarray) -> list[Prediction]:
         threshold = self._threshold_for(snap.adapted)

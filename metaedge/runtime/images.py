@@ -23,6 +23,7 @@ __all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_sing
            "preprocess_groups"]
 
 _CHANNELS = (1, 3, 4)
+_UINT8 = np.dtype(np.uint8)
 # PIL modes whose pixels are already uint8 in a layout preprocess understands.
 _DIRECT_MODES = {"L": 1, "RGB": 3, "RGBA": 4}
 
@@ -206,8 +207,8 @@ FIRST_IMAGE_INDEX.flags.writeable = False
 def is_frame(images) -> bool:
     """True for one C-contiguous uint8 camera frame, ``[h, w]`` or ``[h, w, c]`` with c in {1, 3, 4}: the
     real-time case, kept to a few attribute checks."""
-    return (type(images) is np.ndarray and images.dtype == np.uint8 and images.flags.c_contiguous and images.size
-            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2))
+    return (type(images) is np.ndarray and images.dtype is _UINT8 and images.size
+            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2) and images.flags.c_contiguous)
 
 
 def to_groups(images, max_batch: int | None = None) -> tuple[int, list[ImageGroup]]:

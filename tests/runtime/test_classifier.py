@@ -63,6 +63,46 @@ def test_prediction_matches_topk_on_manual_pipeline(clf, glyphs):
         np.testing.assert_allclose([v for _, v in p.topk], s, rtol=1e-6)
 
 
+# One contiguous uint8 frame takes predict's frame path (no grouping); it must agree with the general path.
+@pytest.mark.parametrize("layout", ["hw", "hw1", "hw3", "hw4"])
+def test_one_frame_path_agrees_with_the_general_path(clf, glyphs, layout):
+    gray = glyphs.sample(4, 1)[0][:, :, 0]  # [h, w]
+    frame = {"hw": gray, "hw1": gray[:, :, None], "hw3": np.repeat(gray[:, :, None], 3, axis=2),
+             "hw4": np.dstack([gray, gray, gray, np.full_like(gray, 255)])}[layout]
+    frame = np.ascontiguousarray(frame)
+    one = clf.predict(frame, k=3)
+    assert clf.last_timings.images == 1 and clf.last_timings.kernels > 0
+    general = clf.predict([frame, frame], k=3)[0]  # a list: the general path
+    assert one.label == general.label == "glyph 4"
+    assert [lab for lab, _ in one.topk] == [lab for lab, _ in general.topk]
+    np.testing.assert_allclose([s for _, s in one.topk], [s for _, s in general.topk], rtol=1e-6)
+    flipped = clf.predict(frame[:, ::-1], k=3)  # not contiguous: the general path, converted
+    assert flipped == clf.predict(np.ascontiguousarray(frame[:, ::-1]), k=3)
+
+
+def test_frame_path_handles_odd_backend_output(glyphs):
+    class Float64Backend(ProjectionBackend):
+        def embed(self, batch):
+            return super().embed(batch).astype(np.float64)
+
+    class WrongShapeBackend(ProjectionBackend):
+        def embed(self, batch):
+            return np.zeros((len(batch), 7), np.float32)
+
+    c = make_classifier(backend=Float64Backend((1, 16, 16), 32))
+    c.enroll("a", glyphs.sample(0, 2))
+    c.enroll("b", glyphs.sample(1, 2))
+    assert c.predict(glyphs.sample(1, 1)[0]).label == "b"  # converted, not refused
+    bad = make_classifier(backend=WrongShapeBackend((1, 16, 16), 32))
+    bad.gallery.add("a", np.ones((1, 32), np.float32))
+    with pytest.raises(RuntimeError, match=r"shape \[1, 7\].*expected \[1, 32\]"):
+        bad.predict(glyphs.sample(0, 1)[0])
+    nan = make_classifier(backend=ProjectionBackend((1, 16, 16), 32, nan_on_call=2))
+    nan.enroll("a", glyphs.sample(0, 1))
+    with pytest.raises(ValueError, match=r"image 0.*NaN/Inf"):
+        nan.predict(glyphs.sample(0, 1)[0])
+
+
 def test_enrolling_an_existing_label_adds_shots_as_running_mean(glyphs):
     c = make_classifier()
     first, second = glyphs.sample(0, 2), glyphs.sample(0, 3)
