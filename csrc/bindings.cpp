@@ -5,8 +5,11 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <string>
 
+#include "cpu/cpu_kernels.h"
 #include "cpu/gemm.h"
 #include "metaedge/checks.h"
 #include "metaedge/ops.h"
@@ -101,20 +104,30 @@ Tensor to_tensor(py::handle obj, const char* name) {
   return t;
 }
 
-// topk against one class matrix and its packed copy (metaedge.kernels.PrototypeMatcher): the arrays are
-// converted once, and each call converts only the queries and allocates the outputs here, which is most of
-// the fixed cost of a per-frame call.
+// topk against one class matrix (metaedge.kernels.PrototypeMatcher): it keeps the class matrix and packs its
+// own copy of it (pack_prototypes: 64-byte aligned, never exposed, so it cannot disagree with the matrix),
+// and each call converts only the queries and allocates the outputs here - most of the fixed cost of a
+// per-frame call.
 class BoundTopk {
  public:
-  BoundTopk(py::array protos, py::array packed, const std::string& metric)
-      : protos_(std::move(protos)), packed_(std::move(packed)), metric_(metaedge::parse_metric(metric)) {
+  BoundTopk(py::array protos, const std::string& metric)
+      : protos_(std::move(protos)), metric_(metaedge::parse_metric(metric)) {
     protos_tensor_ = to_tensor(protos_, "protos");
-    packed_tensor_ = to_tensor(packed_, "packed");
+    metaedge::check_ndim(protos_tensor_, "protos", 2, "[C, d]");
+    const int64_t C = protos_tensor_.size(0), d = protos_tensor_.size(1);
+    if (C == 0) throw metaedge::ArgumentError("`protos`: expected at least one class, got shape [0, d]");
+    const int64_t groups = (C + metaedge::cpu::kPackedLanes - 1) / metaedge::cpu::kPackedLanes;
+    const size_t bytes = (static_cast<size_t>(groups * d * metaedge::cpu::kPackedLanes) * sizeof(float) + 63) / 64 * 64;
+    packed_.reset(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(bytes, 64))));
+    if (!packed_) throw std::bad_alloc();
+    packed_tensor_.data = packed_.get();
+    packed_tensor_.shape = {groups, d, metaedge::cpu::kPackedLanes};
+    metaedge::pack_prototypes(protos_tensor_, metric_, packed_tensor_);
   }
   py::tuple topk(py::handle queries, int64_t k) const {
     const Tensor tq = to_tensor(queries, "queries");
     metaedge::check_ndim(tq, "queries", 2, "[b, d]");
-    metaedge::check_topk_k(k, protos_tensor_.ndim() == 2 ? protos_tensor_.size(0) : 0);
+    metaedge::check_topk_k(k, protos_tensor_.size(0));
     py::array_t<float> scores({tq.size(0), k});
     py::array_t<int64_t> indices({tq.size(0), k});
     const Tensor ts = to_tensor(scores, "scores"), ti = to_tensor(indices, "indices");
@@ -126,8 +139,12 @@ class BoundTopk {
   }
 
  private:
-  py::array protos_, packed_;  // keep the memory alive
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  py::array protos_;  // keeps the memory of protos_tensor_ alive
   Tensor protos_tensor_, packed_tensor_;
+  std::unique_ptr<float[], Free> packed_;
   metaedge::Metric metric_;
 };
 
@@ -214,21 +231,17 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("protos"), py::arg("counts"), py::arg("emb"), py::arg("labels"));
 
   m.def("topk", [](py::handle queries, py::handle protos, int64_t k, const std::string& metric, py::handle scores,
-                   py::handle indices, py::handle packed) {
+                   py::handle indices) {
     Tensor tq = to_tensor(queries, "queries"), tp = to_tensor(protos, "protos"),
            ts = to_tensor(scores, "scores"), ti = to_tensor(indices, "indices");
-    Tensor tpk;
-    if (!packed.is_none()) tpk = to_tensor(packed, "packed");
     const metaedge::Metric parsed = metaedge::parse_metric(metric);
     py::gil_scoped_release nogil;
-    metaedge::topk(tq, tp, k, parsed, ts, ti, packed.is_none() ? nullptr : &tpk);
-  }, py::arg("queries"), py::arg("protos"), py::arg("k"), py::arg("metric"), py::arg("scores"), py::arg("indices"),
-     py::arg("packed") = py::none());
+    metaedge::topk(tq, tp, k, parsed, ts, ti);
+  }, py::arg("queries"), py::arg("protos"), py::arg("k"), py::arg("metric"), py::arg("scores"), py::arg("indices"));
 
   // module_local: a second copy of this module (an A/B benchmark loads two builds) registers its own types.
   py::class_<BoundTopk>(m, "BoundTopk", py::module_local())
-      .def(py::init<py::array, py::array, const std::string&>(), py::arg("protos"), py::arg("packed"),
-           py::arg("metric"))
+      .def(py::init<py::array, const std::string&>(), py::arg("protos"), py::arg("metric"))
       .def("topk", &BoundTopk::topk, py::arg("queries"), py::arg("k"));
 
   py::class_<BoundPreprocess>(m, "BoundPreprocess", py::module_local())
@@ -236,11 +249,13 @@ PYBIND11_MODULE(_C, m) {
            py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"), py::arg("invert"))
       .def("__call__", &BoundPreprocess::call, py::arg("images"));
 
-  m.def("pack_prototypes", [](py::handle protos, py::handle packed) {
+  // The layout BoundTopk packs (exposed for its tests).
+  m.def("pack_prototypes", [](py::handle protos, const std::string& metric, py::handle packed) {
     Tensor tp = to_tensor(protos, "protos"), tpk = to_tensor(packed, "packed");
+    const metaedge::Metric parsed = metaedge::parse_metric(metric);
     py::gil_scoped_release nogil;
-    metaedge::pack_prototypes(tp, tpk);
-  }, py::arg("protos"), py::arg("packed"));
+    metaedge::pack_prototypes(tp, parsed, tpk);
+  }, py::arg("protos"), py::arg("metric"), py::arg("packed"));
 
   m.def("adapt_head", [](py::handle weights, py::handle velocity, py::handle support, py::handle labels,
                          int64_t steps, double lr, double momentum, double weight_decay, double scale,

@@ -204,10 +204,11 @@ class PrototypeMatcher:
     same classes (``EdgeClassifier`` keeps one per gallery snapshot). CPU only.
 
     ``PrototypeMatcher(protos, metric)`` checks ``protos[C, d]`` once (finite, at least one class), converts it
-    to float32 and keeps a second, packed copy of it (groups of 16 classes, one class per SIMD lane): single
-    frames and small batches are scored from that copy without a horizontal sum per class, which is what
-    bounds the row-major scoring of short embeddings (about 2.5x faster scoring at d = 64). Larger batches
-    use the row-major matrix and the blocked sgemm, as :func:`topk` does. Memory: twice the class matrix.
+    to float32 and keeps a second, packed copy of it (groups of 16 classes, one class per SIMD lane; unit rows
+    for cosine): single frames and small batches are scored from that copy without a horizontal sum or a
+    norm per class, which is what bounds the row-major scoring of short embeddings (about 2.5x faster
+    scoring at d = 64). Larger batches use the row-major matrix and the blocked sgemm, as :func:`topk`
+    does. Memory: twice the class matrix.
 
     ``matcher.topk(queries, k)`` returns what ``topk(queries, protos, k, metric)`` returns, within float32
     rounding (scores are summed in another order; ties between equal classes still go to the lower index).
@@ -238,13 +239,8 @@ class PrototypeMatcher:
             raise ValueError(f"`protos`: expected finite values, got NaN or Inf in row {row}")
         self.metric = metric
         self._protos = protos
-        # 64-byte aligned, so no group straddles a cache line boundary
-        groups, d = (protos.shape[0] + 15) // 16, protos.shape[1]
-        raw = np.empty(groups * d * 16 + 16, np.float32)
-        offset = (-raw.ctypes.data % 64) // 4
-        self._packed = raw[offset:offset + groups * d * 16].reshape(groups, d, 16)
-        native().pack_prototypes(protos, self._packed)
-        self.topk_float32 = native().BoundTopk(protos, self._packed, metric).topk
+        bound = native().BoundTopk(protos, metric)  # packs its own copy
+        self.topk_float32 = bound.topk
 
     @property
     def protos(self) -> np.ndarray:

@@ -286,28 +286,42 @@ def test_topk_rejects_bad_arguments(rng, call, exc, words):
 
 
 # PrototypeMatcher: the packed layout, and what it checks once at construction.
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("c,d", [(1, 1), (15, 3), (16, 8), (17, 64), (100, 0)])
-def test_pack_prototypes_layout_is_groups_of_16_classes_one_per_lane(rng, c, d):
+def test_pack_prototypes_layout_is_groups_of_16_classes_one_per_lane(rng, metric, c, d):
     p = rng.standard_normal((c, d)).astype(np.float32)
+    if c > 3:
+        p[2] = 0  # a zero row stays zero, also under cosine
     groups = (c + 15) // 16
     packed = np.full((groups, d, 16), np.nan, np.float32)
-    native().pack_prototypes(p, packed)
-    want = np.zeros((groups * 16, d), np.float32)
-    want[:c] = p
-    np.testing.assert_array_equal(packed, want.reshape(groups, 16, d).transpose(0, 2, 1))
+    native().pack_prototypes(p, metric, packed)
+    rows = p.astype(np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+    want = np.zeros((groups * 16, d))
+    want[:c] = rows
+    np.testing.assert_allclose(packed, want.reshape(groups, 16, d).transpose(0, 2, 1), rtol=1e-6, atol=0)
 
 
-def test_pack_prototypes_and_packed_topk_reject_mismatched_layouts(rng):
-    q, p = random_case(rng, 1, 40, 8)
-    s, i = np.empty((1, 2), np.float32), np.empty((1, 2), np.int64)
+def test_pack_prototypes_rejects_mismatched_layouts_and_bad_protos(rng):
+    p = rng.standard_normal((40, 8)).astype(np.float32)
     with pytest.raises(ValueError, match=r"`packed`.*axis 0.*groups of 16.*\[2, 8, 16\]"):
-        native().pack_prototypes(p, np.empty((2, 8, 16), np.float32))
+        native().pack_prototypes(p, "dot", np.empty((2, 8, 16), np.float32))
     with pytest.raises(ValueError, match=r"`packed`.*axis 1.*embedding dim"):
-        native().topk(q, p, 2, "dot", s, i, np.empty((3, 7, 16), np.float32))
+        native().pack_prototypes(p, "dot", np.empty((3, 7, 16), np.float32))
     with pytest.raises(ValueError, match=r"`packed`.*axis 2"):
-        native().topk(q, p, 2, "dot", s, i, np.empty((3, 8, 8), np.float32))
+        native().pack_prototypes(p, "dot", np.empty((3, 8, 8), np.float32))
     with pytest.raises(TypeError, match=r"`packed`.*float32"):
-        native().topk(q, p, 2, "dot", s, i, np.empty((3, 8, 16), np.float16))
+        native().pack_prototypes(p, "dot", np.empty((3, 8, 16), np.float16))
+    with pytest.raises(TypeError, match=r"`protos`.*float32.*float64|`protos`.*float64"):
+        native().BoundTopk(p.astype(np.float64), "dot")
+    with pytest.raises(ValueError, match=r"`protos`.*2-d"):
+        native().BoundTopk(p[0], "dot")
+    with pytest.raises(ValueError, match=r"`protos`.*at least one class"):
+        native().BoundTopk(p[:0], "dot")
+    with pytest.raises(ValueError, match=r"metric"):
+        native().BoundTopk(p, "manhattan")
 
 
 def test_matcher_checks_protos_once_and_names_the_problem(rng):

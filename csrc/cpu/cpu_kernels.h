@@ -16,10 +16,10 @@ void l2_normalize(const Tensor& x, const Tensor& out, double eps);
 void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_classes, const Tensor& protos,
                       const Tensor& counts);
 void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor& emb, const Tensor& labels);
-// `packed` (optional): pack_prototypes(protos), used for batches scored by streaming (small ones).
+// `packed` (optional): pack_prototypes(protos, metric), used for batches scored by streaming (small ones).
 void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
           const Tensor& indices, const Tensor* packed = nullptr);
-void pack_prototypes(const Tensor& protos, const Tensor& packed);
+void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed);
 void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
                 int64_t steps, double lr, double momentum, double weight_decay, double scale,
                 const Tensor& losses);

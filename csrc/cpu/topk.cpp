@@ -217,6 +217,16 @@ inline float cosine_scale(float sumsq, const float* row, int64_t d, const float*
   return 1.f;
 }
 
+// out = x / ||x||, exactly (in double, scaled: tiny or huge rows are fine); a zero row stays zero, a row with
+// NaN or Inf becomes NaN.
+inline void unit_row(const float* x, int64_t d, float* out) {
+  const double peak = max_magnitude(x, d);
+  double sq = 0.0;
+  for (int64_t j = 0; j < d && peak > 0.0; ++j) sq += (x[j] / peak) * (x[j] / peak);
+  const double inv = peak > 0.0 ? 1.0 / (std::sqrt(sq) * peak) : 0.0;
+  for (int64_t j = 0; j < d; ++j) out[j] = static_cast<float>(x[j] * inv);
+}
+
 inline bool not_finite(float s) { return (s - s) != 0.f; }  // NaN for +-Inf and NaN, 0 otherwise
 
 // Turns raw[rows][ldr] (class-major, nq queries per row) into scores in place, then offers every score to its
@@ -326,14 +336,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   const float* q_rows = Q;
   if (metric == Metric::kCosine) {
     normalized.resize(static_cast<size_t>(b * d));
-    for (int64_t i = 0; i < b; ++i) {
-      const float* q = Q + i * d;
-      const double peak = max_magnitude(q, d);
-      double sq = 0.0;
-      for (int64_t j = 0; j < d && peak > 0.0; ++j) sq += (q[j] / peak) * (q[j] / peak);
-      const double inv = peak > 0.0 ? 1.0 / (std::sqrt(sq) * peak) : 0.0;
-      for (int64_t j = 0; j < d; ++j) normalized[i * d + j] = static_cast<float>(q[j] * inv);
-    }
+    for (int64_t i = 0; i < b; ++i) unit_row(Q + i * d, d, normalized.data() + i * d);
     q_rows = normalized.data();
   } else if (metric == Metric::kEuclidean && use_gemm) {
     query_sq_norms.resize(static_cast<size_t>(b));
@@ -347,11 +350,13 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   Transform transform = Transform::kIdentity;
   if (metric == Metric::kCosine) transform = Transform::kScaleByClass;
   if (metric == Metric::kEuclidean) transform = use_gemm ? Transform::kNegateExpanded : Transform::kNegate;
-  if (metric == Metric::kEuclidean && packed_classes != nullptr) transform = Transform::kIdentity;  // negated there
+  // The packed copy holds scores' final form: negated distances come out of its loop, and for cosine its rows
+  // are unit rows already.
+  if (packed_classes != nullptr) transform = Transform::kIdentity;
   // The gemm path runs the sum-of-squares pass for dot too: that sequential read brings the block into L2
   // at full bandwidth, and the gemm's packing, which reads 16 rows at a time, then hits L2 instead of DRAM
   // (measured faster than packing straight from memory).
-  const bool needs_sumsq = use_gemm || metric == Metric::kCosine;
+  const bool needs_sumsq = use_gemm || (metric == Metric::kCosine && packed_classes == nullptr);
 
   // Blocks: the stream path takes all queries at once; the gemm path blocks queries so that a block of
   // classes (rows of `protos`) plus its score buffer stays in L2 (~512 KiB).
@@ -434,10 +439,8 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
           const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
           const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
           const int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
-          for (int64_t j = 0; j < nq; ++j) {
-            const int lane_mode = metric == Metric::kCosine && j == 0 ? kStreamDotAndNorm : mode;
-            loops.packed_rows(lane_mode, first_group, d, groups, query_ptrs[j], raw + j, nq, aux);
-          }
+          for (int64_t j = 0; j < nq; ++j)
+            loops.packed_rows(mode, first_group, d, groups, query_ptrs[j], raw + j, nq, aux);
         } else {
           for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
             const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
@@ -446,7 +449,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
             loops.stream_rows(mode, group, block, d, rows, query_ptrs.data() + g0, raw + g0, nq, aux);
           }
         }
-        if (metric == Metric::kCosine)
+        if (metric == Metric::kCosine && packed_classes == nullptr)
           for (int64_t c = 0; c < rows; ++c)
             aux[c] = cosine_scale(aux[c], block + c * d, d, query_ptrs.data(), nq, raw + c * nq);
         scan_block(transform, raw, nq, rows, nq, c0, aux,
@@ -507,17 +510,22 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   }
 }
 
-void pack_prototypes(const Tensor& protos, const Tensor& packed) {
+void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed) {
   const int64_t C = protos.size(0), d = protos.size(1);
   const float* src = protos.ptr<float>();
   float* dst = packed.ptr<float>();
   const int64_t groups = (C + kPackedLanes - 1) / kPackedLanes;
+  std::vector<float> unit(metric == Metric::kCosine ? static_cast<size_t>(d) : 0);
   for (int64_t g = 0; g < groups; ++g) {
     float* group = dst + g * d * kPackedLanes;
     const int64_t lanes = std::min(kPackedLanes, C - g * kPackedLanes);
     if (lanes < kPackedLanes) std::fill(group, group + d * kPackedLanes, 0.f);
     for (int64_t lane = 0; lane < lanes; ++lane) {
       const float* row = src + (g * kPackedLanes + lane) * d;
+      if (metric == Metric::kCosine) {
+        unit_row(row, d, unit.data());
+        row = unit.data();
+      }
       for (int64_t t = 0; t < d; ++t) group[t * kPackedLanes + lane] = row[t];
     }
   }

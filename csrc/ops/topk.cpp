@@ -57,13 +57,13 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   METAEDGE_DISPATCH(topk, queries, queries, protos, k, metric, scores, indices);
 }
 
-void pack_prototypes(const Tensor& protos, const Tensor& packed) {
+void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed) {
   check_ndim(protos, "protos", 2, "[C, d]");
   check_dtype(protos, "protos", {DType::kFloat32});
   if (protos.is_cuda()) throw ArgumentError("`protos`: pack_prototypes works on host arrays, got " +
                                             protos.describe());
   check_packed(protos, packed);
-  cpu::pack_prototypes(protos, packed);
+  cpu::pack_prototypes(protos, metric, packed);
 }
 
 }  // namespace metaedge

@@ -39,14 +39,16 @@ void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_class
 void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor& emb, const Tensor& labels);
 
 // queries[b,d], protos[c,d] -> scores[b,k] (descending; ties -> lower index first), indices[b,k] (int64).
-// `packed` (CPU only, optional): pack_prototypes(protos), for faster scoring of small batches; it must hold
-// the same values as `protos` (metaedge.kernels.PrototypeMatcher keeps the two together).
+// `packed` (CPU only, optional): pack_prototypes(protos, metric, ...) of these very `protos` and `metric`, for
+// faster scoring of small batches. Nothing can check that it matches, so only the bound matcher of the
+// bindings (metaedge.kernels.PrototypeMatcher), which packs its own copy, passes one.
 void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
           const Tensor& indices, const Tensor* packed = nullptr);
 
 // protos[C,d] float32 -> packed[ceil(C/16), d, 16]: groups of 16 classes, one class per lane, the last group
-// zero-padded (the CPU layout topk streams without horizontal sums).
-void pack_prototypes(const Tensor& protos, const Tensor& packed);
+// zero-padded (the CPU layout topk streams without horizontal sums). For "cosine" the rows are normalised
+// first (exactly, in double; a zero row stays zero), so scoring is a dot product with the unit query.
+void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed);
 
 // Cosine-classifier fine-tuning; weights[c,d] updated in place, velocity[c,d] is the momentum buffer
 // (in/out, zeros for a fresh start), losses[steps] receives the loss before each step's update.
