@@ -203,7 +203,7 @@ class PrototypeMatcher:
     """:func:`topk` against one fixed class matrix, for a device app that scores frame after frame against the
     same classes (``EdgeClassifier`` keeps one per gallery snapshot). CPU only.
 
-    ``PrototypeMatcher(protos, metric)`` checks ``protos[C, d]`` once (finite, at least one class), converts it
+    ``PrototypeMatcher(protos, metric)`` checks the shape of ``protos[C, d]`` (at least one class), converts it
     to float32 and keeps a second, packed copy of it (groups of 16 classes, one class per SIMD lane; unit rows
     for cosine): single frames and small batches are scored from that copy without a horizontal sum or a
     norm per class, which is what bounds the row-major scoring of short embeddings (about 2.5x faster
@@ -211,7 +211,9 @@ class PrototypeMatcher:
     does. Memory: twice the class matrix.
 
     ``matcher.topk(queries, k)`` returns what ``topk(queries, protos, k, metric)`` returns, within float32
-    rounding (scores are summed in another order; ties between equal classes still go to the lower index).
+    rounding (scores are summed in another order; ties between equal classes still go to the lower index),
+    NaN/Inf in ``protos`` included: found while scoring, they raise ValueError naming the row. Packing costs
+    about as much as a few :func:`topk` calls, so a matcher pays off from a handful of calls on.
     ``copy=False`` uses ``protos`` itself when it already is a C-contiguous float32 array: the caller then
     promises not to change it (the packed copy would not follow).
 
@@ -234,9 +236,6 @@ class PrototypeMatcher:
             raise ValueError(f"`protos`: expected a 2-d array [C, d], got shape {list(protos.shape)}")
         if protos.shape[0] == 0:
             raise ValueError("`protos`: expected at least one class, got shape [0, d]")
-        if not np.isfinite(protos).all():
-            row = int(np.argmax(~np.isfinite(protos).all(axis=1)))
-            raise ValueError(f"`protos`: expected finite values, got NaN or Inf in row {row}")
         self.metric = metric
         self._protos = protos
         bound = native().BoundTopk(protos, metric)  # packs its own copy

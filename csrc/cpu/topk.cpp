@@ -221,9 +221,16 @@ inline float cosine_scale(float sumsq, const float* row, int64_t d, const float*
 // NaN or Inf becomes NaN.
 inline void unit_row(const float* x, int64_t d, float* out) {
   const double peak = max_magnitude(x, d);
-  double sq = 0.0;
-  for (int64_t j = 0; j < d && peak > 0.0; ++j) sq += (x[j] / peak) * (x[j] / peak);
-  const double inv = peak > 0.0 ? 1.0 / (std::sqrt(sq) * peak) : 0.0;
+  double inv = 0.0;
+  if (peak > 0.0) {  // (multiplications, not divisions, so the loops vectorise: packing cosine rows is O(C d))
+    const double scale = 1.0 / peak;
+    double sq = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      const double v = x[j] * scale;
+      sq += v * v;
+    }
+    inv = scale / std::sqrt(sq);
+  }
   for (int64_t j = 0; j < d; ++j) out[j] = static_cast<float>(x[j] * inv);
 }
 
@@ -515,18 +522,34 @@ void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed) 
   const float* src = protos.ptr<float>();
   float* dst = packed.ptr<float>();
   const int64_t groups = (C + kPackedLanes - 1) / kPackedLanes;
-  std::vector<float> unit(metric == Metric::kCosine ? static_cast<size_t>(d) : 0);
+  std::vector<float> unit(metric == Metric::kCosine ? static_cast<size_t>(kPackedLanes * d) : 0);
+  const float* rows[kPackedLanes];
+  float sumsq[kPackedLanes];
+  const ScoringLoops loops = scoring_loops();
   for (int64_t g = 0; g < groups; ++g) {
     float* group = dst + g * d * kPackedLanes;
     const int64_t lanes = std::min(kPackedLanes, C - g * kPackedLanes);
-    if (lanes < kPackedLanes) std::fill(group, group + d * kPackedLanes, 0.f);
-    for (int64_t lane = 0; lane < lanes; ++lane) {
-      const float* row = src + (g * kPackedLanes + lane) * d;
-      if (metric == Metric::kCosine) {
-        unit_row(row, d, unit.data());
-        row = unit.data();
+    for (int64_t lane = 0; lane < lanes; ++lane) rows[lane] = src + (g * kPackedLanes + lane) * d;
+    if (metric == Metric::kCosine) {
+      // Unit rows: a float sum of squares (SIMD) where it is comfortably in range, as cosine_scale does;
+      // tiny, huge, zero or non-finite rows the exact way.
+      loops.row_sumsq(rows[0], d, lanes, sumsq);
+      for (int64_t lane = 0; lane < lanes; ++lane) {
+        float* out = unit.data() + lane * d;
+        if (sumsq[lane] >= 1e-30f && sumsq[lane] <= 1e30f) {
+          const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sumsq[lane])));
+          for (int64_t t = 0; t < d; ++t) out[t] = rows[lane][t] * inv;
+        } else {
+          unit_row(rows[lane], d, out);
+        }
+        rows[lane] = out;
       }
-      for (int64_t t = 0; t < d; ++t) group[t * kPackedLanes + lane] = row[t];
+    }
+    // Written in order, read from 16 rows at once: the output streams instead of touching d lines per row.
+    for (int64_t t = 0; t < d; ++t) {
+      float* out = group + t * kPackedLanes;
+      for (int64_t lane = 0; lane < lanes; ++lane) out[lane] = rows[lane][t];
+      for (int64_t lane = lanes; lane < kPackedLanes; ++lane) out[lane] = 0.f;
     }
   }
 }

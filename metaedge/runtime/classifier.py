@@ -405,10 +405,10 @@ class EdgeClassifier:
                 e = self._backend.embed(batch)
                 t3 = time.perf_counter()
                 if type(e) is np.ndarray and e.shape == self._frame_embedding_shape and e.dtype is _FLOAT32:
-                    scores, indices = self._host_topk(snap, e, kk, FIRST_IMAGE_INDEX, snap.matcher.topk_float32)
+                    scores, indices = self._host_topk(e, kk, FIRST_IMAGE_INDEX, snap.host_topk)
                 else:  # a wrong shape (raises), another dtype, or a GPU backend's output
                     self._check_embedding_shape(e, 1)
-                    scores, indices = (self._host_topk(snap, e, kk, FIRST_IMAGE_INDEX, snap.matcher.topk)
+                    scores, indices = (self._host_topk(e, kk, FIRST_IMAGE_INDEX, snap.topk)
                                        if isinstance(e, np.ndarray) else self._device_topk(snap, e, kk))
                 t4 = time.perf_counter()
                 pred = self._predictions(snap, scores, indices)[0]
@@ -420,7 +420,7 @@ class EdgeClassifier:
         results = []
         for group, e in zip(groups, embs):
             if isinstance(e, np.ndarray):
-                results.append(self._host_topk(snap, e, kk, group.indices, snap.matcher.topk))
+                results.append(self._host_topk(e, kk, group.indices, snap.topk))
             else:
                 results.append(self._device_topk(snap, e, kk))
         if len(groups) == 1:  # one batch in the caller's order (the real-time case): nothing to reorder
@@ -435,7 +435,7 @@ class EdgeClassifier:
         self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
         return preds[0] if single else preds
 
-    def _host_topk(self, snap: ClassMatrix, emb: np.ndarray, kk: int, indices: np.ndarray, topk):
+    def _host_topk(self, emb: np.ndarray, kk: int, indices: np.ndarray, topk):
         try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
             return topk(emb, kk)
         except ValueError:

@@ -36,7 +36,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -142,10 +142,30 @@ class ClassMatrix:
         """Read-only ``[C, d]`` view of the class weights."""
         return _readonly(self.kernel_weights)
 
+    def topk(self, queries, k: int):
+        """``kernels.topk`` of host queries (any float dtype) against this snapshot."""
+        return kernels.topk(queries, self.kernel_weights, k, self.metric)
+
     @functools.cached_property
     def matcher(self) -> "kernels.PrototypeMatcher":
-        """The CPU top-k of this snapshot (with its packed copy of the weights), built on first use."""
+        """The CPU top-k of this snapshot with its packed copy of the weights, built on first use."""
         return kernels.PrototypeMatcher(self.kernel_weights, self.metric, copy=False)
+
+    @property
+    def host_topk(self) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+        """``(queries, k) -> (scores, indices)`` for C-contiguous float32 host queries ``[b, d]`` (predict's
+        per-frame call). The first call on a snapshot is a plain ``kernels.topk``; the second builds the
+        :attr:`matcher` and every later one uses it. Packing costs about as much as a few plain calls, so a
+        snapshot that serves a single frame (an enroll between every frame) never pays for it."""
+        return self._device.get("host_topk") or self._first_host_topk
+
+    def _first_host_topk(self, queries: np.ndarray, k: int):
+        self._device["host_topk"] = self._second_host_topk
+        return kernels.topk(queries, self.kernel_weights, k, self.metric)
+
+    def _second_host_topk(self, queries: np.ndarray, k: int):
+        topk = self._device["host_topk"] = self.matcher.topk_float32
+        return topk(queries, k)
 
     def device_weights(self):
         """The weights as a CUDA DeviceArray, uploaded once per snapshot (for the GPU top-k path)."""

@@ -101,6 +101,25 @@ def test_snapshots_are_immutable_and_unaffected_by_later_changes(rng):
     assert len(g.snapshot()) == 42
 
 
+def test_snapshot_host_topk_packs_on_the_second_call_and_stays_right(rng):
+    g = filled(rng, classes=40)
+    snap = g.snapshot()
+    q = rng.standard_normal((1, DIM)).astype(np.float32)
+    want = snap.topk(q, 5)
+    first = snap.host_topk(q, 5)  # plain topk: a snapshot used once never packs
+    assert "matcher" not in vars(snap)
+    second = snap.host_topk(q, 5)  # builds the packed matcher
+    assert "matcher" in vars(snap) and snap.host_topk == snap.matcher.topk_float32
+    third = snap.host_topk(q, 5)
+    for scores, indices in (first, second, third):
+        np.testing.assert_array_equal(indices, want[1])
+        np.testing.assert_allclose(scores, want[0], rtol=1e-6)
+    for i in range(3):  # later changes publish new snapshots; this one keeps scoring its own classes
+        g.add(f"late {i}", rng.standard_normal((2, DIM)).astype(np.float32))
+    np.testing.assert_array_equal(snap.host_topk(q, 5)[1], want[1])
+    assert "matcher" not in vars(g.snapshot())
+
+
 def test_forget_rename_and_errors(rng):
     g = filled(rng, classes=3)
     g.rename("class 1", "Schraube M6 ✓")
