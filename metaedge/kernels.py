@@ -208,7 +208,9 @@ class PrototypeMatcher:
     for cosine): single frames and small batches are scored from that copy without a horizontal sum or a
     norm per class, which is what bounds the row-major scoring of short embeddings (about 2.5x faster
     scoring at d = 64). Larger batches use the row-major matrix and the blocked sgemm, as :func:`topk`
-    does. Memory: twice the class matrix.
+    does. Memory: twice the class matrix. Above 8 MiB of class matrix (e.g. 4,096 x 512 or 32,768 x 64) it
+    keeps no packed copy (``packed`` says so): scoring then streams from memory, where the layout does not
+    matter, and the matcher only saves :func:`topk`'s per-call conversions.
 
     ``matcher.topk(queries, k)`` returns what ``topk(queries, protos, k, metric)`` returns, within float32
     rounding (scores are summed in another order; ties between equal classes still go to the lower index),
@@ -238,8 +240,8 @@ class PrototypeMatcher:
             raise ValueError("`protos`: expected at least one class, got shape [0, d]")
         self.metric = metric
         self._protos = protos
-        bound = native().BoundTopk(protos, metric)  # packs its own copy
-        self.topk_float32 = bound.topk
+        self._bound = native().BoundTopk(protos, metric)  # packs its own copy (when it pays)
+        self.topk_float32 = self._bound.topk
 
     @property
     def protos(self) -> np.ndarray:
@@ -247,6 +249,12 @@ class PrototypeMatcher:
         view = self._protos.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def packed(self) -> bool:
+        """Whether it keeps the packed copy: only up to an 8 MiB class matrix (above, scoring streams the
+        matrix from memory and the layout no longer matters, so it would only cost memory)."""
+        return self._bound.packed
 
     @property
     def num_classes(self) -> int:

@@ -384,6 +384,19 @@ def test_matcher_copies_protos_unless_told_not_to(rng):
     assert (copied.num_classes, copied.dim, copied.metric) == (40, 8, "dot")
     assert "40 classes x 8" in repr(copied)
 
+
+def test_matcher_packs_only_cache_sized_matrices_and_is_right_either_way(rng):
+    limit = native().BoundTopk.max_packed_bytes
+    small = rng.standard_normal((int(limit) // (4 * 512), 512)).astype(np.float32)  # exactly at the limit
+    big = rng.standard_normal((small.shape[0] + 1, 512)).astype(np.float32)
+    q = rng.standard_normal((2, 512)).astype(np.float32)
+    for p, packed in ((small, True), (big, False)):
+        for metric in METRICS:
+            matcher = kernels.PrototypeMatcher(p, metric, copy=False)
+            assert matcher.packed is packed
+            scores, indices = matcher.topk(q, 5)
+            assert_topk_correct(q, p, 5, metric, scores, indices)
+
 # Within the documented range: values below 1e-6 in magnitude become 0 (float32 dot products of two such values
 # underflow, which the reference in float64 would not).
 finite = st.floats(-100, 100, width=32, allow_subnormal=False).map(lambda x: x if abs(x) >= 1e-6 else 0.0)

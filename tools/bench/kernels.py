@@ -14,6 +14,14 @@ Sections (--only picks one; default all):
               N-thread copy, timed in the same rounds as the methods), and "x floor" is each method's time over
               it. All methods of a case are timed round-robin, so a change of load hits them alike.
 
+  matcher     metaedge.kernels.PrototypeMatcher (the class matrix packed once, as a device app scoring frame
+              after frame uses it; EdgeClassifier keeps one per gallery snapshot) against metaedge.kernels.topk
+              on the same matrix: same C, d as topk, batch in {1, 3, 32}, each metric, the two timed in
+              alternation and nothing else in between (in the topk section's round-robin every other method
+              reads the row-major matrix, which keeps it warm and the packed copy cold). "x topk" is the
+              matcher's time over topk's (below 1: the matcher is faster); "packed" whether it keeps a packed
+              copy (up to 8 MiB of class matrix); "pack ms" the one-off making of the matcher.
+
   adapt       metaedge.kernels.adapt_head against the same maths in torch eager autograd, 100 steps, (C, d) in
               {(5, 64), (20, 512), (100, 512), (1000, 512)}, n = 5 shots x C support rows (standard normal),
               W initialised to the class means. The maths of both, per step:
@@ -59,6 +67,7 @@ TOPK_K = 5
 TOPK_CLASSES = (1000, 10000, 100000)
 TOPK_DIMS = (64, 512)
 TOPK_BATCHES = (1, 32)
+MATCHER_BATCHES = (1, 3, 32)
 ADAPT_SIZES = ((5, 64), (20, 512), (100, 512), (1000, 512))
 ADAPT_STEPS, ADAPT_SHOTS = 100, 5
 ADAPT_HYPER = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "scale": 10.0}
@@ -404,7 +413,44 @@ def bench_preprocess(args, timer: Timer) -> tuple[list[dict], dict]:
     return rows, {"targets": targets}
 
 
-SECTIONS = {"topk": bench_topk, "adapt": bench_adapt, "preprocess": bench_preprocess}
+def bench_matcher(args, timer: Timer) -> tuple[list[dict], dict]:
+    import numpy as np
+
+    from metaedge import kernels
+    rng = np.random.default_rng(0)
+    k = TOPK_K
+    rows: list[dict] = []
+    for C in TOPK_CLASSES:
+        for d in TOPK_DIMS:
+            protos = rng.standard_normal((C, d)).astype(np.float32)
+            for metric in ("dot", "euclidean", "cosine"):
+                started = time.perf_counter()
+                matcher = kernels.PrototypeMatcher(protos, metric, copy=False)
+                pack_ms = (time.perf_counter() - started) * 1e3
+                for b in MATCHER_BATCHES:
+                    log(f"  matcher C={C} d={d} {metric} batch={b}")
+                    queries = rng.standard_normal((b, d)).astype(np.float32)
+                    want = kernels.topk(queries, protos, k, metric)
+                    got = matcher.topk_float32(queries, k)
+                    if not (np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], rtol=1e-4, atol=1e-4)):
+                        log(f"  WARNING: matcher and topk disagree at C={C} d={d} {metric} b={b}")
+                    t = timer.many({"topk": lambda m=metric: kernels.topk(queries, protos, k, m),
+                                    "matcher": lambda: matcher.topk_float32(queries, k)},
+                                   slow=C * d * b >= 10000 * 512 * 32)
+                    rows.append({"C": C, "d": d, "metric": metric, "batch": b, "topk_ms": t["topk"]["median_ms"],
+                                 "matcher_ms": t["matcher"]["median_ms"], "pack_ms": pack_ms,
+                                 "packed": "yes" if matcher.packed else "no",
+                                 "x_topk": t["matcher"]["median_ms"] / t["topk"]["median_ms"]})
+            del matcher
+    common.print_table(rows, [("C", "C", "{}"), ("d", "d", "{}"), ("metric", "metric", "{}"),
+                              ("batch", "batch", "{}"), ("topk_ms", "topk ms", "{:.3f}"),
+                              ("matcher_ms", "matcher ms", "{:.3f}"), ("x_topk", "x topk", "{:.2f}"),
+                              ("packed", "packed", "{}"), ("pack_ms", "pack ms", "{:.2f}")],
+                       title=f"PrototypeMatcher vs topk, k={k}, {args.threads} threads")
+    return rows, {}
+
+
+SECTIONS = {"topk": bench_topk, "matcher": bench_matcher, "adapt": bench_adapt, "preprocess": bench_preprocess}
 
 
 def main(argv=None) -> int:
