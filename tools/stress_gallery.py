@@ -137,10 +137,16 @@ def stress(path: str, iterations: int = 200, min_kills: int = 10, seed: int = 0,
         done = match[0]
         if log:
             log(f"kill {kills}: {done} changes on disk")
-    leftovers = [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")]
+    def temp_files() -> int:
+        return len([n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")])
+
+    # Each killed writer may leave its temporary file (several in a row when writers die before their first
+    # save completes); the next completed save removes those of dead processes.
+    left_by_kills = temp_files()
+    Gallery.load(path, fingerprint=FINGERPRINT, embedding_dim=DIM).save()
     return {"changes": done, "kills": kills, "kills_after_save_before_report": restarts_from_next,
             "classes": len(replica), "seconds": round(time.perf_counter() - started, 2),
-            "temp_files_left": len(leftovers)}
+            "temp_files_left_by_kills": left_by_kills, "temp_files_after_next_save": temp_files()}
 
 
 def main(argv=None) -> int:
