@@ -133,6 +133,10 @@ class ClassMatrix:
     version: int
     _device: dict = field(default_factory=dict, repr=False, compare=False)
     _device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # predict's per-frame top-k once the matcher exists (an attribute, the cheapest lookup); None before it does:
+    # call first_host_topk then.
+    host_topk: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -151,20 +155,16 @@ class ClassMatrix:
         """The CPU top-k of this snapshot with its packed copy of the weights, built on first use."""
         return kernels.PrototypeMatcher(self.kernel_weights, self.metric, copy=False)
 
-    @property
-    def host_topk(self) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-        """``(queries, k) -> (scores, indices)`` for C-contiguous float32 host queries ``[b, d]`` (predict's
-        per-frame call). The first call on a snapshot is a plain ``kernels.topk``; the second builds the
-        :attr:`matcher` and every later one uses it. Packing costs about as much as a few plain calls, so a
+    def first_host_topk(self, queries: np.ndarray, k: int):
+        """predict's per-frame top-k (C-contiguous float32 host queries ``[b, d]``) until :attr:`host_topk` is set:
+        the first call on a snapshot is a plain ``kernels.topk``; the second builds the :attr:`matcher` and sets
+        ``host_topk`` to it for every later call. Packing costs about as much as a few plain calls, so a
         snapshot that serves a single frame (an enroll between every frame) never pays for it."""
-        return self._device.get("host_topk") or self._first_host_topk
-
-    def _first_host_topk(self, queries: np.ndarray, k: int):
-        self._device["host_topk"] = self._second_host_topk
-        return kernels.topk(queries, self.kernel_weights, k, self.metric)
-
-    def _second_host_topk(self, queries: np.ndarray, k: int):
-        topk = self._device["host_topk"] = self.matcher.topk_float32
+        if not self._device.get("scored"):
+            self._device["scored"] = True
+            return kernels.topk(queries, self.kernel_weights, k, self.metric)
+        topk = self.matcher.topk_float32  # (bound to the native matcher, not to this snapshot: no cycle)
+        object.__setattr__(self, "host_topk", topk)
         return topk(queries, k)
 
     def device_weights(self):

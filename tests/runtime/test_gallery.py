@@ -1,7 +1,9 @@
 """Gallery: running means, reservoir memory, copy-on-write snapshots, file round trip, corruption, atomicity."""
+import gc
 import json
 import os
 import struct
+import weakref
 
 import numpy as np
 import pytest
@@ -106,9 +108,10 @@ def test_snapshot_host_topk_packs_on_the_second_call_and_stays_right(rng):
     snap = g.snapshot()
     q = rng.standard_normal((1, DIM)).astype(np.float32)
     want = snap.topk(q, 5)
-    first = snap.host_topk(q, 5)  # plain topk: a snapshot used once never packs
-    assert "matcher" not in vars(snap)
-    second = snap.host_topk(q, 5)  # builds the packed matcher
+    assert snap.host_topk is None
+    first = snap.first_host_topk(q, 5)  # plain topk: a snapshot used once never packs
+    assert "matcher" not in vars(snap) and snap.host_topk is None
+    second = snap.first_host_topk(q, 5)  # builds the packed matcher and hands over to it
     assert "matcher" in vars(snap) and snap.host_topk == snap.matcher.topk_float32
     third = snap.host_topk(q, 5)
     for scores, indices in (first, second, third):
@@ -117,7 +120,14 @@ def test_snapshot_host_topk_packs_on_the_second_call_and_stays_right(rng):
     for i in range(3):  # later changes publish new snapshots; this one keeps scoring its own classes
         g.add(f"late {i}", rng.standard_normal((2, DIM)).astype(np.float32))
     np.testing.assert_array_equal(snap.host_topk(q, 5)[1], want[1])
-    assert "matcher" not in vars(g.snapshot())
+    assert g.snapshot().host_topk is None
+    ref = weakref.ref(snap)
+    gc.disable()
+    try:  # freed by reference counting alone: a cycle would keep big class matrices alive until a GC pass
+        del snap
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_forget_rename_and_errors(rng):
