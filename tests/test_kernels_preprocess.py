@@ -3,6 +3,10 @@ against torch.nn.functional.interpolate and (when enlarging) PIL.
 
 Tolerance: float32 output vs float64 reference within 1e-5 relative and 2e-6/std absolute (pixel values are
 interpolated in float32 on the 0..255 scale before the affine map)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -266,3 +270,28 @@ def test_preprocessor_rejects_bad_settings_and_input(rng):
         kernels.Preprocessor((8, 8), mean="zero")
     with pytest.raises(TypeError, match="uint8"):
         kernels.Preprocessor((8, 8))(np.zeros((1, 8, 8, 1), np.float32))
+
+
+# Every SIMD variant of the row loops (the variant is chosen once per process), on every layout, both resize
+# strategies (blending whole rows up to 8x shrinking, sampling taps beyond) and a batch large enough for threads.
+VARIANT_CHECK = r"""
+import numpy as np
+from metaedge import _C
+from tests.test_kernels_preprocess import check
+rng = np.random.default_rng(11)
+for c, color in [(1, "keep"), (1, "rgb"), (3, "gray"), (3, "keep"), (4, "gray"), (4, "keep")]:
+    for shape, size in [((2, 37, 53, c), (17, 29)), ((1, 105, 105, c), (28, 28)), ((1, 200, 300, c), (9, 13)),
+                        ((3, 11, 7, c), (30, 20))]:
+        check(rng.integers(0, 256, shape, dtype=np.uint8), size, mean=0.25, std=0.5, color=color, invert=c == 1)
+check(rng.integers(0, 256, (40, 64, 48, 3), dtype=np.uint8), (96, 96), color="keep")  # threaded
+print(_C.simd_level())
+"""
+
+
+@pytest.mark.parametrize("simd", ["baseline", "avx2", "avx512"])
+def test_every_simd_variant_of_the_row_loops(simd):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, METAEDGE_CPU_SIMD=simd, OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-c", VARIANT_CHECK], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
