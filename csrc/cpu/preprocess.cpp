@@ -21,8 +21,8 @@ struct Tap {
   float frac;
 };
 
-std::vector<Tap> make_taps(int64_t in, int64_t out, int64_t stride) {
-  std::vector<Tap> taps(static_cast<size_t>(out));
+void fill_taps(std::vector<Tap>& taps, int64_t in, int64_t out, int64_t stride) {
+  taps.resize(static_cast<size_t>(out));
   const double ratio = static_cast<double>(in) / static_cast<double>(out);
   for (int64_t o = 0; o < out; ++o) {
     const double src = std::max((static_cast<double>(o) + 0.5) * ratio - 0.5, 0.0);
@@ -30,8 +30,24 @@ std::vector<Tap> make_taps(int64_t in, int64_t out, int64_t stride) {
     const int64_t hi = std::min(lo + 1, in - 1);
     taps[o] = {lo * stride, hi * stride, hi == lo ? 0.f : static_cast<float>(src - static_cast<double>(lo))};
   }
-  return taps;
 }
+
+// The taps of the last call on this thread, reused while the sizes repeat (a camera's frames): no
+// allocation or double maths per frame.
+class TapCache {
+ public:
+  const Tap* get(int64_t in, int64_t out, int64_t stride) {
+    if (in != in_ || out != out_ || stride != stride_) {
+      fill_taps(taps_, in, out, stride);
+      in_ = in, out_ = out, stride_ = stride;
+    }
+    return taps_.data();
+  }
+
+ private:
+  int64_t in_ = -1, out_ = -1, stride_ = -1;
+  std::vector<Tap> taps_;
+};
 
 // Which loop instance a call needs (input channels -> output channels), from dispatch_preprocess_layout.
 enum class ResizeLayout { kGray, kGrayToRgb, kRgbToGray, kRgb, kRgbaToGray, kRgbaToRgb };
@@ -96,8 +112,7 @@ constexpr ResizeLayout layout_of() {
 void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out) {
   const int64_t b = images.size(0), h = images.size(1), w = images.size(2), c = images.size(3);
   const int64_t H = params.out_height, W = params.out_width, out_channels = out.size(1);
-  const std::vector<Tap> xtaps = make_taps(w, W, c);
-  const std::vector<Tap> ytaps = make_taps(h, H, w * c);
+  static thread_local TapCache x_cache, y_cache;
   ResizeJob job{};
   dispatch_preprocess_layout(c, out_channels, params.color, [&](auto in, auto oc, auto diagonal) {
     job.layout = layout_of<decltype(in)::value, decltype(oc)::value, decltype(diagonal)::value>();
@@ -105,7 +120,7 @@ void preprocess(const Tensor& images, const PreprocessParams& params, const Tens
   job.src = images.ptr<uint8_t>();
   job.dst = out.ptr<float>();
   job.in_h = h, job.in_w = w, job.out_h = H, job.out_w = W;
-  job.xtaps = xtaps.data(), job.ytaps = ytaps.data();
+  job.xtaps = x_cache.get(w, W, c), job.ytaps = y_cache.get(h, H, w * c);
   job.affine = make_preprocess_affine(c, out_channels, params);
   // Blending whole source rows costs w per output row (a vectorised loop) against four scalar taps per output
   // pixel for sampling: blending wins up to about 8x shrinking (105x105 -> 28x28 gray: 2.6 vs 3.5 us a call).
@@ -117,7 +132,8 @@ void preprocess(const Tensor& images, const PreprocessParams& params, const Tens
   // for a descheduled thread on a busy machine costs more than it saves. Below that size no OpenMP region is
   // entered at all (even a one-thread team costs about a microsecond).
   if (rows * W * out_channels <= (1 << 18)) {
-    std::vector<float> blend(blend_len);
+    static thread_local std::vector<float> blend;  // one source row: a few KiB, kept
+    blend.resize(blend_len);
     rows_loop(job, 0, rows, blend.data());
     return;
   }
