@@ -34,7 +34,6 @@ from metaedge.runtime.spec import ModelSpec
 
 __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "Timings", "EmptyGalleryError"]
 
-_FLOAT32 = np.dtype(np.float32)
 _UINT8 = np.dtype(np.uint8)
 _CHANNELS = (1, 3, 4)  # as metaedge.runtime.images.is_frame
 _UNSET: Any = object()
@@ -191,7 +190,6 @@ class EdgeClassifier:
                 self.unknown_threshold = unknown_threshold
             self._pre_device = self._preprocess_device()
             self._frame_preprocessor = self.spec.preprocess.preprocessor.frame_batch
-            self._frame_embedding_shape = (1, self.spec.embedding_dim)
         except BaseException:
             self.close()
             raise
@@ -407,16 +405,10 @@ class EdgeClassifier:
                 t2 = time.perf_counter()
                 e = self._backend.embed(batch)
                 t3 = time.perf_counter()
-                if type(e) is np.ndarray and e.shape == self._frame_embedding_shape and e.dtype is _FLOAT32:
-                    try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-                        scores, indices = (snap.host_topk or snap.first_host_topk)(e, kk)
-                    except ValueError:
-                        self._check_finite(e, FIRST_IMAGE_INDEX)
-                        raise
-                else:  # a wrong shape (raises), another dtype, or a GPU backend's output
-                    self._check_embedding_shape(e, 1)
-                    scores, indices = (self._host_topk(e, kk, FIRST_IMAGE_INDEX, snap.topk)
-                                       if isinstance(e, np.ndarray) else self._device_topk(snap, e, kk))
+                try:  # the native call checks the embedding (and finds NaN/Inf while scoring): no checks here
+                    scores, indices = (snap.host_topk or snap.first_host_topk)(e, kk)
+                except (ValueError, TypeError):
+                    scores, indices = self._frame_topk_refused(snap, e, kk)
                 t4 = time.perf_counter()
                 pred = self._predictions(snap, scores, indices)[0]
                 self._local.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - start, 1)
@@ -448,6 +440,14 @@ class EdgeClassifier:
         except ValueError:
             self._check_finite(emb, indices)  # names the image that produced it
             raise
+
+    def _frame_topk_refused(self, snap: ClassMatrix, emb, kk: int):
+        """The frame path's top-k when the per-frame call refused the embedding: a wrong shape or NaN/Inf (raise,
+        naming it), another dtype (converted) or a GPU backend's output (scored there)."""
+        self._check_embedding_shape(emb, 1)
+        if isinstance(emb, np.ndarray):
+            return self._host_topk(emb, kk, FIRST_IMAGE_INDEX, snap.topk)
+        return self._device_topk(snap, emb, kk)
 
     @staticmethod
     def _device_topk(snap: ClassMatrix, emb, kk: int):
