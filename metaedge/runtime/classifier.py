@@ -35,7 +35,6 @@ from metaedge.runtime.spec import ModelSpec
 __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "Timings", "EmptyGalleryError"]
 
 _UINT8 = np.dtype(np.uint8)
-_CHANNELS = (1, 3, 4)  # as metaedge.runtime.images.is_frame
 _UNSET: Any = object()
 
 
@@ -393,15 +392,18 @@ class EdgeClassifier:
         if len(snap) == 0:
             raise EmptyGalleryError("predict(): no classes enrolled yet; enroll some first")
         kk = min(int(k), len(snap))
-        if self._pre_device == "cpu":
-            t0 = time.perf_counter()
-            if (type(images) is np.ndarray and images.dtype is _UINT8 and images.size  # is_frame(), inline
-                    and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2)
-                    and images.flags.c_contiguous):
-                # One host camera frame, the real-time case: the steps below without their grouping and
-                # reordering, whose Python cost alone would be a tenth of a small network's frame.
-                t1 = time.perf_counter()
+        t0 = time.perf_counter()
+        batch = None
+        if (self._pre_device == "cpu" and type(images) is np.ndarray and images.dtype is _UINT8
+                and 2 <= images.ndim <= 3):
+            # One host camera frame, the real-time case: the steps of the general path below without their
+            # grouping and reordering, whose Python cost alone would be a tenth of a small network's frame.
+            t1 = time.perf_counter()
+            try:  # the native call checks the frame (C-contiguous, 1/3/4 channels, not empty)
                 batch = self._frame_preprocessor(images)
+            except ValueError:
+                pass  # the general path converts it, or says what is wrong with it
+            if batch is not None:
                 t2 = time.perf_counter()
                 e = self._backend.embed(batch)
                 t3 = time.perf_counter()

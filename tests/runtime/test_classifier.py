@@ -78,6 +78,9 @@ def test_one_frame_path_agrees_with_the_general_path(clf, glyphs, layout):
         assert_same_prediction(one, general)
     flipped = clf.predict(frame[:, ::-1], k=3)  # not contiguous: the general path, converted
     assert_same_prediction(flipped, clf.predict(np.ascontiguousarray(frame[:, ::-1]), k=3))
+    for bad, words in [((20, 20, 2), r"c in \(1, 3, 4\)"), ((0, 20), "empty image"), ((20, 0, 3), "empty image")]:
+        with pytest.raises(ImageError, match=words):  # refused by the frame path's native check: explained
+            clf.predict(np.zeros(bad, np.uint8))
 
 
 def assert_same_prediction(a, b):
