@@ -272,7 +272,9 @@ void scan_block(Transform transform, float* raw, int64_t ldr, int64_t rows, int6
     }
   };
   if (nq == 1) {
-    constexpr int64_t kGroup = 64;
+    // Groups of 16 scores: with the sorted selector's exact threshold few groups hold a candidate, and a
+    // smaller group offers fewer rows one by one (1000 classes: 0.95x the time of groups of 64).
+    constexpr int64_t kGroup = 16;
     for (int64_t g = 0; g < rows; g += kGroup) {
       const int64_t end = std::min(rows, g + kGroup);
       const float threshold = thresholds[0];
