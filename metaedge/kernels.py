@@ -332,6 +332,11 @@ def adapt_head(weights, support, labels, steps: int = 100, lr: float = 0.1, mome
 
 def _setting_values(values, name: str) -> list[float]:
     """A mean/std setting as a flat list of floats (one value, or one per output channel)."""
+    # plain numbers and tuples (what PreprocessSpec holds) without numpy: preprocess() runs this once per call
+    if type(values) in (float, int):
+        return [float(values)]
+    if isinstance(values, (tuple, list)) and values and all(type(v) in (float, int) for v in values):
+        return [float(v) for v in values]
     try:
         arr = np.atleast_1d(np.asarray(values, dtype=np.float64)).ravel()
     except (TypeError, ValueError):
@@ -342,20 +347,13 @@ def _setting_values(values, name: str) -> list[float]:
 
 
 def _per_channel(values, channels: int, name: str) -> list[float]:
-    # plain numbers and tuples (what PreprocessSpec holds) without numpy: this runs once per frame
-    if isinstance(values, (tuple, list)) and all(type(v) in (float, int) for v in values):
-        if len(values) == 1:
-            return [float(values[0])] * channels
-        if len(values) == channels:
-            return [float(v) for v in values]
-    elif type(values) in (float, int):
-        return [float(values)] * channels
-    arr = np.atleast_1d(np.asarray(values, dtype=np.float64)).ravel()
-    if arr.size == 1:
-        arr = np.repeat(arr, channels)
-    if arr.size != channels:
-        raise ValueError(f"`{name}`: expected 1 or {channels} values (one per output channel), got {arr.size}")
-    return [float(v) for v in arr]
+    """A mean/std setting expanded to one value per output channel."""
+    flat = _setting_values(values, name)
+    if len(flat) == 1:
+        return flat * channels
+    if len(flat) != channels:
+        raise ValueError(f"`{name}`: expected 1 or {channels} values (one per output channel), got {len(flat)}")
+    return flat
 
 
 def _preprocess_settings(size, color: str) -> tuple[int, int]:

@@ -162,7 +162,7 @@ class ClassMatrix:
         snapshot that serves a single frame (an enroll between every frame) never pays for it."""
         if not self._device.get("scored"):
             self._device["scored"] = True
-            return kernels.topk(queries, self.kernel_weights, k, self.metric)
+            return self.topk(queries, k)
         topk = self.matcher.topk_float32  # (bound to the native matcher, not to this snapshot: no cycle)
         object.__setattr__(self, "host_topk", topk)
         return topk(queries, k)
