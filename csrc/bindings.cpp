@@ -91,6 +91,14 @@ Tensor to_tensor(py::handle obj, const char* name) {
   // writability by metaedge.kernels before they get here.
   t.data = const_cast<void*>(arr.data());
   py::dtype dt = arr.dtype();
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  constexpr char kForeignOrder = '<';
+#else
+  constexpr char kForeignOrder = '>';
+#endif
+  if (dt.byteorder() == kForeignOrder)
+    throw metaedge::ArgumentTypeError(std::string("`") + name + "`: expected native byte order, got " +
+                                      std::string(py::str(dt)) + " (x.astype(x.dtype.newbyteorder('=')) converts it)");
   // Kind and size straight from the descriptor: no strings on the per-frame path.
   const char kind = dt.kind();
   const py::ssize_t bytes = dt.itemsize();
@@ -168,21 +176,24 @@ class BoundPreprocess {
     given_.mean = std::move(mean);
     given_.std = std::move(std);
     given_.invert = invert;
+    // A setting that does not fit stays as given, so the shared checker names it when a frame needs it.
     for (int64_t channels : {1, 3}) {
       metaedge::PreprocessParams& p = channels == 1 ? gray_ : rgb_;
       p = given_;
-      if (!expand(p.mean, channels) || !expand(p.std, channels)) p.mean.clear();  // checker reports it
+      expand(p.mean, channels);
+      expand(p.std, channels);
     }
   }
   py::array_t<float> call(py::handle images) const {
     Tensor ti = to_tensor(images, "images");
+    if (ti.ndim() < 2 || ti.ndim() > 4)
+      throw metaedge::ArgumentError("`images`: expected [b, h, w, c], [h, w, c] or [h, w] (uint8, HWC), got shape " +
+                                    metaedge::shape_str(ti.shape));
+    if (ti.ndim() > 2) metaedge::check_image_channels(ti);  // (before the output is sized by it)
     if (ti.ndim() == 3) ti.shape.insert(ti.shape.begin(), 1);
     if (ti.ndim() == 2) ti.shape = {1, ti.shape[0], ti.shape[1], 1};
-    metaedge::check_ndim(ti, "images", 4, "[b, h, w, c], [h, w, c] or [h, w] (uint8, HWC)");
     const int64_t channels = metaedge::preprocess_output_channels(ti.size(3), given_.color);
-    const metaedge::PreprocessParams* params = &given_;
-    if (channels == 1 && !gray_.mean.empty()) params = &gray_;
-    if (channels == 3 && !rgb_.mean.empty()) params = &rgb_;
+    const metaedge::PreprocessParams* params = channels == 1 ? &gray_ : &rgb_;
     py::array_t<float> out({ti.size(0), channels, given_.out_height, given_.out_width});
     const Tensor to = to_tensor(out, "out");
     {
@@ -193,11 +204,8 @@ class BoundPreprocess {
   }
 
  private:
-  static bool expand(std::vector<float>& values, int64_t channels) {
-    if (static_cast<int64_t>(values.size()) == channels) return true;
-    if (values.size() != 1) return false;
-    values.assign(static_cast<size_t>(channels), values[0]);
-    return true;
+  static void expand(std::vector<float>& values, int64_t channels) {
+    if (values.size() == 1) values.assign(static_cast<size_t>(channels), values[0]);
   }
   metaedge::PreprocessParams given_, gray_, rgb_;
 };

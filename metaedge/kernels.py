@@ -232,8 +232,8 @@ class PrototypeMatcher:
                             f"({type(protos).__name__}); use metaedge.kernels.topk with CUDA arrays")
         given = protos
         protos = _float_input(protos, "protos")
-        if copy and protos is given:
-            protos = protos.copy()
+        if copy and isinstance(given, np.ndarray) and np.may_share_memory(protos, given):
+            protos = protos.copy()  # (a view of the caller's memory, subclasses and memmaps included)
         if protos.ndim != 2:
             raise ValueError(f"`protos`: expected a 2-d array [C, d], got shape {list(protos.shape)}")
         if protos.shape[0] == 0:

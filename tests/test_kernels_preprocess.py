@@ -252,6 +252,14 @@ def test_preprocessor_frame_batch_rejects_what_it_does_not_convert(rng):
         bound.frame_batch(np.zeros((1, 1, 8, 8, 1), np.uint8))
     with pytest.raises(TypeError, match=r"`images`.*str"):
         bound.frame_batch("frame.png")
+    with pytest.raises(ValueError, match=r"`images`.*1, 3 or 4 channels.*\[2, 2, 100000\]"):
+        bound.frame_batch(np.zeros((2, 2, 100000), np.uint8))  # checked before the output is sized by it
+    with pytest.raises(TypeError, match=r"`images`.*native byte order"):
+        kernels.Preprocessor((8, 8), color="keep").frame_batch(np.zeros((8, 8, 3), np.dtype(">u2")))
+    rgb = kernels.Preprocessor((4, 4), mean=0.5, std=(1.0, 2.0))  # two stds for three output channels
+    for call in (rgb, rgb.frame_batch):
+        with pytest.raises(ValueError, match=r"`std`: expected 3 values"):  # names std, not mean
+            call(np.zeros((1, 8, 8, 3), np.uint8))
 
 
 def test_preprocessor_rejects_bad_settings_and_input(rng):

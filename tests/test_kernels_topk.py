@@ -368,6 +368,11 @@ def test_matcher_queries_and_k_are_checked_like_topk(rng):
         matcher.topk_float32(p[3], 1)
     with pytest.raises(ValueError, match=r"`k`.*got 0"):
         matcher.topk_float32(p[3:5], 0)
+    with pytest.raises(TypeError, match=r"`queries`.*native byte order"):
+        matcher.topk_float32(p[3:5].astype(">f4"), 1)
+    big_endian = p[3:5].astype(">f4")  # the converting calls convert it
+    np.testing.assert_array_equal(matcher.topk(big_endian, 2)[1], matcher.topk(p[3:5], 2)[1])
+    np.testing.assert_array_equal(kernels.topk(big_endian, p.astype(">f4"), 2)[1], kernels.topk(p[3:5], p, 2)[1])
 
 
 def test_matcher_copies_protos_unless_told_not_to(rng):
@@ -381,6 +386,11 @@ def test_matcher_copies_protos_unless_told_not_to(rng):
     np.testing.assert_array_equal(indices, want[1])
     np.testing.assert_allclose(scores, want[0], rtol=1e-5)
     assert not copied.protos.flags.writeable
+    class Sub(np.ndarray):
+        pass
+    base = rng.standard_normal((40, 8)).astype(np.float32)
+    sub = kernels.PrototypeMatcher(base.view(Sub), "dot")  # a view of the caller's memory: copied too
+    assert not np.shares_memory(sub.protos, base)
     assert (copied.num_classes, copied.dim, copied.metric) == (40, 8, "dot")
     assert "40 classes x 8" in repr(copied)
 

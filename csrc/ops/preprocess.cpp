@@ -13,19 +13,23 @@ int64_t preprocess_output_channels(int64_t input_channels, ColorMode color) {
   return input_channels;
 }
 
-static void check_preprocess(const Tensor& images, const PreprocessParams& p, const Tensor& out) {
-  check_ndim(images, "images", 4, "[b, h, w, c] (uint8, HWC)");
-  check_dtype(images, "images", {DType::kUInt8});
-  const int64_t c = images.size(3);
+void check_image_channels(const Tensor& images) {
+  const int64_t c = images.ndim() > 0 ? images.size(images.ndim() - 1) : 0;
   if (c != 1 && c != 3 && c != 4)
     throw ArgumentError("`images`: expected 1, 3 or 4 channels (gray, RGB, RGBA) in the last axis, got shape " +
                         shape_str(images.shape));
+}
+
+static void check_preprocess(const Tensor& images, const PreprocessParams& p, const Tensor& out) {
+  check_ndim(images, "images", 4, "[b, h, w, c] (uint8, HWC)");
+  check_dtype(images, "images", {DType::kUInt8});
+  check_image_channels(images);
   if (images.size(0) > 0 && (images.size(1) < 1 || images.size(2) < 1))
     throw ArgumentError("`images`: expected height and width >= 1, got shape " + shape_str(images.shape));
   if (p.out_height < 1 || p.out_width < 1)
     throw ArgumentError("`size`: expected (height, width) >= 1, got (" + std::to_string(p.out_height) + ", " +
                         std::to_string(p.out_width) + ")");
-  const int64_t oc = preprocess_output_channels(c, p.color);
+  const int64_t oc = preprocess_output_channels(images.size(3), p.color);
   if (static_cast<int64_t>(p.mean.size()) != oc)
     throw ArgumentError("`mean`: expected " + std::to_string(oc) + " values (one per output channel), got " +
                         std::to_string(p.mean.size()));

@@ -411,6 +411,8 @@ class EdgeClassifier:
                     scores, indices = (snap.host_topk or snap.first_host_topk)(e, kk)
                 except (ValueError, TypeError):
                     scores, indices = self._frame_topk_refused(snap, e, kk)
+                if scores.shape[0] != 1 or scores.ndim != 2:  # [n != 1, d] or [d] from the backend: name it
+                    self._check_embedding_shape(e, 1)
                 t4 = time.perf_counter()
                 pred = self._predictions(snap, scores, indices)[0]
                 self._local.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - start, 1)

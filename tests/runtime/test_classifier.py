@@ -107,6 +107,22 @@ def test_frame_path_handles_odd_backend_output(glyphs):
     bad.gallery.add("a", np.ones((1, 32), np.float32))
     with pytest.raises(RuntimeError, match=r"shape \[1, 7\].*expected \[1, 32\]"):
         bad.predict(glyphs.sample(0, 1)[0])
+
+    class RowsBackend(ProjectionBackend):  # returns `rows` rows (or a 1-d vector) whatever it is given
+        def __init__(self, rows):
+            super().__init__((1, 16, 16), 32)
+            self.rows = rows
+
+        def embed(self, batch):
+            out = np.ones((max(self.rows or 0, 1), 32), np.float32)
+            return out[0] if self.rows is None else out[:self.rows]
+
+    for rows, shape in ((2, r"\[2, 32\]"), (0, r"\[0, 32\]"), (None, r"\[32\]")):
+        odd = make_classifier(backend=RowsBackend(rows))
+        odd.gallery.add("a", np.ones((1, 32), np.float32))
+        for _ in range(3):  # a snapshot's first frame (plain topk) and later ones (its matcher)
+            with pytest.raises(RuntimeError, match=rf"shape {shape}.*expected \[1, 32\]"):
+                odd.predict(glyphs.sample(0, 1)[0])
     nan = make_classifier(backend=ProjectionBackend((1, 16, 16), 32, nan_on_call=2))
     nan.enroll("a", glyphs.sample(0, 1))
     with pytest.raises(ValueError, match=r"image 0.*NaN/Inf"):
