@@ -162,6 +162,18 @@ class BoundTopk {
   metaedge::Metric metric_;
 };
 
+metaedge::PreprocessParams preprocess_params(int64_t height, int64_t width, const std::string& color,
+                                             std::vector<float> mean, std::vector<float> std, bool invert) {
+  metaedge::PreprocessParams params;
+  params.out_height = height;
+  params.out_width = width;
+  params.color = metaedge::parse_color_mode(color);
+  params.mean = std::move(mean);
+  params.std = std::move(std);
+  params.invert = invert;
+  return params;
+}
+
 // preprocess with its settings converted once (metaedge.kernels.Preprocessor): `mean`/`std` hold one value
 // or one per output channel, expanded here for 1 and 3 output channels; each call allocates the
 // [b, C, H, W] output. A single [h, w, c] or [h, w] image is a batch of one, so no view needs to be made in
@@ -169,13 +181,8 @@ class BoundTopk {
 class BoundPreprocess {
  public:
   BoundPreprocess(int64_t height, int64_t width, const std::string& color, std::vector<float> mean,
-                  std::vector<float> std, bool invert) {
-    given_.out_height = height;
-    given_.out_width = width;
-    given_.color = metaedge::parse_color_mode(color);
-    given_.mean = std::move(mean);
-    given_.std = std::move(std);
-    given_.invert = invert;
+                  std::vector<float> std, bool invert)
+      : given_(preprocess_params(height, width, color, std::move(mean), std::move(std), invert)) {
     // A setting that does not fit stays as given, so the shared checker names it when a frame needs it.
     for (int64_t channels : {1, 3}) {
       metaedge::PreprocessParams& p = channels == 1 ? gray_ : rgb_;
@@ -285,13 +292,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("preprocess", [](py::handle images, int64_t height, int64_t width, const std::string& color,
                          std::vector<float> mean, std::vector<float> std, bool invert, py::handle out) {
-    metaedge::PreprocessParams params;
-    params.out_height = height;
-    params.out_width = width;
-    params.color = metaedge::parse_color_mode(color);
-    params.mean = std::move(mean);
-    params.std = std::move(std);
-    params.invert = invert;
+    const metaedge::PreprocessParams params =
+        preprocess_params(height, width, color, std::move(mean), std::move(std), invert);
     Tensor ti = to_tensor(images, "images"), to = to_tensor(out, "out");
     py::gil_scoped_release nogil;
     metaedge::preprocess(ti, params, to);
