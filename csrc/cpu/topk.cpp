@@ -70,7 +70,7 @@ namespace {
 using StreamRowsFn = void (*)(int, int, const float*, int64_t, int64_t, const float* const*, float*, int64_t,
                               float*);
 using RowSumsqFn = void (*)(const float*, int64_t, int64_t, float*);
-using PackedRowsFn = void (*)(int, const float*, int64_t, int64_t, const float*, float*, int64_t, float*);
+using PackedRowsFn = void (*)(bool, const float*, int64_t, int64_t, const float*, float*, int64_t);
 
 struct ScoringLoops {
   StreamRowsFn stream_rows;
@@ -89,7 +89,6 @@ ScoringLoops scoring_loops() {
 }
 
 enum StreamMode { kStreamDot = 0, kStreamDotAndNorm = 1, kStreamSquaredDistance = 2 };
-// (packed_rows writes mode 2 as the score itself, 0 - ||q - p||^2, saving topk a pass over the block)
 
 // Batches from this size use the gemm path. Measured on AVX-512 (Zen 4, one thread, C = 50k): with long rows
 // the stream path's extra work per query (a horizontal sum per row) is cheap next to the row, and it wins up
@@ -425,7 +424,7 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
       static thread_local ScratchBuffer raw_buffer, aux_buffer;
       // (+ one group: the packed loop writes the padding lanes of the last group too)
       float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
-      float* aux = aux_buffer.get(static_cast<size_t>(class_block + kPackedLanes));
+      float* aux = aux_buffer.get(static_cast<size_t>(class_block));
       BadScore& bad = bad_scores[task];
       static thread_local std::vector<const float*> query_ptrs;
       query_ptrs.resize(static_cast<size_t>(nq));
@@ -447,9 +446,8 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
           // A group is 4 KiB at d = 64: it stays in L1 while every query of the batch reads it.
           const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
           const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
-          const int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
           for (int64_t j = 0; j < nq; ++j)
-            loops.packed_rows(mode, first_group, d, groups, query_ptrs[j], raw + j, nq, aux);
+            loops.packed_rows(metric == Metric::kEuclidean, first_group, d, groups, query_ptrs[j], raw + j, nq);
         } else {
           for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
             const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));

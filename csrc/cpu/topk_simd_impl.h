@@ -115,31 +115,32 @@ void row_sumsq(const float* __restrict p, int64_t d, int64_t rows, float* __rest
 // Batch-1..3 scoring from the packed class matrix (kPackedLanes classes per group, stored [d][kPackedLanes],
 // the last group zero-padded; see pack_prototypes): one class per vector lane, so a group's scores come out
 // of the loop as whole vectors and no row needs a horizontal sum - that sum, not the memory, is what bounds
-// the row-major stream with short rows (d = 64: 2.4 vs 6.6 us for 1,024 classes on Zen 4). Modes as in
-// stream_rows, except that mode 2 writes the score, minus the squared distance; for groups [0, groups) of
-// `packed`, writing raw[(g * kPackedLanes + lane) * ldr] (and sumsq) for every lane, padding included. Every
-// lane runs the same operations in the same order, so equal classes score bit-identically wherever they sit.
-template <int kMode>
+// the row-major stream with short rows (d = 64: 2.4 vs 6.6 us for 1,024 classes on Zen 4). For groups
+// [0, groups) of `packed`, writes raw[(g * kPackedLanes + lane) * ldr] for every lane, padding included:
+//   kDistance false: <q, p_c> (dot, and cosine, whose packed rows are unit rows)
+//   kDistance true:  0 - ||q - p_c||^2, the euclidean score itself (direct, no cancellation)
+// Every lane runs the same operations in the same order, so equal classes score bit-identically wherever they
+// sit.
+template <bool kDistance>
 static void packed_rows_impl(const float* __restrict packed, int64_t d, int64_t groups, const float* __restrict q,
-                             float* __restrict raw, int64_t ldr, float* __restrict sumsq) {
+                             float* __restrict raw, int64_t ldr) {
   constexpr int kParts = kPackedLanes / kVecLanes;        // vectors per packed row: 1 (AVX-512) .. 4 (SSE)
   constexpr int kChains = kParts >= 4 ? 1 : 4 / kParts;   // independent sums over t: 4 accumulators in all
   for (int64_t g = 0; g < groups; ++g) {
     const float* base = packed + g * d * kPackedLanes;
-    Vec acc[kChains][kParts], ss[kChains][kParts];
+    Vec acc[kChains][kParts];
     for (int u = 0; u < kChains; ++u)
-      for (int v = 0; v < kParts; ++v) acc[u][v] = ss[u][v] = Vec{};
+      for (int v = 0; v < kParts; ++v) acc[u][v] = Vec{};
     auto step = [&](int u, int64_t t) {
       const Vec y = splat(q[t]);
       for (int v = 0; v < kParts; ++v) {
         const Vec x = load_unaligned(base + t * kPackedLanes + v * kVecLanes);
-        if constexpr (kMode == 2) {
+        if constexpr (kDistance) {
           const Vec e = y - x;
           acc[u][v] += e * e;
         } else {
           acc[u][v] += y * x;
         }
-        if constexpr (kMode == 1) ss[u][v] += x * x;
       }
     };
     int64_t t = 0;
@@ -147,25 +148,21 @@ static void packed_rows_impl(const float* __restrict packed, int64_t d, int64_t 
       for (int u = 0; u < kChains; ++u) step(u, t + u);
     for (; t < d; ++t) step(0, t);
     for (int v = 0; v < kParts; ++v) {
-      Vec total = acc[0][v], total_ss = ss[0][v];
-      for (int u = 1; u < kChains; ++u) total += acc[u][v], total_ss += ss[u][v];
-      if constexpr (kMode == 2) total = Vec{} - total;  // the score; 0 - x keeps a zero distance +0
+      Vec total = acc[0][v];
+      for (int u = 1; u < kChains; ++u) total += acc[u][v];
+      if constexpr (kDistance) total = Vec{} - total;  // the score; 0 - x keeps a zero distance +0
       const int64_t c0 = g * kPackedLanes + v * kVecLanes;
       if (ldr == 1) {
         store_unaligned(raw + c0, total);
       } else {
         for (int lane = 0; lane < kVecLanes; ++lane) raw[(c0 + lane) * ldr] = total[lane];
       }
-      if constexpr (kMode == 1) store_unaligned(sumsq + c0, total_ss);
     }
   }
 }
 
-void packed_rows(int mode, const float* packed, int64_t d, int64_t groups, const float* q, float* raw, int64_t ldr,
-                 float* sumsq) {
-  switch (mode) {
-    case 0: return packed_rows_impl<0>(packed, d, groups, q, raw, ldr, sumsq);
-    case 1: return packed_rows_impl<1>(packed, d, groups, q, raw, ldr, sumsq);
-    default: return packed_rows_impl<2>(packed, d, groups, q, raw, ldr, sumsq);
-  }
+void packed_rows(bool distance, const float* packed, int64_t d, int64_t groups, const float* q, float* raw,
+                 int64_t ldr) {
+  if (distance) return packed_rows_impl<true>(packed, d, groups, q, raw, ldr);
+  packed_rows_impl<false>(packed, d, groups, q, raw, ldr);
 }

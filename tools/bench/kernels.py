@@ -127,6 +127,14 @@ class CopyProbe:
                 "bandwidth_gb_s": 2 * self.nbytes / (min(single, multi) * 1e-3) / 1e9}
 
 
+def topk_class_matrices(rng):
+    """(C, d, standard normal float32 protos[C, d]) for every case of the topk and matcher sections."""
+    import numpy as np
+    for C in TOPK_CLASSES:
+        for d in TOPK_DIMS:
+            yield C, d, rng.standard_normal((C, d)).astype(np.float32)
+
+
 def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
     import numpy as np
 
@@ -157,71 +165,69 @@ def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(0)
     k = TOPK_K
     rows: list[dict] = []
-    for C in TOPK_CLASSES:
-        for d in TOPK_DIMS:
-            protos = rng.standard_normal((C, d)).astype(np.float32)
-            indexes = {}
-            if "faiss" in baselines:
-                faiss = baselines["faiss"]
-                default_threshold = faiss.cvar.distance_compute_blas_threshold
-                for name, cls in (("IP", faiss.IndexFlatIP), ("L2", faiss.IndexFlatL2)):
-                    indexes[name] = cls(d)
-                    indexes[name].add(protos)
-            for b in TOPK_BATCHES:
-                log(f"  topk C={C} d={d} batch={b}")
-                queries = rng.standard_normal((b, d)).astype(np.float32)
-                methods = {}
-                for metric in ("dot", "euclidean", "cosine"):
-                    methods[f"metaedge {metric}"] = (metric, lambda m=metric: kernels.topk(queries, protos, k, m))
+    for C, d, protos in topk_class_matrices(rng):
+        indexes = {}
+        if "faiss" in baselines:
+            faiss = baselines["faiss"]
+            default_threshold = faiss.cvar.distance_compute_blas_threshold
+            for name, cls in (("IP", faiss.IndexFlatIP), ("L2", faiss.IndexFlatL2)):
+                indexes[name] = cls(d)
+                indexes[name].add(protos)
+        for b in TOPK_BATCHES:
+            log(f"  topk C={C} d={d} batch={b}")
+            queries = rng.standard_normal((b, d)).astype(np.float32)
+            methods = {}
+            for metric in ("dot", "euclidean", "cosine"):
+                methods[f"metaedge {metric}"] = (metric, lambda m=metric: kernels.topk(queries, protos, k, m))
 
-                def numpy_topk():
-                    s = queries @ protos.T
-                    part = np.argpartition(s, -k, axis=1)[:, -k:]
-                    top = np.take_along_axis(s, part, axis=1)
-                    order = np.argsort(-top, axis=1, kind="stable")
-                    return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
-                methods["numpy matmul+argpartition"] = ("dot", numpy_topk)
-                if "torch" in baselines:
-                    torch = baselines["torch"]
-                    tq, tp = torch.from_numpy(queries), torch.from_numpy(protos)
+            def numpy_topk():
+                s = queries @ protos.T
+                part = np.argpartition(s, -k, axis=1)[:, -k:]
+                top = np.take_along_axis(s, part, axis=1)
+                order = np.argsort(-top, axis=1, kind="stable")
+                return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+            methods["numpy matmul+argpartition"] = ("dot", numpy_topk)
+            if "torch" in baselines:
+                torch = baselines["torch"]
+                tq, tp = torch.from_numpy(queries), torch.from_numpy(protos)
 
-                    def torch_topk():
-                        with torch.inference_mode():
-                            return torch.topk(torch.mm(tq, tp.T), k, dim=1)
-                    methods["torch mm+topk"] = ("dot", torch_topk)
-                for name, index in indexes.items():
-                    metric = "dot" if name == "IP" else "euclidean"
-                    for label, threshold in (("default", default_threshold), ("blas>=20", 20)):
-                        def faiss_search(index=index, threshold=threshold):
-                            faiss.cvar.distance_compute_blas_threshold = threshold
-                            try:
-                                return index.search(queries, k)
-                            finally:
-                                faiss.cvar.distance_compute_blas_threshold = default_threshold
-                        methods[f"faiss Flat{name} {label}"] = (metric, faiss_search)
+                def torch_topk():
+                    with torch.inference_mode():
+                        return torch.topk(torch.mm(tq, tp.T), k, dim=1)
+                methods["torch mm+topk"] = ("dot", torch_topk)
+            for name, index in indexes.items():
+                metric = "dot" if name == "IP" else "euclidean"
+                for label, threshold in (("default", default_threshold), ("blas>=20", 20)):
+                    def faiss_search(index=index, threshold=threshold):
+                        faiss.cvar.distance_compute_blas_threshold = threshold
+                        try:
+                            return index.search(queries, k)
+                        finally:
+                            faiss.cvar.distance_compute_blas_threshold = default_threshold
+                    methods[f"faiss Flat{name} {label}"] = (metric, faiss_search)
 
-                # The baselines must compute the same thing: compare their best scores with metaedge's.
-                me_dot = kernels.topk(queries, protos, k, "dot")[0]
-                np_dot = numpy_topk()[0]
-                if not np.allclose(me_dot, np_dot, rtol=1e-3, atol=1e-3):
-                    log(f"  WARNING: metaedge and numpy disagree on the top-{k} dot scores at C={C} d={d} b={b}")
+            # The baselines must compute the same thing: compare their best scores with metaedge's.
+            me_dot = kernels.topk(queries, protos, k, "dot")[0]
+            np_dot = numpy_topk()[0]
+            if not np.allclose(me_dot, np_dot, rtol=1e-3, atol=1e-3):
+                log(f"  WARNING: metaedge and numpy disagree on the top-{k} dot scores at C={C} d={d} b={b}")
 
-                case = {"C": C, "d": d, "batch": b}
-                fns = {method: fn for method, (_, fn) in methods.items()}
-                if b == 1:
-                    fns.update({"copy 1 thread": probe.copy_1, f"copy {args.threads} threads": probe.copy_n})
-                    # (a 256 MiB copy evicts the caches: the method timed after it gets an untimed call first)
-                copies = ("copy 1 thread", f"copy {args.threads} threads")
-                timings = timer.many(fns, slow=C * d * b >= 10000 * 512 * 32, flushes_cache=copies)
-                floor_ms = None
-                if b == 1:
-                    bw = probe.bandwidth(timings)
-                    bandwidths.append({**case, **bw})
-                    floor_ms = protos.nbytes / (bw["bandwidth_gb_s"] * 1e9) * 1e3
-                for method, (metric, _) in methods.items():
-                    t = timings[method]
-                    rows.append({**case, "method": method, "metric": metric, "ms": t["median_ms"],
-                                 "min_ms": t["min_ms"], "repeats": t["repeats"], "floor_ms": floor_ms})
+            case = {"C": C, "d": d, "batch": b}
+            fns = {method: fn for method, (_, fn) in methods.items()}
+            if b == 1:
+                fns.update({"copy 1 thread": probe.copy_1, f"copy {args.threads} threads": probe.copy_n})
+                # (a 256 MiB copy evicts the caches: the method timed after it gets an untimed call first)
+            copies = ("copy 1 thread", f"copy {args.threads} threads")
+            timings = timer.many(fns, slow=C * d * b >= 10000 * 512 * 32, flushes_cache=copies)
+            floor_ms = None
+            if b == 1:
+                bw = probe.bandwidth(timings)
+                bandwidths.append({**case, **bw})
+                floor_ms = protos.nbytes / (bw["bandwidth_gb_s"] * 1e9) * 1e3
+            for method, (metric, _) in methods.items():
+                t = timings[method]
+                rows.append({**case, "method": method, "metric": metric, "ms": t["median_ms"],
+                             "min_ms": t["min_ms"], "repeats": t["repeats"], "floor_ms": floor_ms})
     reference = {(r["C"], r["d"], r["batch"], r["metric"]): r["ms"] for r in rows if r["method"].startswith("metaedge")}
     for r in rows:
         r["x_metaedge"] = r["ms"] / reference[(r["C"], r["d"], r["batch"], r["metric"])]
@@ -420,28 +426,26 @@ def bench_matcher(args, timer: Timer) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(0)
     k = TOPK_K
     rows: list[dict] = []
-    for C in TOPK_CLASSES:
-        for d in TOPK_DIMS:
-            protos = rng.standard_normal((C, d)).astype(np.float32)
-            for metric in ("dot", "euclidean", "cosine"):
-                started = time.perf_counter()
-                matcher = kernels.PrototypeMatcher(protos, metric, copy=False)
-                pack_ms = (time.perf_counter() - started) * 1e3
-                for b in MATCHER_BATCHES:
-                    log(f"  matcher C={C} d={d} {metric} batch={b}")
-                    queries = rng.standard_normal((b, d)).astype(np.float32)
-                    want = kernels.topk(queries, protos, k, metric)
-                    got = matcher.topk_float32(queries, k)
-                    if not (np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], rtol=1e-4, atol=1e-4)):
-                        log(f"  WARNING: matcher and topk disagree at C={C} d={d} {metric} b={b}")
-                    t = timer.many({"topk": lambda m=metric: kernels.topk(queries, protos, k, m),
-                                    "matcher": lambda: matcher.topk_float32(queries, k)},
-                                   slow=C * d * b >= 10000 * 512 * 32)
-                    rows.append({"C": C, "d": d, "metric": metric, "batch": b, "topk_ms": t["topk"]["median_ms"],
-                                 "matcher_ms": t["matcher"]["median_ms"], "pack_ms": pack_ms,
-                                 "packed": "yes" if matcher.packed else "no",
-                                 "x_topk": t["matcher"]["median_ms"] / t["topk"]["median_ms"]})
-            del matcher
+    for C, d, protos in topk_class_matrices(rng):
+        for metric in ("dot", "euclidean", "cosine"):
+            started = time.perf_counter()
+            matcher = kernels.PrototypeMatcher(protos, metric, copy=False)
+            pack_ms = (time.perf_counter() - started) * 1e3
+            for b in MATCHER_BATCHES:
+                log(f"  matcher C={C} d={d} {metric} batch={b}")
+                queries = rng.standard_normal((b, d)).astype(np.float32)
+                want = kernels.topk(queries, protos, k, metric)
+                got = matcher.topk_float32(queries, k)
+                if not (np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], rtol=1e-4, atol=1e-4)):
+                    log(f"  WARNING: matcher and topk disagree at C={C} d={d} {metric} b={b}")
+                t = timer.many({"topk": lambda m=metric: kernels.topk(queries, protos, k, m),
+                                "matcher": lambda: matcher.topk_float32(queries, k)},
+                               slow=C * d * b >= 10000 * 512 * 32)
+                rows.append({"C": C, "d": d, "metric": metric, "batch": b, "topk_ms": t["topk"]["median_ms"],
+                             "matcher_ms": t["matcher"]["median_ms"], "pack_ms": pack_ms,
+                             "packed": "yes" if matcher.packed else "no",
+                             "x_topk": t["matcher"]["median_ms"] / t["topk"]["median_ms"]})
+        del matcher
     common.print_table(rows, [("C", "C", "{}"), ("d", "d", "{}"), ("metric", "metric", "{}"),
                               ("batch", "batch", "{}"), ("topk_ms", "topk ms", "{:.3f}"),
                               ("matcher_ms", "matcher ms", "{:.3f}"), ("x_topk", "x topk", "{:.2f}"),
