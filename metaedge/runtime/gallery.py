@@ -137,6 +137,7 @@ class ClassMatrix:
     # call first_host_topk then.
     host_topk: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = field(
         default=None, init=False, repr=False, compare=False)
+    _scored_once: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -160,8 +161,8 @@ class ClassMatrix:
         the first call on a snapshot is a plain ``kernels.topk``; the second builds the :attr:`matcher` and sets
         ``host_topk`` to it for every later call. Packing costs about as much as a few plain calls, so a
         snapshot that serves a single frame (an enroll between every frame) never pays for it."""
-        if not self._device.get("scored"):
-            self._device["scored"] = True
+        if not self._scored_once:
+            object.__setattr__(self, "_scored_once", True)
             return self.topk(queries, k)
         topk = self.matcher.topk_float32  # (bound to the native matcher, not to this snapshot: no cycle)
         object.__setattr__(self, "host_topk", topk)
