@@ -38,7 +38,8 @@ DType dtype_from_typestr(const std::string& typestr, const char* name, py::handl
                                     (shown ? std::string(py::str(shown)) : "type '" + typestr + "'"));
 }
 
-Tensor from_cuda_array_interface(py::handle obj, const char* name) {
+// `keep_strides`: record the strides (frames: padded rows are fine) instead of requiring C-contiguity.
+Tensor from_cuda_array_interface(py::handle obj, const char* name, bool keep_strides = false) {
   py::dict cai = obj.attr("__cuda_array_interface__");
   Tensor t;
   t.device = metaedge::Device::kCUDA;
@@ -46,7 +47,9 @@ Tensor from_cuda_array_interface(py::handle obj, const char* name) {
   for (auto s : py::tuple(cai["shape"])) t.shape.push_back(s.cast<int64_t>());
   py::tuple data = cai["data"];
   t.data = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
-  if (cai.contains("strides") && !cai["strides"].is_none()) {
+  if (cai.contains("strides") && !cai["strides"].is_none() && keep_strides) {
+    for (auto st : py::tuple(cai["strides"])) t.strides.push_back(st.cast<int64_t>());
+  } else if (cai.contains("strides") && !cai["strides"].is_none()) {
     int64_t expected = metaedge::dtype_size(t.dtype);
     py::tuple strides = cai["strides"];
     for (int64_t axis = t.ndim() - 1; axis >= 0; --axis) {
@@ -162,59 +165,119 @@ class BoundTopk {
   metaedge::Metric metric_;
 };
 
-metaedge::PreprocessParams preprocess_params(int64_t height, int64_t width, const std::string& color,
-                                             std::vector<float> mean, std::vector<float> std, bool invert) {
-  metaedge::PreprocessParams params;
-  params.out_height = height;
-  params.out_width = width;
-  params.color = metaedge::parse_color_mode(color);
-  params.mean = std::move(mean);
-  params.std = std::move(std);
-  params.invert = invert;
-  return params;
+struct PreprocessSettings {
+  metaedge::PreprocessParams gray, rgb;  // mean/std expanded for 1 and 3 output channels
+  std::string format;                    // "auto" or a pixel format name
+};
+
+PreprocessSettings preprocess_settings(int64_t height, int64_t width, const std::string& color, std::vector<float> mean,
+                                       std::vector<float> std, bool invert, const std::string& pixel_format,
+                                       const std::string& resize, bool antialias, float pad,
+                                       const std::string& yuv_matrix) {
+  metaedge::PreprocessParams p;
+  p.out_height = height;
+  p.out_width = width;
+  p.color = metaedge::parse_color_mode(color);
+  p.invert = invert;
+  p.resize = metaedge::parse_resize_mode(resize);
+  p.antialias = antialias;
+  p.pad = pad;
+  p.yuv = metaedge::parse_yuv_matrix(yuv_matrix);
+  if (pixel_format != "auto") metaedge::parse_pixel_format(pixel_format);  // (raises for unknown names)
+  PreprocessSettings s{p, p, pixel_format};
+  // A setting that does not fit the output stays as given, so the shared checker names it when a frame needs it.
+  for (int64_t channels : {1, 3}) {
+    metaedge::PreprocessParams& q = channels == 1 ? s.gray : s.rgb;
+    q.mean = mean.size() == 1 ? std::vector<float>(static_cast<size_t>(channels), mean[0]) : mean;
+    q.std = std.size() == 1 ? std::vector<float>(static_cast<size_t>(channels), std[0]) : std;
+  }
+  return s;
 }
 
-// preprocess with its settings converted once (metaedge.kernels.Preprocessor): `mean`/`std` hold one value
-// or one per output channel, expanded here for 1 and 3 output channels; each call allocates the
-// [b, C, H, W] output. A single [h, w, c] or [h, w] image is a batch of one, so no view needs to be made in
-// Python.
+// Frames keep their strides (padded camera rows, crops of a bigger frame, every other frame of a batch) as
+// long as each row is contiguous; anything else (channel-reversed or transposed views) is copied here once, into
+// `*copy` (which the caller keeps alive for as long as the tensor is used).
+Tensor to_frames(py::handle obj, const std::string& format_name, metaedge::PixelFormat* format, py::object* copy) {
+  if (!py::isinstance<py::array>(obj)) {
+    if (!py::hasattr(obj, "__cuda_array_interface__"))
+      throw metaedge::ArgumentTypeError("`frames`: expected a uint8 numpy array or a CUDA array, got " +
+                                        std::string(py::str(py::type::of(obj).attr("__name__"))));
+    Tensor t = from_cuda_array_interface(obj, "frames", true);
+    *format = format_name == "auto" ? metaedge::infer_pixel_format(t) : metaedge::parse_pixel_format(format_name);
+    return t;
+  }
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  auto tensor_of = [](const py::array& a) {
+    Tensor t;
+    t.data = const_cast<void*>(a.data());
+    if (a.dtype().kind() != 'u' || a.itemsize() != 1)
+      throw metaedge::ArgumentTypeError("`frames`: expected uint8 pixels (0..255), got dtype " +
+                                        std::string(py::str(a.dtype())));
+    t.dtype = DType::kUInt8;
+    t.shape.assign(a.shape(), a.shape() + a.ndim());
+    t.strides.assign(a.strides(), a.strides() + a.ndim());
+    return t;
+  };
+  Tensor t = tensor_of(arr);
+  *format = format_name == "auto" ? metaedge::infer_pixel_format(t) : metaedge::parse_pixel_format(format_name);
+  // The row axis: 0 for a single frame, 1 for a batch (gray [h, w, 1] is single; gray batches are 4-d).
+  const int64_t single_ndim = *format == metaedge::PixelFormat::kNV12 ? 2
+                              : (*format == metaedge::PixelFormat::kGray && t.ndim() == 2) ? 2 : 3;
+  const int64_t row_axis = t.ndim() > single_ndim ? 1 : 0;
+  bool usable = true;
+  int64_t expected = arr.itemsize();
+  for (int64_t a = t.ndim() - 1; a >= 0; --a) {
+    if (t.shape[a] > 1 && (a > row_axis ? t.strides[a] != expected : t.strides[a] <= 0)) usable = false;
+    if (a > row_axis) expected *= t.shape[a];
+  }
+  if (!usable) {
+    py::array contiguous = py::array::ensure(arr, py::array::c_style);
+    if (!contiguous) throw py::error_already_set();
+    t = tensor_of(contiguous);
+    *copy = std::move(contiguous);
+    t.strides.clear();
+  }
+  return t;
+}
+
+// The boxes of `rois` (None, or int64 [n, 4] from metaedge.kernels) as a tensor; false when there are none.
+bool to_rois(py::handle rois, Tensor* out) {
+  if (rois.is_none()) return false;
+  *out = to_tensor(rois, "rois");
+  return true;
+}
+
+// preprocess with its settings converted once (metaedge.kernels.Preprocessor); each call allocates the
+// [n, C, H, W] output of host frames. A single frame is a batch of one, so no view needs to be made in Python.
 class BoundPreprocess {
  public:
-  BoundPreprocess(int64_t height, int64_t width, const std::string& color, std::vector<float> mean,
-                  std::vector<float> std, bool invert)
-      : given_(preprocess_params(height, width, color, std::move(mean), std::move(std), invert)) {
-    // A setting that does not fit stays as given, so the shared checker names it when a frame needs it.
-    for (int64_t channels : {1, 3}) {
-      metaedge::PreprocessParams& p = channels == 1 ? gray_ : rgb_;
-      p = given_;
-      expand(p.mean, channels);
-      expand(p.std, channels);
-    }
-  }
-  py::array_t<float> call(py::handle images) const {
-    Tensor ti = to_tensor(images, "images");
-    if (ti.ndim() < 2 || ti.ndim() > 4)
-      throw metaedge::ArgumentError("`images`: expected [b, h, w, c], [h, w, c] or [h, w] (uint8, HWC), got shape " +
-                                    metaedge::shape_str(ti.shape));
-    if (ti.ndim() > 2) metaedge::check_image_channels(ti);  // (before the output is sized by it)
-    if (ti.ndim() == 3) ti.shape.insert(ti.shape.begin(), 1);
-    if (ti.ndim() == 2) ti.shape = {1, ti.shape[0], ti.shape[1], 1};
-    const int64_t channels = metaedge::preprocess_output_channels(ti.size(3), given_.color);
-    const metaedge::PreprocessParams* params = channels == 1 ? &gray_ : &rgb_;
-    py::array_t<float> out({ti.size(0), channels, given_.out_height, given_.out_width});
+  explicit BoundPreprocess(PreprocessSettings settings) : s_(std::move(settings)) {}
+  py::array_t<float> call(py::handle frames, py::handle rois, py::handle pixel_format) const {
+    metaedge::PixelFormat format;
+    py::object copy;
+    const Tensor tf = to_frames(frames, pixel_format.is_none() ? s_.format : py::str(pixel_format).cast<std::string>(),
+                                &format, &copy);
+    if (tf.is_cuda())
+      throw metaedge::ArgumentError("`frames`: a CUDA array; the bound pre-processing takes host frames "
+                                    "(metaedge.kernels.preprocess takes both)");
+    Tensor tr;
+    const bool has_rois = to_rois(rois, &tr);
+    const metaedge::FrameLayout layout = metaedge::check_frames(tf, format);
+    if (has_rois) metaedge::check_rois(tr, layout);  // (before the output is sized by it)
+    const int64_t channels = metaedge::preprocess_output_channels(format, s_.gray.color);
+    const metaedge::PreprocessParams& params = channels == 1 ? s_.gray : s_.rgb;
+    py::array_t<float> out({metaedge::preprocess_output_count(layout, has_rois ? &tr : nullptr), channels,
+                            params.out_height, params.out_width});
     const Tensor to = to_tensor(out, "out");
     {
       py::gil_scoped_release nogil;
-      metaedge::preprocess(ti, *params, to);
+      metaedge::preprocess(tf, format, has_rois ? &tr : nullptr, params, to);
     }
     return out;
   }
 
  private:
-  static void expand(std::vector<float>& values, int64_t channels) {
-    if (values.size() == 1) values.assign(static_cast<size_t>(channels), values[0]);
-  }
-  metaedge::PreprocessParams given_, gray_, rgb_;
+  PreprocessSettings s_;
 };
 
 }  // namespace
@@ -268,9 +331,16 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly_static("max_packed_bytes", &BoundTopk::kMaxPackedBytes);
 
   py::class_<BoundPreprocess>(m, "BoundPreprocess", py::module_local())
-      .def(py::init<int64_t, int64_t, const std::string&, std::vector<float>, std::vector<float>, bool>(),
-           py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"), py::arg("invert"))
-      .def("__call__", &BoundPreprocess::call, py::arg("images"));
+      .def(py::init([](int64_t height, int64_t width, const std::string& color, std::vector<float> mean,
+                       std::vector<float> std, bool invert, const std::string& pixel_format, const std::string& resize,
+                       bool antialias, float pad, const std::string& yuv_matrix) {
+             return BoundPreprocess(preprocess_settings(height, width, color, std::move(mean), std::move(std), invert,
+                                                        pixel_format, resize, antialias, pad, yuv_matrix));
+           }),
+           py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"), py::arg("invert"),
+           py::arg("pixel_format"), py::arg("resize"), py::arg("antialias"), py::arg("pad"), py::arg("yuv_matrix"))
+      .def("__call__", &BoundPreprocess::call, py::arg("frames"), py::arg("rois") = py::none(),
+           py::arg("pixel_format") = py::none());
 
   // The layout BoundTopk packs (exposed for its tests).
   m.def("pack_prototypes", [](py::handle protos, const std::string& metric, py::handle packed) {
@@ -290,15 +360,42 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("weights"), py::arg("velocity"), py::arg("support"), py::arg("labels"), py::arg("steps"),
      py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("scale"), py::arg("losses"));
 
-  m.def("preprocess", [](py::handle images, int64_t height, int64_t width, const std::string& color,
-                         std::vector<float> mean, std::vector<float> std, bool invert, py::handle out) {
-    const metaedge::PreprocessParams params =
-        preprocess_params(height, width, color, std::move(mean), std::move(std), invert);
-    Tensor ti = to_tensor(images, "images"), to = to_tensor(out, "out");
-    py::gil_scoped_release nogil;
-    metaedge::preprocess(ti, params, to);
-  }, py::arg("images"), py::arg("height"), py::arg("width"), py::arg("color"), py::arg("mean"), py::arg("std"),
-     py::arg("invert"), py::arg("out"));
+  // The general entry (metaedge.kernels.preprocess): host or CUDA frames, output allocated by the caller
+  // (preprocess_output_shape says its shape).
+  m.def("preprocess", [](py::handle frames, const std::string& pixel_format, py::handle rois, int64_t height,
+                         int64_t width, const std::string& color, std::vector<float> mean, std::vector<float> std,
+                         bool invert, const std::string& resize, bool antialias, float pad,
+                         const std::string& yuv_matrix, py::handle out) {
+    const PreprocessSettings s = preprocess_settings(height, width, color, std::move(mean), std::move(std), invert,
+                                                     pixel_format, resize, antialias, pad, yuv_matrix);
+    metaedge::PixelFormat format;
+    py::object copy;
+    const Tensor tf = to_frames(frames, s.format, &format, &copy), to = to_tensor(out, "out");
+    Tensor tr;
+    const bool has_rois = to_rois(rois, &tr);
+    const metaedge::PreprocessParams& params =
+        metaedge::preprocess_output_channels(format, s.gray.color) == 1 ? s.gray : s.rgb;
+    {
+      py::gil_scoped_release nogil;
+      metaedge::preprocess(tf, format, has_rois ? &tr : nullptr, params, to);
+    }
+  }, py::arg("frames"), py::arg("pixel_format"), py::arg("rois"), py::arg("height"), py::arg("width"),
+     py::arg("color"), py::arg("mean"), py::arg("std"), py::arg("invert"), py::arg("resize"), py::arg("antialias"),
+     py::arg("pad"), py::arg("yuv_matrix"), py::arg("out"));
+  m.def("preprocess_output_shape", [](py::handle frames, const std::string& pixel_format, py::handle rois,
+                                      int64_t height, int64_t width, const std::string& color) {
+    metaedge::PixelFormat format;
+    py::object copy;
+    const Tensor tf = to_frames(frames, pixel_format, &format, &copy);
+    const metaedge::FrameLayout layout = metaedge::check_frames(tf, format);
+    Tensor tr;
+    const bool has_rois = to_rois(rois, &tr);
+    if (has_rois) metaedge::check_rois(tr, layout);
+    return py::make_tuple(metaedge::preprocess_output_count(layout, has_rois ? &tr : nullptr),
+                          metaedge::preprocess_output_channels(format, metaedge::parse_color_mode(color)), height,
+                          width);
+  }, py::arg("frames"), py::arg("pixel_format"), py::arg("rois"), py::arg("height"), py::arg("width"),
+     py::arg("color"));
 
   // Test hook for csrc/cpu/gemm.h (not public API): C[M,N] = alpha op(A) op(B) + beta C on float32 2-d arrays
   // with unit inner stride; leading dimensions come from the row strides, so padded views test lda/ldb/ldc.
@@ -325,9 +422,6 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("trans_a"), py::arg("trans_b"), py::arg("a"), py::arg("b"), py::arg("alpha"), py::arg("beta"),
      py::arg("c"));
 
-  m.def("preprocess_output_channels", [](int64_t channels, const std::string& color) {
-    return metaedge::preprocess_output_channels(channels, metaedge::parse_color_mode(color));
-  });
   m.def("simd_level", &metaedge::simd_level);
   m.def("openmp_max_threads", &metaedge::openmp_max_threads);
   m.attr("cuda_built") = py::bool_(METAEDGE_WITH_CUDA != 0);

@@ -21,10 +21,14 @@ import numpy as np
 from metaedge._native import native
 
 __all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "PrototypeMatcher", "adapt_head",
-           "preprocess", "Preprocessor", "METRICS", "COLOR_MODES"]
+           "preprocess", "Preprocessor", "as_rois", "METRICS", "COLOR_MODES", "PIXEL_FORMATS", "RESIZE_MODES",
+           "YUV_MATRICES"]
 
 METRICS = ("cosine", "dot", "euclidean")
 COLOR_MODES = ("keep", "gray", "rgb")
+PIXEL_FORMATS = ("gray", "rgb", "bgr", "rgba", "bgra", "nv12", "yuyv")
+RESIZE_MODES = ("squeeze", "letterbox", "center_crop")
+YUV_MATRICES = ("bt601", "bt709", "bt601-full", "bt709-full")
 
 
 def _is_cuda(x) -> bool:
@@ -367,67 +371,138 @@ def _preprocess_settings(size, color: str) -> tuple[int, int]:
         raise ValueError(f"`size`: expected (height, width), got {size!r}") from None
 
 
-def preprocess(images, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
-    """uint8 HWC images -> float32 CHW network input, in one fused pass.
+def _check_choice(value, choices: Sequence[str], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"`{name}`: expected one of {tuple(choices)}, got {value!r}")
+    return value
 
-    ``images``: ``[b, h, w, c]``, ``[h, w, c]`` or ``[h, w]`` uint8 with c in {1, 3, 4} (non-contiguous
-    arrays are copied). Steps per pixel: bilinear resize to ``size = (H, W)`` with half-pixel centres and no
-    antialiasing (the same as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
-    antialias=False)`` and ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)`` up to OpenCV's 8-bit
-    rounding; PIL's ``BILINEAR`` matches when enlarging but antialiases when shrinking, so it differs there),
-    colour conversion to the output channels (``"keep"``: gray stays gray, RGB stays RGB, RGBA drops alpha;
-    ``"gray"``: ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B, alpha ignored; ``"rgb"``: gray replicated into
-    three channels, RGB kept, RGBA drops alpha), optional inversion (``255 - x``, e.g. Omniglot strokes = 1),
-    ``/ 255``, then ``(x - mean) / std`` per output channel (``mean``/``std``: one value, or one per output
-    channel; ``std > 0``). Returns ``[b, C, H, W]`` (``[C, H, W]`` for a single image).
+
+def _pad_value(pad) -> float:
+    try:
+        value = float(pad)
+    except (TypeError, ValueError):
+        raise TypeError(f"`pad`: expected a pixel value in [0, 255], got {pad!r}") from None
+    if not 0.0 <= value <= 255.0:
+        raise ValueError(f"`pad`: expected a pixel value in [0, 255], got {pad!r}")
+    return value
+
+
+def as_rois(rois) -> np.ndarray | None:
+    """Boxes ``(x, y, w, h)`` in pixels - one box, or a sequence/array ``[n, 4]`` (e.g. a detector's) - as the
+    C-contiguous int64 ``[n, 4]`` array the kernels take; ``None`` stays ``None``. Fractional coordinates are a
+    TypeError (round them first: ``np.round(boxes).astype(int)``)."""
+    if rois is None:
+        return None
+    arr = rois if isinstance(rois, np.ndarray) else np.asarray(rois)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.array_equal(arr, np.round(arr)):
+            arr = arr.astype(np.int64)
+        elif arr.size or arr.dtype.kind not in "f":
+            raise TypeError(f"`roi`: expected integer pixel boxes (x, y, w, h), got dtype {arr.dtype} (round "
+                            f"fractional boxes first: np.round(boxes).astype(int))")
+    if arr.ndim == 1 and arr.shape[0] == 4:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"`roi`: expected a box (x, y, w, h) or [n, 4] boxes, got shape {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def preprocess(frames, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False, *,
+               pixel_format: str = "auto", resize: str = "squeeze", antialias: bool = False, pad=0,
+               yuv_matrix: str = "bt601", rois=None):
+    """uint8 frames -> float32 CHW network input, in one fused pass.
+
+    ``frames``: uint8 frames laid out as ``pixel_format`` says, one frame or a batch (leading axis ``b``):
+
+    ======================  ===================================  ==========================================
+    ``pixel_format``        one frame                            pixels
+    ======================  ===================================  ==========================================
+    ``"gray"``              ``[h, w]`` or ``[h, w, 1]``          luma (a batch is ``[b, h, w, 1]``)
+    ``"rgb"`` / ``"bgr"``   ``[h, w, 3]``                        R,G,B / B,G,R (OpenCV's order)
+    ``"rgba"`` / ``"bgra"`` ``[h, w, 4]``                        alpha is ignored
+    ``"nv12"``              ``[h * 3 / 2, w]``, h and w even     h rows of Y, then h/2 rows of U,V pairs
+                                                                 (one pair per 2x2 pixels: Jetson CSI)
+    ``"yuyv"``              ``[h, w, 2]``, w even                Y0 U Y1 V per pixel pair (USB UVC cameras)
+    ``"auto"``              by the channel count: 1 gray, 3 rgb, 4 rgba (``[h, w]``: gray)
+    ======================  ===================================  ==========================================
+
+    Rows may be padded (any row stride with contiguous pixels, e.g. a crop ``frame[y0:y1, x0:x1]``: no copy);
+    other layouts (``frame[..., ::-1]``) are copied. NV12/YUYV are converted with ``yuv_matrix``: ``"bt601"``
+    (default: limited range, as OpenCV's ``COLOR_YUV2RGB_NV12``), ``"bt709"``, ``"bt601-full"``,
+    ``"bt709-full"``; the chroma of a pixel is its 2x2 (NV12) or 2x1 (YUYV) site's; converted values are not
+    clipped to 0..255.
+
+    ``rois``: ``None`` (whole frames) or boxes ``(x, y, w, h)`` on one frame (``[n, 4]``, see :func:`as_rois`),
+    each inside the frame; the output has one image per box.
+
+    Per output image: the region (whole frame or box) is fitted to ``size = (H, W)`` by ``resize``:
+    ``"squeeze"`` (stretched), ``"letterbox"`` (scaled by ``min(H/h, W/w)``, content ``round(h*s) x round(w*s)``
+    centred, the rest filled with ``pad``, a pixel value 0..255 in the network's colour before inversion) or
+    ``"center_crop"`` (the centred ``round(H/s) x round(W/s)`` crop of the region with ``s = max(H/h, W/w)``:
+    torchvision's ``Resize`` + ``CenterCrop`` for square inputs); rounding is half up, centring offsets are
+    floored. Sampling per axis: with ``antialias`` and a shrink of more than 2x, blocks of ``f = floor(in/out)``
+    pixels (at most 256) are averaged first (box ``j`` = pixels ``[j f, min(j f + f, in))``: PIL's ``reduce``),
+    then bilinear interpolation with half-pixel centres (output ``o`` samples box coordinate
+    ``(o + 0.5) * in / (out * f) - 0.5``, clamped at 0) - without ``antialias`` it is plain bilinear (the same
+    as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)`` and
+    ``cv2.resize(..., INTER_LINEAR)`` up to OpenCV's 8-bit rounding).
+
+    Colour: the network's channels are ``color``: ``"gray"`` (ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B),
+    ``"rgb"`` (gray replicated), or ``"keep"`` (gray frames stay gray, every other format becomes RGB). Then
+    optional inversion (``255 - x``, e.g. Omniglot strokes = 1), ``/ 255`` and ``(x - mean) / std`` per output
+    channel (``mean``/``std``: one value, or one per output channel; ``std > 0``).
+
+    Returns float32 ``[n, C, H, W]`` (``[C, H, W]`` for a single frame without ``rois``), on the device of
+    ``frames`` (numpy, or a DeviceArray for CUDA arrays).
     """
     height, width = _preprocess_settings(size, color)
-    single = False
-    if type(images) is not np.ndarray and _is_cuda(images):
-        shape = _cuda().shape_of(images)
-        if len(shape) in (2, 3):
-            shape = (1, *shape, 1) if len(shape) == 2 else (1, *shape)
-            images, single = _cuda().as_device_array(images).reshape(shape), True
-    else:
-        if not isinstance(images, np.ndarray):
-            raise TypeError(f"`images`: expected a uint8 numpy array or a CUDA array, got {type(images).__name__}")
-        if images.dtype != np.uint8:
-            raise TypeError(f"`images`: expected dtype uint8 (HWC pixels), got {images.dtype}")
-        if images.ndim == 2:
-            images, single = images[None, :, :, None], True
-        elif images.ndim == 3:
-            images, single = images[None], True
-        images = np.ascontiguousarray(images)
-        shape = images.shape
-    if len(shape) != 4:
-        raise ValueError(f"`images`: expected [b, h, w, c], [h, w, c] or [h, w], got shape {tuple(shape)}")
+    _check_choice(pixel_format, ("auto",) + PIXEL_FORMATS, "pixel_format")
+    _check_choice(resize, RESIZE_MODES, "resize")
+    _check_choice(yuv_matrix, YUV_MATRICES, "yuv_matrix")
+    pad = _pad_value(pad)
+    boxes = as_rois(rois)
+    if not _is_cuda(frames) and not isinstance(frames, np.ndarray):
+        raise TypeError(f"`frames`: expected a uint8 numpy array or a CUDA array, got {type(frames).__name__}")
     lib = native()
-    channels = lib.preprocess_output_channels(int(shape[3]), color) if shape[3] in (1, 3, 4) else shape[3]
-    out = _empty_like_device(images, (shape[0], channels, height, width), np.float32)
-    lib.preprocess(images, height, width, color, _per_channel(mean, channels, "mean"),
-                   _per_channel(std, channels, "std"), bool(invert), out)
+    n, channels, _, _ = lib.preprocess_output_shape(frames, pixel_format, boxes, height, width, color)
+    single = boxes is None and n == 1 and _is_single_frame(frames, pixel_format)
+    out = _empty_like_device(frames, (n, channels, height, width), np.float32)
+    lib.preprocess(frames, pixel_format, boxes, height, width, color, _per_channel(mean, channels, "mean"),
+                   _per_channel(std, channels, "std"), bool(invert), resize, bool(antialias), pad, yuv_matrix, out)
     return out[0] if single else out
+
+
+def _is_single_frame(images, pixel_format: str) -> bool:
+    """One frame rather than a batch (batches have a leading axis; gray batches are ``[b, h, w, 1]``)."""
+    ndim = len(_cuda().shape_of(images)) if _is_cuda(images) else images.ndim
+    return ndim == 2 or (ndim == 3 and pixel_format != "nv12")
 
 
 class Preprocessor:
     """:func:`preprocess` with its settings bound once, for the per-frame path of a device app
-    (``EdgeClassifier`` uses one through ``PreprocessSpec.apply``).
+    (``EdgeClassifier`` uses one, built from the bundle's ``PreprocessSpec``).
 
-    ``Preprocessor(size, mean, std, color, invert)(images)`` returns exactly what
-    ``preprocess(images, size, mean, std, color, invert)`` returns. The settings are checked here, once, and
-    converted for the native kernel; a C-contiguous uint8 batch ``[b, h, w, c]`` then goes straight to it.
-    Anything else takes :func:`preprocess`'s converting path.
+    ``Preprocessor(size, mean, std, color, invert, pixel_format=..., resize=..., antialias=..., pad=...,
+    yuv_matrix=...)(frames, rois=None, pixel_format=None)`` returns what :func:`preprocess` returns for host
+    frames; ``pixel_format`` overrides the bound one for one call. The settings are checked here, once, and
+    converted for the native kernel. CUDA frames take :func:`preprocess`.
 
-    ``frame_batch(images)`` is the per-frame call with nothing in between: a C-contiguous uint8 ``[h, w]``,
-    ``[h, w, c]`` (one frame: a batch of one) or ``[b, h, w, c]`` array -> ``[b, C, H, W]`` float32, from the
-    native kernel, which checks it (other dtypes, non-contiguous arrays or CUDA arrays raise instead of being
-    converted).
+    ``frame_batch(frames, rois=None, pixel_format=None)`` is the per-frame call with nothing in between: host
+    frames (one, or a batch) -> ``[n, C, H, W]`` float32 from the native kernel, which checks them (a frame is a
+    batch of one); ``rois`` must already be what :func:`as_rois` returns.
     """
 
-    def __init__(self, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False):
+    def __init__(self, size: Sequence[int], mean=0.0, std=1.0, color: str = "keep", invert: bool = False, *,
+                 pixel_format: str = "auto", resize: str = "squeeze", antialias: bool = False, pad=0,
+                 yuv_matrix: str = "bt601"):
         self.size = _preprocess_settings(size, color)
         self.color, self.invert = color, bool(invert)
         self.mean, self.std = mean, std
+        self.pixel_format = _check_choice(pixel_format, ("auto",) + PIXEL_FORMATS, "pixel_format")
+        self.resize = _check_choice(resize, RESIZE_MODES, "resize")
+        self.antialias = bool(antialias)
+        self.pad = _pad_value(pad)
+        self.yuv_matrix = _check_choice(yuv_matrix, YUV_MATRICES, "yuv_matrix")
         mean_values = _setting_values(mean, "mean")
         std_values = _setting_values(std, "std")
         if not all(math.isfinite(v) for v in mean_values):
@@ -435,15 +510,27 @@ class Preprocessor:
         if not all(math.isfinite(v) and v > 0 for v in std_values):
             raise ValueError(f"`std`: expected finite values > 0, got {std!r}")
         self._native = native().BoundPreprocess(self.size[0], self.size[1], color, mean_values, std_values,
-                                                self.invert)
+                                                self.invert, self.pixel_format, self.resize, self.antialias,
+                                                self.pad, self.yuv_matrix)
         self.frame_batch = self._native.__call__
 
-    def __call__(self, images):
-        if (type(images) is np.ndarray and images.dtype == np.uint8 and images.ndim == 4
-                and images.flags.c_contiguous):
-            return self._native(images)
-        return preprocess(images, self.size, self.mean, self.std, self.color, self.invert)
+    def settings(self) -> dict:
+        """The keyword arguments of :func:`preprocess` this object applies."""
+        return {"size": self.size, "mean": self.mean, "std": self.std, "color": self.color, "invert": self.invert,
+                "pixel_format": self.pixel_format, "resize": self.resize, "antialias": self.antialias,
+                "pad": self.pad, "yuv_matrix": self.yuv_matrix}
+
+    def __call__(self, frames, rois=None, pixel_format: str | None = None):
+        boxes = as_rois(rois)
+        fmt = self.pixel_format if pixel_format is None else pixel_format
+        if type(frames) is np.ndarray:
+            out = self._native(frames, boxes, fmt)
+            return out[0] if boxes is None and out.shape[0] == 1 and _is_single_frame(frames, fmt) else out
+        settings = self.settings()
+        settings["pixel_format"] = fmt
+        return preprocess(frames, rois=boxes, **settings)
 
     def __repr__(self) -> str:
         return (f"Preprocessor(size={self.size}, mean={self.mean!r}, std={self.std!r}, color={self.color!r}, "
-                f"invert={self.invert})")
+                f"invert={self.invert}, pixel_format={self.pixel_format!r}, resize={self.resize!r}, "
+                f"antialias={self.antialias}, pad={self.pad:g}, yuv_matrix={self.yuv_matrix!r})")

@@ -150,12 +150,12 @@ def test_reference_resize_matches_pil_when_enlarging(rng, h, w, H, W):
 
 
 @pytest.mark.parametrize("images,kwargs,exc,words", [
-    (np.zeros((2, 4, 4, 3), np.float32), {}, TypeError, ["`images`", "uint8", "float32"]),
-    ([[1, 2], [3, 4]], {}, TypeError, ["`images`", "list"]),
-    (np.zeros((1, 2, 4, 4, 3), np.uint8), {}, ValueError, ["`images`", "[b, h, w, c]", "(1, 2, 4, 4, 3)"]),
-    (np.zeros(5, np.uint8), {}, ValueError, ["`images`", "(5,)"]),
-    (np.zeros((2, 4, 4, 2), np.uint8), {}, ValueError, ["`images`", "1, 3 or 4 channels"]),
-    (np.zeros((2, 0, 4, 3), np.uint8), {}, ValueError, ["`images`", "height and width"]),
+    (np.zeros((2, 4, 4, 3), np.float32), {}, TypeError, ["`frames`", "uint8", "float32"]),
+    ([[1, 2], [3, 4]], {}, TypeError, ["`frames`", "list"]),
+    (np.zeros((1, 2, 4, 4, 3), np.uint8), {}, ValueError, ["`frames`", "[b, h, w, c]", "[1, 2, 4, 4, 3]"]),
+    (np.zeros(5, np.uint8), {}, ValueError, ["`frames`", "[5]"]),
+    (np.zeros((2, 4, 4, 2), np.uint8), {}, ValueError, ["`frames`", "2 channels", "yuyv"]),
+    (np.zeros((2, 0, 4, 3), np.uint8), {}, ValueError, ["`frames`", "empty frame"]),
     (np.zeros((2, 4, 4, 3), np.uint8), dict(size=(0, 4)), ValueError, ["`size`", "(0, 4)"]),
     (np.zeros((2, 4, 4, 3), np.uint8), dict(size=(4,)), ValueError, ["`size`"]),
     (np.zeros((2, 4, 4, 3), np.uint8), dict(size="big"), ValueError, ["`size`"]),
@@ -240,26 +240,31 @@ def test_preprocessor_serves_gray_and_colour_frames_alike(rng):
     np.testing.assert_array_equal(same.frame_batch(gray), kernels.preprocess(gray, (6, 5), 0.25, 2.0)[None])
 
 
-def test_preprocessor_frame_batch_rejects_what_it_does_not_convert(rng):
+def test_preprocessor_frame_batch_rejects_what_it_cannot_read(rng):
     bound = kernels.Preprocessor((8, 8), color="gray")
-    with pytest.raises(TypeError, match=r"`images`.*uint8.*float32"):
+    with pytest.raises(TypeError, match=r"`frames`.*uint8.*float32"):
         bound.frame_batch(np.zeros((8, 8, 1), np.float32))
-    with pytest.raises(ValueError, match=r"`images`.*C-contiguous"):
-        bound.frame_batch(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)[:, ::-1])
-    with pytest.raises(ValueError, match=r"`images`.*1, 3 or 4 channels"):
+    with pytest.raises(ValueError, match=r"`frames`.*2 channels.*yuyv"):
         bound.frame_batch(np.zeros((8, 8, 2), np.uint8))
-    with pytest.raises(ValueError, match=r"`images`.*\[b, h, w, c\], \[h, w, c\] or \[h, w\]"):
+    with pytest.raises(ValueError, match=r"`frames`.*\[1, 1, 8, 8, 1\]"):
         bound.frame_batch(np.zeros((1, 1, 8, 8, 1), np.uint8))
-    with pytest.raises(TypeError, match=r"`images`.*str"):
+    with pytest.raises(TypeError, match=r"`frames`.*str"):
         bound.frame_batch("frame.png")
-    with pytest.raises(ValueError, match=r"`images`.*1, 3 or 4 channels.*\[2, 2, 100000\]"):
+    with pytest.raises(ValueError, match=r"`frames`.*\[2, 2, 100000\]"):
         bound.frame_batch(np.zeros((2, 2, 100000), np.uint8))  # checked before the output is sized by it
-    with pytest.raises(TypeError, match=r"`images`.*native byte order"):
+    with pytest.raises(TypeError, match=r"`frames`.*uint8.*>u2"):
         kernels.Preprocessor((8, 8), color="keep").frame_batch(np.zeros((8, 8, 3), np.dtype(">u2")))
     rgb = kernels.Preprocessor((4, 4), mean=0.5, std=(1.0, 2.0))  # two stds for three output channels
     for call in (rgb, rgb.frame_batch):
         with pytest.raises(ValueError, match=r"`std`: expected 3 values"):  # names std, not mean
             call(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_preprocessor_frame_batch_converts_views_it_cannot_read_in_place(rng):
+    """A channel-reversed view is copied once (natively) rather than refused: the result equals the copy's."""
+    bound = kernels.Preprocessor((8, 8), color="rgb")
+    frame = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(bound.frame_batch(frame[:, ::-1]), bound.frame_batch(frame[:, ::-1].copy()))
 
 
 def test_preprocessor_rejects_bad_settings_and_input(rng):
@@ -280,18 +285,27 @@ def test_preprocessor_rejects_bad_settings_and_input(rng):
         kernels.Preprocessor((8, 8))(np.zeros((1, 8, 8, 1), np.float32))
 
 
-# Every SIMD variant of the row loops (the variant is chosen once per process), on every layout, both resize
-# strategies (blending whole rows up to 8x shrinking, sampling taps beyond) and a batch large enough for threads.
+# Every SIMD variant of the row loops (the variant is chosen once per process), on every layout and pixel
+# format, with and without the box prefilter (16- and 32-bit sums), every resize mode, boxes at the borders, and
+# a batch large enough for threads.
 VARIANT_CHECK = r"""
 import numpy as np
 from metaedge import _C
 from tests.test_kernels_preprocess import check
+from tests.test_kernels_frames import check_frames, random_frame
 rng = np.random.default_rng(11)
 for c, color in [(1, "keep"), (1, "rgb"), (3, "gray"), (3, "keep"), (4, "gray"), (4, "keep")]:
     for shape, size in [((2, 37, 53, c), (17, 29)), ((1, 105, 105, c), (28, 28)), ((1, 200, 300, c), (9, 13)),
                         ((3, 11, 7, c), (30, 20))]:
         check(rng.integers(0, 256, shape, dtype=np.uint8), size, mean=0.25, std=0.5, color=color, invert=c == 1)
 check(rng.integers(0, 256, (40, 64, 48, 3), dtype=np.uint8), (96, 96), color="keep")  # threaded
+for fmt in ("gray", "rgb", "bgr", "rgba", "bgra", "nv12", "yuyv"):
+    for resize in ("squeeze", "letterbox", "center_crop"):
+        frame = random_frame(rng, fmt, 58, 94)
+        check_frames(frame, fmt, (13, 17), resize=resize, antialias=True, color="rgb")
+        check_frames(frame, fmt, (13, 17), resize=resize, antialias=False, color="gray",
+                     rois=[(0, 0, 94, 58), (1, 3, 37, 21), (80, 40, 14, 18)])
+    check_frames(random_frame(rng, fmt, 700, 620), fmt, (2, 2), antialias=True)  # 32-bit box sums
 print(_C.simd_level())
 """
 

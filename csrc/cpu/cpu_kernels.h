@@ -1,5 +1,5 @@
 // CPU implementations. Called only from csrc/ops/*.cpp after the shared checks passed, so arguments are
-// valid, C-contiguous and on the host.
+// valid, C-contiguous (frames: as their FrameLayout says) and on the host.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,9 @@ void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed);
 void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
                 int64_t steps, double lr, double momentum, double weight_decay, double scale,
                 const Tensor& losses);
-void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out);
+// Arguments checked by metaedge::preprocess (frames laid out as `layout` says; rois in the frame).
+void preprocess(const Tensor& frames, const FrameLayout& layout, PixelFormat format, const Tensor* rois,
+                const PreprocessParams& params, const Tensor& out);
 
 // Index of the first non-finite element of a float32/float16 tensor, or -1.
 int64_t first_non_finite(const Tensor& t);

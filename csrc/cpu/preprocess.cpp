@@ -1,7 +1,7 @@
-// uint8 HWC images -> float32 CHW network input on the CPU, one fused pass per output row: bilinear resize
-// (half-pixel centres, no antialias), colour conversion, inversion, /255 and (x - mean)/std.
-// Every step after the resize is affine in the pixel values, so they fold into one per-output-channel
-// matrix and bias: out_oc = sum_k M[oc][k] * v_k + bias[oc], v = the interpolated input channels.
+// uint8 frames (gray, RGB, BGR, RGBA, BGRA, NV12, YUYV; whole frames or regions) -> float32 CHW network input on
+// the CPU, one fused pass per output image: region and placement (resize mode), optional box prefilter,
+// bilinear resampling, colour conversion, inversion, /255 and (x - mean)/std. The shared maths is in
+// metaedge/preprocess_plan.h; the row loops, compiled per SIMD variant, in preprocess_simd_impl.h.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -14,54 +14,32 @@
 namespace metaedge::cpu {
 namespace {
 
-// Output index o samples the input at (o + 0.5) * in/out - 0.5 (clamped at 0), between `lo` and `hi` with
-// weight `frac` on `hi`; past the last input pixel both taps are the last pixel.
-struct Tap {
-  int64_t lo, hi;
-  float frac;
-};
-
-void fill_taps(std::vector<Tap>& taps, int64_t in, int64_t out, int64_t stride) {
-  taps.resize(static_cast<size_t>(out));
-  const double ratio = static_cast<double>(in) / static_cast<double>(out);
-  for (int64_t o = 0; o < out; ++o) {
-    const double src = std::max((static_cast<double>(o) + 0.5) * ratio - 0.5, 0.0);
-    const int64_t lo = std::min(static_cast<int64_t>(src), in - 1);
-    const int64_t hi = std::min(lo + 1, in - 1);
-    taps[o] = {lo * stride, hi * stride, hi == lo ? 0.f : static_cast<float>(src - static_cast<double>(lo))};
-  }
-}
-
-// The taps of the last call on this thread, reused while the sizes repeat (a camera's frames): no
-// allocation or double maths per frame.
-class TapCache {
- public:
-  const Tap* get(int64_t in, int64_t out, int64_t stride) {
-    if (in != in_ || out != out_ || stride != stride_) {
-      fill_taps(taps_, in, out, stride);
-      in_ = in, out_ = out, stride_ = stride;
-    }
-    return taps_.data();
-  }
-
- private:
-  int64_t in_ = -1, out_ = -1, stride_ = -1;
-  std::vector<Tap> taps_;
-};
-
-// Which loop instance a call needs (input channels -> output channels), from dispatch_preprocess_layout.
-enum class ResizeLayout { kGray, kGrayToRgb, kRgbToGray, kRgb, kRgbaToGray, kRgbaToRgb };
-
-// Everything the row loops need, prepared once per call in baseline code.
-struct ResizeJob {
-  ResizeLayout layout;
-  const uint8_t* src;
-  float* dst;
-  int64_t in_h, in_w, out_h, out_w;
-  const Tap* xtaps;
-  const Tap* ytaps;
+// Everything the row loops need for one output image, prepared in baseline code.
+struct ImageJob {
+  PixelFormat format;
+  const uint8_t* frame;   // first byte of the frame
+  int64_t row_stride;     // bytes
+  int64_t frame_height;   // rows of the (Y) plane: nv12's chroma rows follow it
+  ImageGeometry g;
+  float* out;             // [out_channels, out_h, out_w] of this image
+  int64_t out_h, out_w, out_channels;
   PreprocessAffine affine;
-  bool separable;
+  // Horizontal taps per content column: with the box prefilter, element offsets into the sums of a reduced
+  // row; without, absolute pixel columns. Weights include the 1 / (box width) of the averages.
+  const int64_t* x_lo;
+  const int64_t* x_hi;
+  const float* x_w0;
+  const float* x_w1;
+  // Vertical taps per content row: reduced rows (relative to the region), weights / (box height).
+  const int64_t* y_lo;
+  const int64_t* y_hi;
+  const float* y_w0;
+  const float* y_w1;
+  bool wide_sums;         // 32-bit box sums (fx * fy > 257), else 16-bit
+  void* scratch_canon;    // box sums of a reduced row (+ padding)
+  void* scratch_spare;    // sliding sums / per-plane sums
+  float* cache;           // two reduced rows of H: 2 * used channels * dst_w floats
+  int64_t row_begin, row_end;
 };
 
 }  // namespace
@@ -88,60 +66,117 @@ namespace preprocess_baseline {
 
 namespace {
 
-using ResizeRowsFn = void (*)(const ResizeJob&, int64_t, int64_t, float*);
+using ImageRowsFn = void (*)(const ImageJob&);
 
-ResizeRowsFn resize_rows_loop() {
+ImageRowsFn image_rows_loop() {
   switch (simd_target()) {
 #if defined(__x86_64__)
-    case SimdTarget::kAvx512: return preprocess_avx512::resize_rows;
-    case SimdTarget::kAvx2: return preprocess_avx2::resize_rows;
+    case SimdTarget::kAvx512: return preprocess_avx512::image_rows;
+    case SimdTarget::kAvx2: return preprocess_avx2::image_rows;
 #endif
-    default: return preprocess_baseline::resize_rows;
+    default: return preprocess_baseline::image_rows;
   }
 }
 
-template <int kIn, int kOut, bool kDiagonal>
-constexpr ResizeLayout layout_of() {
-  if constexpr (kIn == 1) return kOut == 1 ? ResizeLayout::kGray : ResizeLayout::kGrayToRgb;
-  else if constexpr (kIn == 3) return kOut == 1 ? ResizeLayout::kRgbToGray : ResizeLayout::kRgb;
-  else return kOut == 1 ? ResizeLayout::kRgbaToGray : ResizeLayout::kRgbaToRgb;
+// Taps of one axis for one (in, out, f, origin) - reused while they repeat (a camera's frames, one ROI size).
+class AxisTaps {
+ public:
+  // `scale`: multiplies tap positions (elements per box in the sums: f * channels; or 1 for absolute pixels),
+  // `origin`: added to them. With `normalise`, weights are divided by the size of the box they read.
+  void prepare(int64_t in, int64_t out, int64_t f, int64_t scale, int64_t origin, bool normalise) {
+    if (in == in_ && out == out_ && f == f_ && scale == scale_ && origin == origin_ && normalise == normalise_) return;
+    lo.resize(static_cast<size_t>(out));
+    hi.resize(static_cast<size_t>(out));
+    w0.resize(static_cast<size_t>(out));
+    w1.resize(static_cast<size_t>(out));
+    for (int64_t o = 0; o < out; ++o) {
+      const AxisTap t = axis_tap(o, in, out, f);
+      const float n_lo = normalise ? static_cast<float>(box_size(t.lo, in, f)) : 1.f;
+      const float n_hi = normalise ? static_cast<float>(box_size(t.hi, in, f)) : 1.f;
+      lo[o] = origin + t.lo * scale;
+      hi[o] = origin + t.hi * scale;
+      w0[o] = (1.f - t.frac) / n_lo;
+      w1[o] = t.frac / n_hi;
+    }
+    in_ = in, out_ = out, f_ = f, scale_ = scale, origin_ = origin, normalise_ = normalise;
+  }
+  std::vector<int64_t> lo, hi;
+  std::vector<float> w0, w1;
+
+ private:
+  int64_t in_ = -1, out_ = -1, f_ = -1, scale_ = -1, origin_ = -1;
+  bool normalise_ = false;
+};
+
+struct Scratch {
+  AxisTaps xt, yt;
+  std::vector<uint32_t> canon, spare;  // 32-bit words; the 16-bit path uses them as twice as many halves
+  std::vector<float> cache;
+};
+
+void run_image(const ImageJob& base, Scratch& s, ImageRowsFn rows_loop) {
+  ImageJob job = base;
+  const ImageGeometry& g = job.g;
+  const int cc = canonical_channels(job.format), used = used_channels(job.format);
+  const bool box = g.fx > 1 || g.fy > 1;
+  // With the box prefilter the taps index the sums of a reduced row (f pixels of cc channels per box) and
+  // divide by the box size; without it they are absolute source columns.
+  s.xt.prepare(g.src_w, g.dst_w, g.fx, box ? g.fx * cc : 1, box ? 0 : g.src_x, box);
+  s.yt.prepare(g.src_h, g.dst_h, g.fy, 1, 0, box);
+  job.x_lo = s.xt.lo.data(), job.x_hi = s.xt.hi.data(), job.x_w0 = s.xt.w0.data(), job.x_w1 = s.xt.w1.data();
+  job.y_lo = s.yt.lo.data(), job.y_hi = s.yt.hi.data(), job.y_w0 = s.yt.w0.data(), job.y_w1 = s.yt.w1.data();
+  job.wide_sums = g.fx * g.fy > 257;  // 255 * fx * fy must fit 16 bits
+  if (box) {
+    const size_t acc_bytes = job.wide_sums ? 4 : 2;
+    // canonical row + padding for the sliding sums; the spare row also holds nv12/yuyv per-plane sums
+    const size_t canon_elems = static_cast<size_t>((g.src_w + g.fx) * cc);
+    const size_t spare_elems = std::max(canon_elems, static_cast<size_t>(2 * g.src_w + 8));
+    s.canon.resize((canon_elems * acc_bytes + 3) / 4 + 16);
+    s.spare.resize((spare_elems * acc_bytes + 3) / 4 + 16);
+    job.scratch_canon = s.canon.data();
+    job.scratch_spare = s.spare.data();
+  }
+  s.cache.resize(static_cast<size_t>(2 * used * g.dst_w));
+  job.cache = s.cache.data();
+  rows_loop(job);
 }
 
 }  // namespace
 
-void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out) {
-  const int64_t b = images.size(0), h = images.size(1), w = images.size(2), c = images.size(3);
-  const int64_t H = params.out_height, W = params.out_width, out_channels = out.size(1);
-  static thread_local TapCache x_cache, y_cache;
-  ResizeJob job{};
-  dispatch_preprocess_layout(c, out_channels, params.color, [&](auto in, auto oc, auto diagonal) {
-    job.layout = layout_of<decltype(in)::value, decltype(oc)::value, decltype(diagonal)::value>();
-  });
-  job.src = images.ptr<uint8_t>();
-  job.dst = out.ptr<float>();
-  job.in_h = h, job.in_w = w, job.out_h = H, job.out_w = W;
-  job.xtaps = x_cache.get(w, W, c), job.ytaps = y_cache.get(h, H, w * c);
-  job.affine = make_preprocess_affine(c, out_channels, params);
-  // Blending whole source rows costs w per output row (a vectorised loop) against four scalar taps per output
-  // pixel for sampling: blending wins up to about 8x shrinking (105x105 -> 28x28 gray: 2.6 vs 3.5 us a call).
-  job.separable = w <= 8 * W;
-  const ResizeRowsFn rows_loop = resize_rows_loop();
-  const int64_t rows = b * H;
-  const size_t blend_len = job.separable ? static_cast<size_t>(w * c) : 0;
+void preprocess(const Tensor& frames, const FrameLayout& layout, PixelFormat format, const Tensor* rois,
+                const PreprocessParams& params, const Tensor& out) {
+  const int64_t n = out.size(0), C = out.size(1), H = params.out_height, W = params.out_width;
+  const ImageRowsFn rows_loop = image_rows_loop();
+  ImageJob base{};
+  base.format = format;
+  base.row_stride = layout.row_stride;
+  base.frame_height = layout.height;
+  base.out_h = H, base.out_w = W, base.out_channels = C;
+  base.affine = make_preprocess_affine(format, C, params);
+  base.row_begin = 0, base.row_end = H;
+  const uint8_t* data = frames.ptr<uint8_t>();
+  const int64_t* boxes = rois ? rois->ptr<int64_t>() : nullptr;
+  auto job_of = [&](int64_t i) {
+    ImageJob job = base;
+    job.g = boxes ? plan_geometry(0, boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], params)
+                  : plan_geometry(i, 0, 0, layout.width, layout.height, params);
+    job.frame = data + job.g.frame * layout.frame_stride;
+    job.out = out.ptr<float>() + i * C * H * W;
+    return job;
+  };
   // A frame is well under a millisecond of work: threads pay off only for batches, and a team that waits
   // for a descheduled thread on a busy machine costs more than it saves. Below that size no OpenMP region is
   // entered at all (even a one-thread team costs about a microsecond).
-  if (rows * W * out_channels <= (1 << 18)) {
-    static thread_local std::vector<float> blend;  // one source row: a few KiB, kept
-    blend.resize(blend_len);
-    rows_loop(job, 0, rows, blend.data());
+  if (n == 1 || n * H * W * C <= (1 << 18)) {
+    static thread_local Scratch scratch;
+    for (int64_t i = 0; i < n; ++i) run_image(job_of(i), scratch, rows_loop);
     return;
   }
 #pragma omp parallel
   {
-    std::vector<float> blend(blend_len);
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t r = 0; r < rows; ++r) rows_loop(job, r, r + 1, blend.data());
+    Scratch scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) run_image(job_of(i), scratch, rows_loop);
   }
 }
 

@@ -41,5 +41,6 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
 void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
                 int64_t steps, double lr, double momentum, double weight_decay, double scale,
                 const Tensor& losses);
-void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out);
+void preprocess(const Tensor& frames, const FrameLayout& layout, PixelFormat format, const Tensor* rois,
+                const PreprocessParams& params, const Tensor& out);
 }  // namespace metaedge::cuda

@@ -152,11 +152,4 @@ const char* metric_name(Metric metric) {
   return "unknown";
 }
 
-ColorMode parse_color_mode(const std::string& name) {
-  if (name == "keep") return ColorMode::kKeep;
-  if (name == "gray") return ColorMode::kToGray;
-  if (name == "rgb") return ColorMode::kToRGB;
-  throw ArgumentError("`color`: expected 'keep', 'gray' or 'rgb', got '" + name + "'");
-}
-
 }  // namespace metaedge

@@ -400,11 +400,11 @@ PRE_CASES = [  # (b, h, w, c, H, W, color, invert)
 @pytest.mark.parametrize("b,h,w,c,H,W,color,invert", PRE_CASES)
 def test_preprocess_matches_reference_and_cpu(rng, gpu, ref_pre, b, h, w, c, H, W, color, invert):
     images = rng.integers(0, 256, (b, h, w, c), dtype=np.uint8)
-    oc = native().preprocess_output_channels(c, color)
+    oc = 1 if color == "gray" or (color == "keep" and c == 1) else 3
     mean = [0.485, 0.456, 0.406][:oc] if oc == 3 else [0.5]
     std = [0.229, 0.224, 0.225][:oc] if oc == 3 else [0.25]
     out = poisoned((b, oc, H, W), np.float32)
-    native().preprocess(gpu(images), H, W, color, mean, std, invert, out)
+    native().preprocess(gpu(images), "auto", None, H, W, color, mean, std, invert, "squeeze", False, 0.0, "bt601", out)
     got = out.to_numpy()
     want = ref_pre.preprocess(images, (H, W), mean=mean, std=std, color=color, invert=invert)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
@@ -425,3 +425,32 @@ def test_preprocess_identity_size_is_exact(rng, gpu):
     images = rng.integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)
     got = kernels.preprocess(gpu(images), (12, 10)).to_numpy()
     np.testing.assert_allclose(got, images.transpose(0, 3, 1, 2) / 255.0, rtol=0, atol=1e-6)
+
+
+# Camera frames: every pixel format, resize mode and the box prefilter, whole frames and boxes, padded rows.
+FRAME_FORMATS = ("gray", "rgb", "bgr", "rgba", "bgra", "nv12", "yuyv")
+
+
+@pytest.mark.parametrize("fmt", FRAME_FORMATS)
+@pytest.mark.parametrize("resize", ["squeeze", "letterbox", "center_crop"])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_preprocess_frames_match_reference_and_cpu(rng, gpu, ref_pre, fmt, resize, antialias):
+    from tests.test_kernels_frames import random_frame
+    frame = random_frame(rng, fmt, 480, 640)
+    for size, rois in [((224, 224), None), ((28, 28), None), ((64, 48), [(0, 0, 640, 480), (7, 9, 101, 77),
+                                                                        (600, 400, 40, 80)])]:
+        kwargs = dict(pixel_format=fmt, resize=resize, antialias=antialias, pad=50, rois=rois, mean=0.5, std=0.25)
+        got = kernels.preprocess(gpu(frame), size, **kwargs).to_numpy()
+        want = ref_pre.preprocess(frame, size, **kwargs)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=4e-5)
+        np.testing.assert_allclose(got, kernels.preprocess(frame, size, **kwargs), rtol=1e-5, atol=4e-5)
+
+
+def test_preprocess_frames_with_padded_rows_on_the_gpu(rng, gpu):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    padded = torch.randint(0, 256, (72, 160), dtype=torch.uint8, device="cuda")[:, :128]  # nv12, pitch 160
+    got = kernels.preprocess(padded, (16, 16), pixel_format="nv12", antialias=True).to_numpy()
+    want = kernels.preprocess(padded.cpu().numpy(), (16, 16), pixel_format="nv12", antialias=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=4e-5)

@@ -43,8 +43,6 @@ void check_non_negative(double value, const char* name);
 void check_finite_scalar(double value, const char* name);
 // topk's k: 1 <= k <= classes (checked before outputs of k columns are allocated).
 void check_topk_k(int64_t k, int64_t classes);
-// preprocess's images: 1, 3 or 4 channels in the last axis (checked before an output is allocated for them).
-void check_image_channels(const Tensor& images);
 
 // Device dispatch helpers used by the checks above and by ops.
 [[noreturn]] void fail_cuda_not_built(const char* op);

@@ -16,8 +16,21 @@ enum class Metric { kCosine, kDot, kEuclidean };
 Metric parse_metric(const std::string& name);
 const char* metric_name(Metric metric);
 
-enum class ColorMode { kKeep, kToGray, kToRGB };  // output channels = input / 1 / 3
+enum class ColorMode { kKeep, kToGray, kToRGB };  // output channels: gray frames 1, others 3 / 1 / 3
 ColorMode parse_color_mode(const std::string& name);
+
+// How the pixels of a frame are laid out (uint8; see metaedge.kernels.preprocess for the array shapes).
+enum class PixelFormat { kGray, kRGB, kBGR, kRGBA, kBGRA, kNV12, kYUYV };
+PixelFormat parse_pixel_format(const std::string& name);
+const char* pixel_format_name(PixelFormat format);
+
+// How a region is fitted to the network input: stretched, fitted whole with padding, or cropped to fill.
+enum class ResizeMode { kSqueeze, kLetterbox, kCenterCrop };
+ResizeMode parse_resize_mode(const std::string& name);
+
+// YUV -> RGB conversion of NV12/YUYV frames: BT.601 or BT.709, limited ("video", Y in 16..235) or full range.
+enum class YuvMatrix { kBT601, kBT709, kBT601Full, kBT709Full };
+YuvMatrix parse_yuv_matrix(const std::string& name);
 
 struct PreprocessParams {
   int64_t out_height = 0;
@@ -26,6 +39,10 @@ struct PreprocessParams {
   std::vector<float> mean;  // one per output channel
   std::vector<float> std;   // one per output channel, > 0
   bool invert = false;      // x -> 255 - x before scaling (e.g. Omniglot strokes = 1)
+  ResizeMode resize = ResizeMode::kSqueeze;
+  bool antialias = false;   // box prefilter (integer factor) when an axis shrinks by more than 2x
+  float pad = 0.f;          // letterbox fill: a pixel value 0..255 in the network's colour, before inversion
+  YuvMatrix yuv = YuvMatrix::kBT601;
 };
 
 // x[n,d] -> out[n,d], rows divided by max(||row||, eps). out may alias x.
@@ -56,11 +73,29 @@ void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& sup
                 int64_t steps, double lr, double momentum, double weight_decay, double scale,
                 const Tensor& losses);
 
-// Channels that preprocess writes for `input_channels` under `color` (RGBA drops alpha under kKeep).
-int64_t preprocess_output_channels(int64_t input_channels, ColorMode color);
+// Channels that preprocess writes for frames of `format` under `color`.
+int64_t preprocess_output_channels(PixelFormat format, ColorMode color);
 
-// images[b,h,w,c] uint8 -> out[b,C,H,W] float32.
-void preprocess(const Tensor& images, const PreprocessParams& params, const Tensor& out);
+// How a frame batch lies in memory, from check_frames (which refuses anything the kernels cannot read).
+struct FrameLayout {
+  int64_t count = 0;          // frames
+  int64_t height = 0, width = 0;  // pixels (nv12: of the Y plane)
+  int64_t pixel_bytes = 0;    // bytes per pixel in a row (nv12: 1 in the Y plane; yuyv: 2)
+  int64_t plane_rows = 0;     // rows per frame in memory (nv12: h * 3 / 2)
+  int64_t row_stride = 0;     // bytes from one row to the next
+  int64_t frame_stride = 0;   // bytes from one frame to the next
+};
+// The pixel format of a frame named "auto": gray, rgb or rgba by the channel count; anything else raises.
+PixelFormat infer_pixel_format(const Tensor& frames);
+FrameLayout check_frames(const Tensor& frames, PixelFormat format);
+void check_rois(const Tensor& rois, const FrameLayout& layout);
+int64_t preprocess_output_count(const FrameLayout& layout, const Tensor* rois);
+
+// frames (uint8, strides in bytes allowed) -> out[n, C, H, W] float32. Layout of `frames` by `format`:
+// gray/rgb/bgr/rgba/bgra [b, h, w, c] (c = 1/3/3/4/4), nv12 [b, h*3/2, w], yuyv [b, h, w, 2]. `rois`: nullptr
+// (n = b, whole frames) or int64 [n, 4] boxes (x, y, w, h) on a single frame (b == 1).
+void preprocess(const Tensor& frames, PixelFormat format, const Tensor* rois, const PreprocessParams& params,
+                const Tensor& out);
 
 // Information for build_info(): SIMD level compiled in, OpenMP threads.
 std::string simd_level();

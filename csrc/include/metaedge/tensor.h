@@ -1,6 +1,7 @@
-// A non-owning view of a C-contiguous array in host or device memory: what every op receives.
-// The Python side (metaedge.kernels) owns the memory, makes inputs contiguous and allocates outputs, so
-// kernels never allocate result arrays and the same op signature serves CPU and CUDA.
+// A non-owning view of an array in host or device memory: what every op receives. C-contiguous unless
+// `strides` is filled (only frames for preprocess: camera buffers with padded rows, crops of a bigger frame).
+// The Python side (metaedge.kernels) owns the memory and allocates outputs, so kernels never allocate result
+// arrays and the same op signature serves CPU and CUDA.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,7 @@ struct Tensor {
   int device_index = 0;
   std::uintptr_t stream = 0;  // cudaStream_t for CUDA tensors; 0 = the legacy default stream
   std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // bytes per step along each axis; empty = C-contiguous
 
   int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
   int64_t size(int64_t axis) const { return shape.at(static_cast<size_t>(axis)); }
@@ -31,6 +33,13 @@ struct Tensor {
     return n;
   }
   bool is_cuda() const { return device == Device::kCUDA; }
+  // Bytes from one element to the next along `axis` (C-contiguous unless `strides` says otherwise).
+  int64_t stride(int64_t axis) const {
+    if (!strides.empty()) return strides.at(static_cast<size_t>(axis));
+    int64_t s = dtype_size(dtype);
+    for (int64_t a = ndim() - 1; a > axis; --a) s *= size(a);
+    return s;
+  }
   template <typename T>
   T* ptr() const { return static_cast<T*>(data); }
   std::string describe() const;  // e.g. "float32[3, 64] on cpu"
