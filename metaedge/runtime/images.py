@@ -50,7 +50,24 @@ def _is_pil(obj) -> bool:
     return any(cls.__module__.startswith("PIL.") and cls.__name__ == "Image" for cls in type(obj).__mro__)
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def upright(img):
+    """``img`` turned as its EXIF orientation tag says (phone photos are stored sideways with a tag), exactly as
+    training reads files (``PIL.ImageOps.exif_transpose``); images without the tag are returned as they are."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still usable, unrotated
+        return img
+    if orientation in (None, 1):
+        return img
+    from PIL import ImageOps
+    return ImageOps.exif_transpose(img)
+
+
 def _pil_to_array(img, what: str) -> np.ndarray:
+    img = upright(img)
     mode = img.mode
     if mode in _DIRECT_MODES:
         arr = np.asarray(img, dtype=np.uint8)

@@ -6,13 +6,15 @@ training images were. Plain dataclasses with dict round trips: no torch, no pick
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from metaedge import kernels
 
-RESIZE_FILTERS = ("bilinear",)  # what metaedge.kernels.preprocess implements (half-pixel centres, no antialias)
+RESIZE_FILTERS = ("bilinear",)  # what metaedge.kernels.preprocess implements (half-pixel centres)
+RESIZE_MODES = kernels.RESIZE_MODES  # how an image is fitted to the input: squeeze, letterbox, center_crop
 
 
 class SpecError(ValueError):
@@ -26,10 +28,17 @@ def _require(cond: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """uint8 HWC image -> float32 CHW network input (see ``metaedge.kernels.preprocess``).
+    """uint8 image or camera frame -> float32 CHW network input (see ``metaedge.kernels.preprocess``).
 
     ``color``: channels the network takes, ``"gray"`` (1) or ``"rgb"`` (3). ``invert``: ``255 - x`` first
     (Omniglot: strokes become 1). ``mean``/``std``: per channel, applied after ``/ 255``.
+    ``resize_mode``: how an image of another shape is fitted to ``size`` - ``"squeeze"`` (stretched),
+    ``"letterbox"`` (kept whole, padded with ``pad``, a pixel value 0..255 before inversion; default: black, or
+    white when ``invert`` - the paper of dark-on-light data) or ``"center_crop"`` (the centred crop of the
+    right shape, as torchvision's ``Resize`` + ``CenterCrop``). ``antialias``: average blocks of pixels first
+    when shrinking by more than 2x (PIL's ``reduce``). Training applies this spec to its data and the device to
+    its frames, so both see the same pixels; bundles written before these fields existed read as
+    ``squeeze`` without ``antialias`` (what they were trained with).
     """
     size: tuple[int, int]
     color: str = "rgb"
@@ -37,6 +46,15 @@ class PreprocessSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     resize: str = "bilinear"
+    resize_mode: str = "squeeze"
+    antialias: bool = True
+    pad: float | None = None
+
+    def __post_init__(self):
+        if self.pad is None:
+            object.__setattr__(self, "pad", 255.0 if self.invert else 0.0)
+        elif isinstance(self.pad, (int, float)) and not isinstance(self.pad, bool):
+            object.__setattr__(self, "pad", float(self.pad))
 
     @property
     def channels(self) -> int:
@@ -48,6 +66,12 @@ class PreprocessSpec:
         _require(self.color in ("gray", "rgb"), f"preprocess.color: expected 'gray' or 'rgb', got {self.color!r}")
         _require(self.resize in RESIZE_FILTERS,
                  f"preprocess.resize: expected one of {RESIZE_FILTERS}, got {self.resize!r}")
+        _require(self.resize_mode in RESIZE_MODES,
+                 f"preprocess.resize_mode: expected one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        _require(isinstance(self.antialias, bool), f"preprocess.antialias: expected true or false, got "
+                                                   f"{self.antialias!r}")
+        _require(isinstance(self.pad, float) and 0.0 <= self.pad <= 255.0,
+                 f"preprocess.pad: expected a pixel value in [0, 255], got {self.pad!r}")
         for name, values in (("mean", self.mean), ("std", self.std)):
             _require(len(values) in (1, self.channels),
                      f"preprocess.{name}: expected 1 or {self.channels} values, got {len(values)}")
@@ -64,19 +88,32 @@ class PreprocessSpec:
         try:
             spec = cls(size=tuple(int(s) for s in d["size"]), color=str(d.get("color", "rgb")),
                        invert=bool(d.get("invert", False)), mean=tuple(float(v) for v in d.get("mean", (0.0,))),
-                       std=tuple(float(v) for v in d.get("std", (1.0,))), resize=str(d.get("resize", "bilinear")))
+                       std=tuple(float(v) for v in d.get("std", (1.0,))), resize=str(d.get("resize", "bilinear")),
+                       # absent from bundles made before resize policies: what they were trained with
+                       resize_mode=str(d.get("resize_mode", "squeeze")), antialias=d.get("antialias", False),
+                       pad=None if d.get("pad") is None else float(d["pad"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"preprocess: malformed description {d!r}: {exc}") from None
         return spec.validate()
 
+    def replace(self, **changes) -> "PreprocessSpec":
+        """A copy with some fields changed (e.g. ``resize_mode`` for frames of another shape), validated."""
+        return dataclasses.replace(self, **changes).validate()
+
     @functools.cached_property
     def preprocessor(self) -> "kernels.Preprocessor":
         """This pre-processing as a ``metaedge.kernels.Preprocessor`` (settings bound once)."""
-        return kernels.Preprocessor(self.size, mean=self.mean, std=self.std, color=self.color, invert=self.invert)
+        return self.preprocessor_for()
 
-    def apply(self, images_u8):
+    def preprocessor_for(self, pixel_format: str = "auto", yuv_matrix: str = "bt601") -> "kernels.Preprocessor":
+        """A ``metaedge.kernels.Preprocessor`` of this pre-processing for frames of ``pixel_format``."""
+        return kernels.Preprocessor(self.size, mean=self.mean, std=self.std, color=self.color, invert=self.invert,
+                                    pixel_format=pixel_format, resize=self.resize_mode, antialias=self.antialias,
+                                    pad=self.pad, yuv_matrix=yuv_matrix)
+
+    def apply(self, images_u8, rois=None):
         """Run the pre-processing on uint8 images ([b,h,w,c], [h,w,c] or [h,w]; numpy or CUDA)."""
-        return self.preprocessor(images_u8)
+        return self.preprocessor(images_u8, rois=rois)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ def test_manifest_carries_everything_the_device_needs(tiny_bundle_dir, tiny_mode
     assert bundle.spec == tiny_model.spec
     pre = m["spec"]["preprocess"]
     assert pre == {"size": [12, 12], "color": "gray", "invert": True, "mean": [0.1], "std": [0.3],
-                   "resize": "bilinear"}
+                   "resize": "bilinear", "resize_mode": "squeeze", "antialias": True, "pad": 255.0}
     assert m["spec"]["input_shape"] == [1, 12, 12] and m["spec"]["embedding_dim"] == 8
     assert m["spec"]["metric"] == "cosine"
     assert m["model"]["input"] == {"name": "images", "shape": ["batch", 1, 12, 12], "dtype": "float32",

@@ -157,16 +157,20 @@ def test_image_folder_nested_errors_and_skip(tmp_path):
 
 
 @pytest.mark.parametrize("src,dst,color", [((105, 105, 1), (28, 28), "gray"), ((60, 80, 3), (28, 28), "gray"),
-                                           ((30, 40, 4), (32, 24), "rgb")])
-def test_training_inputs_match_device_preprocess(rng, src, dst, color):
+                                           ((30, 40, 4), (32, 24), "rgb"), ((300, 200, 3), (36, 36), "rgb")])
+@pytest.mark.parametrize("resize_mode", ["squeeze", "letterbox", "center_crop"])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_training_inputs_match_device_preprocess(rng, src, dst, color, resize_mode, antialias):
     """What training feeds the network == metaedge.kernels.preprocess on the raw image (up to the cache's
-    uint8 rounding), so a device enrolling raw images sees what training saw."""
+    uint8 rounding), for every resize policy, so a device enrolling raw images sees what training saw."""
     from metaedge.runtime.spec import PreprocessSpec
+    from metaedge.train.data import cache_images
     n = 1 if color == "gray" else 3
-    pre = PreprocessSpec(size=dst, color=color, invert=True, mean=(0.2,) * n, std=(0.5,) * n)
+    pre = PreprocessSpec(size=dst, color=color, invert=True, mean=(0.2,) * n, std=(0.5,) * n,
+                         resize_mode=resize_mode, antialias=antialias)
     img = rng.integers(0, 256, size=src, dtype=np.uint8)
     device_input = pre.apply(img[None])
-    training_input = FewShotDataset(resize_and_color([img], dst, color), [0], ["a"], pre).batch([0]).numpy()
+    training_input = FewShotDataset(cache_images([img], pre), [0], ["a"], pre).batch([0]).numpy()
     assert np.abs(device_input - training_input).max() <= 0.5 / 255 / 0.5 + 1e-6
 
 

@@ -5,11 +5,11 @@
 - ``ImageFolderDataset``: one folder per class;
 - ``TaskSampler`` (N-way K-shot Q-query episodes), ``ClassBalancedBatchSampler`` (supervised batches).
 """
-from metaedge.train.data.base import DataError, FewShotDataset, resize_and_color
+from metaedge.train.data.base import DataError, FewShotDataset, cache_images, resize_and_color
 from metaedge.train.data.folder import ImageFolderDataset
 from metaedge.train.data.omniglot import Omniglot
 from metaedge.train.data.samplers import ClassBalancedBatchSampler, Episode, TaskSampler
 from metaedge.train.data.synthetic import SyntheticGlyphs
 
-__all__ = ["DataError", "FewShotDataset", "resize_and_color", "ImageFolderDataset", "Omniglot", "SyntheticGlyphs",
+__all__ = ["DataError", "FewShotDataset", "cache_images", "resize_and_color", "ImageFolderDataset", "Omniglot", "SyntheticGlyphs",
            "TaskSampler", "ClassBalancedBatchSampler", "Episode"]

@@ -1,9 +1,9 @@
 """The in-memory few-shot dataset every source (synthetic, Omniglot, image folders) turns into.
 
 Images are decoded once, resized to the model's input size and cached as a ``uint8 [N, C, H, W]`` tensor.
-The resize and colour conversion use the maths of ``metaedge.kernels.preprocess`` (bilinear with half-pixel
-centres and no antialias, ITU-R 601 luma), so a device that runs ``kernels.preprocess`` on raw images sees
-what training saw; the only difference is the rounding of the cache to uint8 (at most 0.5/255 per pixel).
+The resize (the spec's resize mode, box prefilter and bilinear taps) and colour conversion are done by
+``metaedge.kernels.preprocess`` itself, so a device that runs it on raw images sees what training saw; the only
+difference is the rounding of the cache to uint8 (at most 0.5/255 per pixel).
 Inversion, ``/ 255`` and ``(x - mean) / std`` happen per batch in ``to_input`` (exact on uint8).
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metaedge.runtime.spec import PreprocessSpec
 
@@ -26,12 +25,16 @@ class DataError(ValueError):
     """A data set cannot be read or used as asked; the message names the file, class or argument."""
 
 
-def resize_and_color(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int], color: str) -> torch.Tensor:
+def resize_and_color(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int], color: str, *,
+                     resize_mode: str = "squeeze", antialias: bool = False, pad: float = 0.0) -> torch.Tensor:
     """uint8 images (HW, HWC with C in 1/3/4; sizes may differ) -> uint8 ``[N, C, H, W]`` at ``size``.
 
-    Same convention as ``metaedge.kernels.preprocess``: bilinear, half-pixel centres, no antialias, alpha
-    dropped, gray = 0.299 R + 0.587 G + 0.114 B, gray -> RGB by replication.
+    The device's own kernel (``metaedge.kernels.preprocess``) does the work: the same resize mode, box
+    prefilter, bilinear taps and colour conversion (alpha dropped, gray = 0.299 R + 0.587 G + 0.114 B, gray ->
+    RGB by replication) - so a model sees in training what the device will show it, up to the rounding of this
+    cache to uint8. ``pad`` fills letterbox bars (a pixel value, before any inversion).
     """
+    from metaedge import kernels
     out_c = 1 if color == "gray" else 3
     n = len(images)
     result = torch.empty((n, out_c, *size), dtype=torch.uint8)
@@ -48,18 +51,19 @@ def resize_and_color(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int,
     for shape, idx in by_shape.items():
         for start in range(0, len(idx), 512):  # bounded float memory for big folders
             chunk = idx[start:start + 512]
-            x = torch.from_numpy(np.stack([np.asarray(images[i]).reshape(shape) for i in chunk]))
-            x = x.permute(0, 3, 1, 2).float()
-            if x.shape[1] == 4:
-                x = x[:, :3]
-            if tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-            if out_c == 1 and x.shape[1] == 3:
-                x = LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
-            elif out_c == 3 and x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            result[chunk] = x.round().clamp_(0, 255).to(torch.uint8)
+            batch = np.stack([np.asarray(images[i]).reshape(shape) for i in chunk])
+            # mean 0, std 1/255: the kernel's output is the pixel value itself, 0..255
+            x = kernels.preprocess(batch, size, mean=0.0, std=1.0 / 255.0, color=color, resize=resize_mode,
+                                   antialias=antialias, pad=pad)
+            result[chunk] = torch.from_numpy(np.clip(np.rint(x), 0, 255).astype(np.uint8))
     return result
+
+
+def cache_images(images, spec: PreprocessSpec) -> torch.Tensor:
+    """``resize_and_color`` with the geometry and colour of ``spec`` (its inversion and mean/std are applied
+    per batch by ``FewShotDataset.to_input``)."""
+    return resize_and_color(images, spec.size, spec.color, resize_mode=spec.resize_mode, antialias=spec.antialias,
+                            pad=spec.pad)
 
 
 class FewShotDataset:

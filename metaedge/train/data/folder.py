@@ -7,21 +7,18 @@ from typing import Sequence
 
 import numpy as np
 
+from metaedge.runtime.images import load_images
 from metaedge.runtime.spec import PreprocessSpec
-from metaedge.train.data.base import DataError, FewShotDataset, resize_and_color
+from metaedge.train.data.base import DataError, FewShotDataset, cache_images
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _load(path: str) -> np.ndarray:
-    from PIL import Image, ImageOps
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode not in ("L", "RGB"):
-            # alpha is dropped, as metaedge.kernels.preprocess does with RGBA frames on the device
-            im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8)
+    # The device's decoder (EXIF orientation applied, 16-bit and palette images converted; alpha is dropped by
+    # the pre-processing kernel, as on the device), so training and field images are read the same way.
+    return load_images([path])[0]
 
 
 class ImageFolderDataset(FewShotDataset):
@@ -29,7 +26,9 @@ class ImageFolderDataset(FewShotDataset):
     to ``root`` (``birds/sparrow``); the top-level folder is its group (for ``split(by="group")``).
 
     - ``size`` (int or (H, W)), ``color`` (``"rgb"``/``"gray"``), ``invert``, ``mean``/``std`` (default: ImageNet
-      statistics for RGB, 0/1 for gray): the pre-processing, recorded in the model spec.
+      statistics for RGB, 0/1 for gray), ``resize_mode`` (``"squeeze"``, ``"letterbox"`` or ``"center_crop"``:
+      how photos of other shapes are fitted), ``antialias``, ``pad``: the pre-processing, recorded in the model
+      spec and applied the same way to camera frames on the device.
     - ``on_error``: ``"raise"`` (default; the error names the file) or ``"skip"`` (warn and leave it out).
     - ``min_images``: classes with fewer images are left out with a warning (0 keeps all).
     - ``split``/``split_fractions``/``split_seed``/``split_by``: return only the train/val/test part of a
@@ -40,7 +39,8 @@ class ImageFolderDataset(FewShotDataset):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS, on_error: str = "raise", min_images: int = 1,
                  split: str | None = None, split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                 split_seed: int = 0, split_by: str = "class"):
+                 split_seed: int = 0, split_by: str = "class", resize_mode: str = "squeeze",
+                 antialias: bool = True, pad: float | None = None):
         if not os.path.isdir(root):
             raise DataError(f"image folder {root!r} does not exist or is not a directory")
         if on_error not in ("raise", "skip"):
@@ -85,9 +85,13 @@ class ImageFolderDataset(FewShotDataset):
         n = 1 if color == "gray" else 3
         mean = tuple(mean) if mean is not None else (IMAGENET_MEAN if n == 3 else (0.0,))
         std = tuple(std) if std is not None else (IMAGENET_STD if n == 3 else (1.0,))
-        pre = PreprocessSpec(size=size_hw, color=color, invert=bool(invert), mean=tuple(map(float, mean)),
-                             std=tuple(map(float, std)))
-        super().__init__(resize_and_color(pixels, size_hw, color), labels, names, pre, groups,
+        try:
+            pre = PreprocessSpec(size=size_hw, color=color, invert=bool(invert), mean=tuple(map(float, mean)),
+                                 std=tuple(map(float, std)), resize_mode=resize_mode, antialias=bool(antialias),
+                                 pad=pad).validate()
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        super().__init__(cache_images(pixels, pre), labels, names, pre, groups,
                          name=os.path.basename(os.path.abspath(root)))
         self.skipped = skipped
         if split is not None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from metaedge.runtime.spec import PreprocessSpec
-from metaedge.train.data.base import DataError, FewShotDataset, resize_and_color
+from metaedge.train.data.base import DataError, FewShotDataset, cache_images
 
 ENV_VAR = "METAEDGE_OMNIGLOT"
 _IMAGE_EXT = (".png",)
@@ -103,13 +103,14 @@ class Omniglot(FewShotDataset):
     - ``mirror``: also add the left-right mirror image of every (rotated) character as a new class
       (``.../mirror``): a mirrored glyph is a different character, so like rotations this multiplies the
       number of base classes.
-    - ``size``, ``invert`` (default True: strokes = 1), ``mean``/``std``: the pre-processing (see spec).
+    - ``size``, ``invert`` (default True: strokes = 1), ``mean``/``std``, ``antialias`` (average 3x3 blocks
+      before the 105 -> 28 resize): the pre-processing (see spec).
     """
 
     def __init__(self, root: str | None = None, sets: Sequence[str] | str | None = None,
                  alphabets: Iterable[str] | None = None, exclude_alphabets: Iterable[str] | None = None,
                  rotations: Sequence[int] = (0,), size: int = 28, invert: bool = True,
-                 mean: float = 0.0, std: float = 1.0, mirror: bool = False):
+                 mean: float = 0.0, std: float = 1.0, mirror: bool = False, antialias: bool = True):
         root = root or os.environ.get(ENV_VAR)
         if not root:
             raise DataError(f"Omniglot: no root given and ${ENV_VAR} is not set")
@@ -151,7 +152,9 @@ class Omniglot(FewShotDataset):
             labels.append(class_id[key])
         if not images:
             raise DataError("Omniglot: no images left after the alphabet filters")
-        base = resize_and_color(images, (size, size), "gray")
+        pre = PreprocessSpec(size=(size, size), color="gray", invert=bool(invert), mean=(float(mean),),
+                             std=(float(std),), antialias=bool(antialias)).validate()
+        base = cache_images(images, pre)
         labels_t = torch.tensor(labels, dtype=torch.int64)
         all_images, all_labels, all_names, all_groups = [], [], [], []
         for r, deg in enumerate(rotations):
@@ -166,8 +169,6 @@ class Omniglot(FewShotDataset):
             all_labels += [lab + n for lab in all_labels]
             all_names += [f"{name}/mirror" for name in all_names]
             all_groups += list(all_groups)
-        pre = PreprocessSpec(size=(size, size), color="gray", invert=bool(invert), mean=(float(mean),),
-                             std=(float(std),))
         super().__init__(torch.cat(all_images).contiguous(), torch.cat(all_labels), all_names, pre, all_groups,
                          name="omniglot")
         self.alphabets = sorted(set(groups))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from metaedge.runtime.spec import PreprocessSpec
-from metaedge.train.data.base import DataError, FewShotDataset, resize_and_color
+from metaedge.train.data.base import DataError, FewShotDataset, cache_images
 
 SPLITS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 
@@ -87,7 +87,7 @@ class SyntheticGlyphs(FewShotDataset):
         if render == size:
             cached = torch.from_numpy(pixels[:, None].copy())
         else:
-            cached = resize_and_color(list(pixels), (size, size), "gray")
+            cached = cache_images(list(pixels), pre)
         super().__init__(cached, np.concatenate(labels), [f"glyph{c:04d}" for c in classes], pre,
                          groups=["glyphs"] * len(classes), name=f"synthetic-glyphs/{split or 'all'}")
         self.seed = seed
