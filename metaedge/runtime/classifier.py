@@ -1,9 +1,10 @@
 """EdgeClassifier: enroll new classes from a few images, classify frames, adapt, never lose what was learned.
 
-Pipeline per call: images (paths, PIL, uint8 arrays, batches) -> uint8 batches grouped by size
-(:mod:`metaedge.runtime.images`) -> the bundle's pre-processing (``metaedge.kernels.preprocess``; on the GPU
-when the backend's output lives there) -> backend embeddings -> ``metaedge.kernels.topk`` against the
-gallery's class matrix (prototypes, or the adapted cosine head after :meth:`EdgeClassifier.adapt`).
+Every image takes one route, the classifier's :class:`~metaedge.runtime.pipeline.FramePipeline`: the native
+pre-processing (pixel format, regions of interest, the bundle's resize policy; on the GPU when the backend's
+output lives there) -> backend embeddings -> top-k against the gallery's class matrix (prototypes, or the
+adapted cosine head after :meth:`EdgeClassifier.adapt`). A camera frame (a uint8 array) goes straight in;
+paths, PIL images and lists are decoded and grouped into batches first (:mod:`metaedge.runtime.images`).
 
 Thread safety: one classifier may be shared by threads. ``predict`` takes no lock: it scores against an
 immutable snapshot of the class matrix (copy-on-write; appending a class reuses spare rows, so it costs no
@@ -29,7 +30,8 @@ from metaedge import kernels
 from metaedge.runtime.backends.base import Backend
 from metaedge.runtime.gallery import (DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, Gallery, GalleryMismatchError,
                                       check_label)
-from metaedge.runtime.images import FIRST_IMAGE_INDEX, ImageError, is_single_image, preprocess_groups, to_groups
+from metaedge.runtime.images import ImageError, is_single_image, to_groups
+from metaedge.runtime.pipeline import FramePipeline, frame_is_single
 from metaedge.runtime.spec import ModelSpec
 
 __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "Timings", "EmptyGalleryError"]
@@ -122,6 +124,20 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _check_not_empty(frames, boxes, pixel_format: str) -> None:
+    if boxes is not None and len(boxes) == 0:
+        raise ImageError("`roi`: no boxes given")
+    if boxes is None and not frame_is_single(frames, pixel_format) and frames.shape[0] == 0:
+        raise ImageError("images: empty batch (0 images)")
+
+
+def _concat(embs: list):
+    """Embeddings of the chunks of one call as one array (host arrays; device chunks come back to the host)."""
+    if len(embs) == 1:
+        return embs[0]
+    return np.concatenate([_to_host(e) for e in embs])
+
+
 def _positive_finite(value, name: str, allow_zero: bool = False) -> float:
     try:
         v = float(value)
@@ -144,12 +160,19 @@ class EdgeClassifier:
     calibrated threshold (see :meth:`calibrate_unknown`), else the bundle manifest's, else open-set detection
     is off; ``None`` turns it off. ``support_cap``/``seed``: support memory per class kept for :meth:`adapt`
     (new galleries only). ``max_batch``: images per backend call.
+
+    Camera frames: ``pixel_format`` is the layout of the uint8 arrays passed in (``"auto"``: gray, RGB or RGBA
+    by channel count; ``"bgr"`` for OpenCV, ``"nv12"`` / ``"yuyv"`` for raw camera buffers - see
+    ``metaedge.kernels.preprocess``); a call may name another. ``yuv_matrix``: how NV12/YUYV frames convert to
+    RGB. ``resize_mode``: ``None`` keeps the bundle's resize policy (what it was trained with); ``"letterbox"``
+    or ``"center_crop"`` fit frames of another shape without stretching them.
     """
 
     def __init__(self, bundle, gallery=None, backend="auto", unknown_threshold=_UNSET, *,
                  spec: ModelSpec | None = None, fingerprint: str | None = None, autosave: bool = True,
                  support_cap: int = DEFAULT_SUPPORT_CAP, seed: int = 0, max_batch: int = 32,
-                 backend_options: Mapping[str, Any] | None = None):
+                 backend_options: Mapping[str, Any] | None = None, pixel_format: str = "auto",
+                 resize_mode: str | None = None, yuv_matrix: str = "bt601"):
         self._owns_backend = False
         self._backend: Backend | None = None
         self._closed = False
@@ -188,7 +211,9 @@ class EdgeClassifier:
             if unknown_threshold is not _UNSET:
                 self.unknown_threshold = unknown_threshold
             self._pre_device = self._preprocess_device()
-            self._frame_preprocessor = self.spec.preprocess.preprocessor.frame_batch
+            self._pipeline = FramePipeline(self.spec, self._backend, pixel_format=pixel_format,
+                                           resize_mode=resize_mode, yuv_matrix=yuv_matrix, device=self._pre_device,
+                                           max_batch=max_batch)
         except BaseException:
             self.close()
             raise
@@ -259,6 +284,16 @@ class EdgeClassifier:
         return self._backend
 
     @property
+    def pipeline(self) -> FramePipeline:
+        """The route every image takes (pixel format, resize policy, pre-processing, network, top-k)."""
+        return self._pipeline
+
+    @property
+    def pixel_format(self) -> str:
+        """The layout assumed for uint8 arrays when a call names none."""
+        return self._pipeline.pixel_format
+
+    @property
     def labels(self) -> list[str]:
         """Enrolled class labels, in enrollment order."""
         return self.gallery.labels
@@ -320,26 +355,34 @@ class EdgeClassifier:
         if self._closed:
             raise RuntimeError("this EdgeClassifier is closed")
 
-    def _embed(self, images) -> tuple[int, list, list, list[float]]:
-        """-> (n images, groups, embeddings per group (numpy or device), [load, preprocess, backbone] seconds)."""
-        t0 = time.perf_counter()
-        n, groups = to_groups(images, self.max_batch)
-        t1 = time.perf_counter()
-        batches = preprocess_groups(groups, self.spec.preprocess, device=self._pre_device)
-        t2 = time.perf_counter()
-        embs = []
-        for group, batch in zip(groups, batches):
-            e = self._backend.embed(batch)
-            self._check_embedding_shape(e, len(group.indices))
-            embs.append(e)
-        t3 = time.perf_counter()
-        return n, groups, embs, [t1 - t0, t2 - t1, t3 - t2]
+    def _route(self, images, roi, pixel_format):
+        """-> (boxes, pixel format, frames) for the direct route (a uint8 frame or batch, or a CUDA array), or
+        (None, None, None) for the general one (files, PIL images, lists)."""
+        fmt = self._pipeline.pixel_format if pixel_format is None else pixel_format
+        boxes = None if roi is None else kernels.as_rois(roi)
+        if (type(images) is np.ndarray and images.dtype is _UINT8) or kernels._is_cuda(images):
+            return boxes, fmt, images
+        if boxes is not None:
+            raise TypeError(f"`roi`: boxes apply to one frame given as a uint8 array, got {type(images).__name__}")
+        return None, fmt, None
 
-    def _check_embedding_shape(self, emb, images: int) -> None:
-        shape = tuple(emb.shape)
-        if shape != (images, self.spec.embedding_dim):
-            raise RuntimeError(f"backend {self._backend.describe()} returned embeddings of shape {list(shape)} for "
-                               f"{images} images, expected [{images}, {self.spec.embedding_dim}]")
+    def _embed(self, images, roi=None, pixel_format=None) -> tuple[int, list, list, list[float]]:
+        """-> (n, [index arrays], [embeddings on the backend's device], [load, preprocess, network] seconds)."""
+        t0 = time.perf_counter()
+        boxes, fmt, frames = self._route(images, roi, pixel_format)
+        if frames is not None:
+            _check_not_empty(frames, boxes, fmt)
+            embs, (t_pre, t_net) = self._pipeline.embed(frames, boxes, fmt)
+            n = sum(int(e.shape[0]) for e in embs)
+            return n, [np.arange(n, dtype=np.int64)], [_concat(embs)], [0.0, t_pre, t_net]
+        n, groups = to_groups(images, self.max_batch, fmt)
+        t_load = time.perf_counter() - t0
+        embs, t_pre, t_net = [], 0.0, 0.0
+        for group in groups:
+            e, (a, b) = self._pipeline.embed(group.pixels, None, group.pixel_format)
+            embs.append(_concat(e))
+            t_pre, t_net = t_pre + a, t_net + b
+        return n, [g.indices for g in groups], embs, [t_load, t_pre, t_net]
 
     @staticmethod
     def _check_finite(emb: np.ndarray, indices: np.ndarray) -> None:
@@ -352,25 +395,28 @@ class EdgeClassifier:
 
     def _host_embeddings(self, n: int, groups, embs) -> np.ndarray:
         out = np.empty((n, self.spec.embedding_dim), np.float32)
-        for group, e in zip(groups, embs):
+        for indices, e in zip(groups, embs):
             e = _to_host(e)
-            self._check_finite(e, group.indices)
-            out[group.indices] = e
+            self._check_finite(e, indices)
+            out[indices] = e
         return out
 
-    def embed(self, images) -> np.ndarray:
-        """Embeddings ``[n, d]`` (float32, numpy) of the images, in order, as the gallery stores them."""
+    def embed(self, images, *, roi=None, pixel_format: str | None = None) -> np.ndarray:
+        """Embeddings ``[n, d]`` (float32, numpy) of the images - or of the boxes ``roi`` of one frame - in
+        order, as the gallery stores them."""
         self._check_open()
-        n, groups, embs, _ = self._embed(images)
+        n, groups, embs, _ = self._embed(images, roi, pixel_format)
         return self._host_embeddings(n, groups, embs)
 
-    def enroll(self, label: str, images) -> ClassInfo:
+    def enroll(self, label: str, images, *, roi=None, pixel_format: str | None = None) -> ClassInfo:
         """Add images of ``label``: a new class, or more shots of an existing one (exact running mean of all its
-        shots). Returns the class's ``ClassInfo``. Any bad input raises before anything changes."""
+        shots). ``roi``: the box(es) ``(x, y, w, h)`` of the object in one frame (each box is a shot).
+        ``pixel_format``: the layout of uint8 frames (default: the classifier's). Returns the class's
+        ``ClassInfo``. Any bad input raises before anything changes."""
         self._check_open()
         label = check_label(label)
         start = time.perf_counter()
-        n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
+        n, groups, embs, (t_load, t_pre, t_net) = self._embed(images, roi, pixel_format)
         emb = self._host_embeddings(n, groups, embs)
         t_k = time.perf_counter()
         with self.gallery.transaction():  # (autosaves once, at the end)
@@ -380,10 +426,14 @@ class EdgeClassifier:
         self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
         return info
 
-    def predict(self, images, k: int = 1):
+    def predict(self, images, k: int = 1, *, roi=None, pixel_format: str | None = None):
         """Classify one image (-> ``Prediction``) or several (-> list of ``Prediction``, in order).
 
-        ``k``: how many ``(label, score)`` pairs ``topk`` holds (capped at the number of classes)."""
+        ``k``: how many ``(label, score)`` pairs ``topk`` holds (capped at the number of classes).
+        ``roi``: for one frame (a uint8 array), the region to classify - a box ``(x, y, w, h)`` (-> one
+        ``Prediction``) or several (``[n, 4]``, e.g. a detector's boxes -> a list, scored in one native call);
+        boxes outside the frame are a ``ValueError``. ``pixel_format``: the layout of uint8 frames (default:
+        the classifier's, see the class docstring)."""
         self._check_open()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"`k`: expected an int >= 1, got {k!r}")
@@ -392,71 +442,46 @@ class EdgeClassifier:
         if len(snap) == 0:
             raise EmptyGalleryError("predict(): no classes enrolled yet; enroll some first")
         kk = min(int(k), len(snap))
-        t0 = time.perf_counter()
-        batch = None
-        if (self._pre_device == "cpu" and type(images) is np.ndarray and images.dtype is _UINT8
-                and 2 <= images.ndim <= 3):
-            # One host camera frame, the real-time case: the steps of the general path below without their
-            # grouping and reordering, whose Python cost alone would be a tenth of a small network's frame.
-            t1 = time.perf_counter()
-            try:  # the native call checks the frame (C-contiguous, 1/3/4 channels, not empty)
-                batch = self._frame_preprocessor(images)
-            except ValueError:
-                pass  # the general path converts it, or says what is wrong with it
-            if batch is not None:
-                t2 = time.perf_counter()
-                e = self._backend.embed(batch)
-                t3 = time.perf_counter()
-                try:  # the native call checks the embedding (and finds NaN/Inf while scoring): no checks here
-                    scores, indices = (snap.host_topk or snap.first_host_topk)(e, kk)
-                except (ValueError, TypeError):
-                    scores, indices = self._frame_topk_refused(snap, e, kk)
-                if scores.shape[0] != 1 or scores.ndim != 2:  # [n != 1, d] or [d] from the backend: name it
-                    self._check_embedding_shape(e, 1)
-                t4 = time.perf_counter()
-                pred = self._predictions(snap, scores, indices)[0]
-                self._local.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, time.perf_counter() - start, 1)
-                return pred
+        boxes, fmt, frames = self._route(images, roi, pixel_format)
+        if frames is not None:
+            # The real-time case: one frame (or a batch array, or boxes on a frame) straight into the pipeline.
+            _check_not_empty(frames, boxes, fmt)
+            scores, indices, (t_pre, t_net, t_k) = self._pipeline.topk(snap, frames, boxes, kk, fmt)
+            preds = self._predictions(snap, scores, indices)
+            self._local.timings = Timings(0.0, t_pre, t_net, t_k, time.perf_counter() - start, len(preds))
+            if boxes is not None:
+                return preds if np.ndim(roi) == 2 else preds[0]
+            return preds[0] if frame_is_single(frames, fmt) else preds
         single = is_single_image(images)
-        n, groups, embs, (t_load, t_pre, t_net) = self._embed(images)
-        t_k = time.perf_counter()
-        results = []
-        for group, e in zip(groups, embs):
-            if isinstance(e, np.ndarray):
-                results.append(self._host_topk(e, kk, group.indices, snap.topk))
-            else:
-                results.append(self._device_topk(snap, e, kk))
-        if len(groups) == 1:  # one batch in the caller's order (the real-time case): nothing to reorder
-            scores, indices = results[0]
-        else:
-            scores = np.empty((n, kk), np.float32)
-            indices = np.empty((n, kk), np.int64)
-            for group, (s, i) in zip(groups, results):
-                scores[group.indices], indices[group.indices] = s, i
-        t_kernels = time.perf_counter() - t_k
+        t0 = time.perf_counter()
+        n, groups = to_groups(images, self.max_batch, fmt)
+        t_load = time.perf_counter() - t0
+        scores = np.empty((n, kk), np.float32)
+        indices = np.empty((n, kk), np.int64)
+        t_pre = t_net = t_k = 0.0
+        for group in groups:
+            s, i, (a, b, c) = self._pipeline.topk(snap, group.pixels, None, kk, group.pixel_format)
+            scores[group.indices], indices[group.indices] = s, i
+            t_pre, t_net, t_k = t_pre + a, t_net + b, t_k + c
         preds = self._predictions(snap, scores, indices)
-        self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
+        self._local.timings = Timings(t_load, t_pre, t_net, t_k, time.perf_counter() - start, n)
         return preds[0] if single else preds
 
-    def _host_topk(self, emb: np.ndarray, kk: int, indices: np.ndarray, topk):
-        try:  # topk finds NaN/Inf in the scoring pass; a separate check would be a second pass
-            return topk(emb, kk)
-        except ValueError:
-            self._check_finite(emb, indices)  # names the image that produced it
-            raise
+    def stream(self, source, *, roi=None, every=None, smooth: int = 1, k: int = 1, pixel_format: str | None = None,
+               max_frames: int | None = None):
+        """Classify the frames of ``source`` as they come: yields a ``StreamResult`` per frame (the frame, its
+        predictions, whether it was classified, the loop's frames/s and the latency).
 
-    def _frame_topk_refused(self, snap: ClassMatrix, emb, kk: int):
-        """The frame path's top-k when the per-frame call refused the embedding: a wrong shape or NaN/Inf (raise,
-        naming it), another dtype (converted) or a GPU backend's output (scored there)."""
-        self._check_embedding_shape(emb, 1)
-        if isinstance(emb, np.ndarray):
-            return self._host_topk(emb, kk, FIRST_IMAGE_INDEX, snap.topk)
-        return self._device_topk(snap, emb, kk)
-
-    @staticmethod
-    def _device_topk(snap: ClassMatrix, emb, kk: int):
-        s, i = kernels.topk(emb, snap.device_weights(), kk, snap.metric)
-        return _to_host(s), _to_host(i)
+        ``source``: a URI (``"video.mp4"``, ``"/dev/video0"``, ``"rtsp://..."``, ``"csi://0"``, a folder; see
+        ``metaedge.video.open_source``; opened and closed here) or an open ``FrameSource``. ``roi``: box(es) to
+        classify in every frame. ``every``: classify every n-th frame (int, ``"3f"``) or at most every t seconds
+        (float, ``"0.5s"``); frames in between carry the last predictions. ``smooth``: average the scores of
+        the last n classified frames (a steadier label; the unknown state follows the averaged score).
+        ``pixel_format``: overrides the source's. ``max_frames``: stop after that many frames."""
+        self._check_open()
+        from metaedge.runtime.stream import run_stream
+        return run_stream(self, source, roi=roi, every=every, smooth=smooth, k=k, pixel_format=pixel_format,
+                          max_frames=max_frames)
 
     def _predictions(self, snap: ClassMatrix, scores: np.ndarray, indices: np.ndarray) -> list[Prediction]:
         threshold = self._threshold_for(snap.adapted)

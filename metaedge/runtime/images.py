@@ -2,9 +2,11 @@
 
 Accepted images: file paths (``str`` / ``os.PathLike``), encoded bytes, PIL images, numpy uint8 arrays
 ``[h, w]`` or ``[h, w, c]`` with c in {1, 3, 4} (one image) or ``[n, h, w, c]`` (a batch), and lists/tuples/
-iterables mixing them. Images of different sizes are allowed: they are grouped by shape, so each group is
-one contiguous ``[n, h, w, c]`` batch for ``metaedge.kernels.preprocess``, and results are put back in the
-caller's order.
+iterables mixing them. Files, bytes and PIL images are decoded upright (EXIF orientation applied). Arrays may be
+camera frames of another pixel format (``pixel_format="bgr"``, ``"nv12"``, ...: see
+``metaedge.kernels.preprocess``); decoded images are always RGB, gray or RGBA. Images of different sizes are
+allowed: they are grouped by shape and pixel format, so each group is one ``[n, ...]`` batch for the frame
+pipeline (``metaedge.runtime.pipeline``), and results are put back in the caller's order.
 
 Every problem is an :class:`ImageError` (a ``ValueError``) or a ``TypeError`` that says which image
 (index, file name) and what was expected; nothing is decoded lazily after the checks, so a caller can
@@ -19,8 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups",
-           "preprocess_groups"]
+__all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups", "upright"]
 
 _CHANNELS = (1, 3, 4)
 _UINT8 = np.dtype(np.uint8)
@@ -34,9 +35,11 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class ImageGroup:
-    """Images of one shape: ``pixels[n, h, w, c]`` uint8 and their positions in the caller's order."""
+    """Images of one shape and pixel format: ``pixels[n, ...]`` uint8 and their positions in the caller's
+    order."""
     indices: np.ndarray   # int64 [n]
-    pixels: np.ndarray    # uint8 [n, h, w, c], C-contiguous
+    pixels: np.ndarray    # uint8 [n, h, w, c] (or the batch layout of pixel_format), C-contiguous
+    pixel_format: str = "auto"
 
 
 def _describe(item: Any, index: int) -> str:
@@ -106,26 +109,47 @@ def _decode(data: bytes | os.PathLike | str, what: str) -> np.ndarray:
         raise ImageError(f"{what}: cannot decode as an image ({type(exc).__name__}: {exc})") from None
 
 
-def _check_array(arr: np.ndarray, what: str) -> np.ndarray:
-    """A single image array -> [h, w, c] uint8, or a batch -> [n, h, w, c] uint8."""
+def _not_uint8(arr: np.ndarray, what: str):
+    detail = ""
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            detail = " (and it contains NaN or Inf values)"
+        hint = ("; convert floats in [0, 1] with (x * 255).round().astype(np.uint8), in [0, 255] with "
+                "x.round().astype(np.uint8)")
+    elif arr.dtype.kind in "iub":
+        hint = "; convert with np.clip(x, 0, 255).astype(np.uint8)"
+    else:
+        hint = ""
+    raise TypeError(f"{what}: expected uint8 pixels (0..255), got dtype {arr.dtype}{detail}{hint}")
+
+
+_DECODED_FORMATS = ("auto", "gray", "rgb", "rgba")  # layouts [h, w(, c)] / [n, h, w, c] like decoded images
+
+
+def _frame_ndim(pixel_format: str) -> int:
+    """Axes of one camera frame of ``pixel_format`` (bgr, bgra, nv12, yuyv; a batch has one more)."""
+    return 2 if pixel_format == "nv12" else 3
+
+
+def _check_array(arr: np.ndarray, what: str, pixel_format: str = "auto") -> np.ndarray:
+    """A single image array -> [h, w, c] uint8 (or a frame of ``pixel_format``), or a batch -> [n, ...]."""
     if arr.dtype != np.uint8:
-        detail = ""
-        if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)):
-                detail = " (and it contains NaN or Inf values)"
-            hint = ("; convert floats in [0, 1] with (x * 255).round().astype(np.uint8), in [0, 255] with "
-                    "x.round().astype(np.uint8)")
-        elif arr.dtype.kind in "iub":
-            hint = "; convert with np.clip(x, 0, 255).astype(np.uint8)"
-        else:
-            hint = ""
-        raise TypeError(f"{what}: expected uint8 pixels (0..255), got dtype {arr.dtype}{detail}{hint}")
+        _not_uint8(arr, what)
+    if pixel_format not in _DECODED_FORMATS:
+        # Camera layouts: the pre-processing kernel checks the shape against the format and names it.
+        if arr.ndim not in (_frame_ndim(pixel_format), _frame_ndim(pixel_format) + 1):
+            raise ImageError(f"{what}: {arr.ndim}-d array of shape {tuple(arr.shape)} is neither a {pixel_format} "
+                             f"frame nor a batch of them (see metaedge.kernels.preprocess for the layouts)")
+        if min(arr.shape[-3:-1] if pixel_format != "nv12" else arr.shape[-2:]) < 1:
+            raise ImageError(f"{what}: empty frame (shape {tuple(arr.shape)})")
+        return arr
     if arr.ndim == 2:
         arr = arr[:, :, None]
     elif arr.ndim == 3:
         if arr.shape[2] not in _CHANNELS:
             raise ImageError(f"{what}: expected [h, w], [h, w, c] with c in {_CHANNELS} or [n, h, w, c]; got shape "
-                             f"{tuple(arr.shape)} (a batch of gray images must be [n, h, w, 1])")
+                             f"{tuple(arr.shape)} (a batch of gray images must be [n, h, w, 1]; camera frames: "
+                             f"name their pixel_format)")
     elif arr.ndim == 4:
         if arr.shape[3] not in _CHANNELS:
             raise ImageError(f"{what}: a batch must be [n, h, w, c] with c in {_CHANNELS}; got shape "
@@ -160,28 +184,27 @@ def _iter_items(images) -> Iterable:
                         f"got {type(images).__name__}") from None
 
 
-def load_images(images) -> list[np.ndarray]:
-    """Every image as a ``[h, w, c]`` uint8 array (views where possible), in order.
-
-    Raises ``ImageError``/``TypeError`` naming the first bad image; an empty collection is an error.
-    """
-    out: list[np.ndarray] = []
+def _load(images, pixel_format: str = "auto") -> list[tuple[np.ndarray, str]]:
+    """Every image as ``(array, pixel format)`` in order: decoded files/PIL images as ``[h, w, c]`` (auto),
+    arrays as they are (views where possible) in ``pixel_format``."""
+    out: list[tuple[np.ndarray, str]] = []
     for index, item in enumerate(_iter_items(images)):
         what = _describe(item, index)
         if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
-            out.append(_decode(item, what))
+            out.append((_decode(item, what), "auto"))
         elif _is_pil(item):
             try:
-                out.append(_pil_to_array(item, what))
+                out.append((_pil_to_array(item, what), "auto"))
             except ImageError:
                 raise
             except Exception as exc:
                 raise ImageError(f"{what}: cannot read PIL image ({type(exc).__name__}: {exc})") from None
         elif isinstance(item, np.ndarray) or hasattr(item, "__array_interface__") or hasattr(item, "__array__"):
-            arr = _check_array(np.asarray(item), what)
-            if arr.ndim == 4 and arr.shape[0] == 0:
+            arr = _check_array(np.asarray(item), what, pixel_format)
+            batch = arr.ndim == (4 if pixel_format in _DECODED_FORMATS else _frame_ndim(pixel_format) + 1)
+            if batch and arr.shape[0] == 0:
                 raise ImageError(f"{what}: empty batch (0 images)")
-            out.extend(arr if arr.ndim == 4 else [arr])
+            out.extend((a, pixel_format) for a in (arr if batch else [arr]))
         elif isinstance(item, (list, tuple)):
             raise TypeError(f"{what}: nested sequences are not images; pass numpy arrays, PIL images or paths")
         else:
@@ -191,62 +214,32 @@ def load_images(images) -> list[np.ndarray]:
     return out
 
 
-def group_by_shape(images: list[np.ndarray], max_batch: int | None = None) -> list[ImageGroup]:
-    """Stack same-shape images into contiguous batches (at most ``max_batch`` each), keeping their indices."""
-    by_shape: dict[tuple[int, ...], list[int]] = {}
+def load_images(images) -> list[np.ndarray]:
+    """Every image as a ``[h, w, c]`` uint8 array (views where possible), in order.
+
+    Raises ``ImageError``/``TypeError`` naming the first bad image; an empty collection is an error.
+    """
+    return [a for a, _ in _load(images)]
+
+
+def group_by_shape(images: list[np.ndarray], max_batch: int | None = None,
+                   formats: list[str] | None = None) -> list[ImageGroup]:
+    """Stack same-shape (and same-format) images into contiguous batches (at most ``max_batch`` each),
+    keeping their indices."""
+    by_key: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)
+        by_key.setdefault((img.shape, formats[i] if formats else "auto"), []).append(i)
     groups = []
-    for idx in by_shape.values():
+    for (_, fmt), idx in by_key.items():
         step = max_batch or len(idx)
         for start in range(0, len(idx), step):
             part = idx[start:start + step]
             pixels = np.ascontiguousarray(np.stack([images[i] for i in part]))
-            groups.append(ImageGroup(np.asarray(part, np.int64), pixels))
+            groups.append(ImageGroup(np.asarray(part, np.int64), pixels, fmt))
     return groups
 
 
-def _single_batch(images) -> np.ndarray | None:
-    """Fast path for the real-time case: one uint8 array that is already a valid image or batch."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        try:
-            arr = _check_array(images, "images")
-        except ImageError:
-            return None
-        return np.ascontiguousarray(arr if arr.ndim == 4 else arr[None])
-    return None
-
-
-FIRST_IMAGE_INDEX = np.zeros(1, np.int64)
-FIRST_IMAGE_INDEX.flags.writeable = False
-
-
-def is_frame(images) -> bool:
-    """True for one C-contiguous uint8 camera frame, ``[h, w]`` or ``[h, w, c]`` with c in {1, 3, 4}: the
-    real-time case, kept to a few attribute checks."""
-    return (type(images) is np.ndarray and images.dtype is _UINT8 and images.size
-            and ((images.ndim == 3 and images.shape[2] in _CHANNELS) or images.ndim == 2) and images.flags.c_contiguous)
-
-
-def to_groups(images, max_batch: int | None = None) -> tuple[int, list[ImageGroup]]:
-    """``(number of images, shape groups)`` for any accepted input."""
-    if is_frame(images):
-        return 1, [ImageGroup(FIRST_IMAGE_INDEX, images[None] if images.ndim == 3 else images[None, :, :, None])]
-    batch = _single_batch(images)
-    if batch is not None and batch.shape[0] > 0 and (max_batch is None or batch.shape[0] <= max_batch):
-        return batch.shape[0], [ImageGroup(np.arange(batch.shape[0], dtype=np.int64), batch)]
-    loaded = load_images(images)
-    return len(loaded), group_by_shape(loaded, max_batch)
-
-
-def preprocess_groups(groups: list[ImageGroup], spec, device: str = "cpu") -> list:
-    """Run ``spec.apply`` (a ``PreprocessSpec``) on each group; on ``device="cuda"`` the pixels are uploaded
-    first so the fused CUDA kernel does the work and the result stays on the GPU."""
-    out = []
-    for group in groups:
-        pixels = group.pixels
-        if device == "cuda":
-            from metaedge import cuda
-            pixels = cuda.DeviceArray.from_numpy(pixels)
-        out.append(spec.apply(pixels))
-    return out
+def to_groups(images, max_batch: int | None = None, pixel_format: str = "auto") -> tuple[int, list[ImageGroup]]:
+    """``(number of images, groups)`` for any accepted input: the general route's decoding and grouping."""
+    loaded = _load(images, pixel_format)
+    return len(loaded), group_by_shape([a for a, _ in loaded], max_batch, [f for _, f in loaded])
