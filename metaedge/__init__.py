@@ -7,10 +7,10 @@ TensorRT; using a missing piece raises an error that says what to install.
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from metaedge._build_info import build_info
+from metaedge._lazy import lazy_exports
 from metaedge._version import __version__
 
 if TYPE_CHECKING:
@@ -35,13 +35,4 @@ __all__ = ["__version__", "build_info", *sorted(_LAZY_MODULES), *sorted(_LAZY_AT
 # Hidden from type checkers, which see the imports above instead: with a module __getattr__ they would
 # accept any attribute, so a typo such as `me.EdgeClasifier` would pass unnoticed.
 if not TYPE_CHECKING:
-    def __getattr__(name: str) -> object:
-        if name in _LAZY_MODULES:
-            return importlib.import_module(f"metaedge.{name}")
-        if name in _LAZY_ATTRS:
-            return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
-        raise AttributeError(f"module 'metaedge' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY_MODULES | set(_LAZY_ATTRS))
+    __getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRS, _LAZY_MODULES, globals())

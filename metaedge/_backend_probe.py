@@ -234,12 +234,13 @@ def torch_status(env: Environment) -> BackendStatus:
 def warnings_for(env: Environment) -> list[str]:
     out = []
     if len(env.ort_distributions) > 1:
-        out.append(f"{' and '.join(env.ort_distributions)} are all installed and overwrite each other's "
+        out.append(f"{' and '.join(env.ort_distributions)} are installed together and overwrite each other's "
                    f"`onnxruntime` package; keep one: "
                    + _replacing(list(env.ort_distributions), ort_install_line(env, env.gpu_expected)))
     if env.jetson is not None and env.tensorrt_pip_distributions:
         names = " ".join(env.tensorrt_pip_distributions)
-        out.append(f"PyPI's TensorRT ({names}) is installed on a Jetson and shadows JetPack's: pip uninstall -y {names}")
+        out.append(f"PyPI's TensorRT ({names}) is installed on a Jetson and shadows JetPack's: "
+                   f"pip uninstall -y {names}")
     if (env.jetson is not None and env.jetson.jetpack_major == 6 and env.numpy_version
             and env.numpy_version.split(".")[0].isdigit() and int(env.numpy_version.split(".")[0]) >= 2):
         out.append(f"NumPy {env.numpy_version} on JetPack 6: NVIDIA's Jetson wheels (onnxruntime-gpu, torch) are built "

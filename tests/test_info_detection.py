@@ -178,7 +178,7 @@ def test_info_on_a_jetson_with_pypi_tensorrt_and_both_onnxruntime_builds(tmp_pat
     warnings = "\n".join(info["warnings"])
     assert "PyPI's TensorRT (tensorrt) is installed on a Jetson and shadows JetPack's: pip uninstall -y tensorrt" \
         in warnings
-    assert ("onnxruntime and onnxruntime-gpu are all installed and overwrite each other's `onnxruntime` package; "
+    assert ("onnxruntime and onnxruntime-gpu are installed together and overwrite each other's `onnxruntime` package; "
             f"keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu --index-url "
             f"{JETSON_PIP_INDEX[6]}") in warnings
     assert "WARNING: PyPI's TensorRT" in text

@@ -52,7 +52,8 @@ def main() -> int:
     labels = np.arange(40) % 5
     protos, counts = me.kernels.class_prototypes(emb, labels, 5)
     expected = np.stack([emb[labels == c].mean(0) for c in range(5)])
-    check("class_prototypes matches numpy", bool(np.allclose(protos, expected, atol=1e-5)) and counts.tolist() == [8] * 5)
+    check("class_prototypes matches numpy",
+          bool(np.allclose(protos, expected, atol=1e-5)) and counts.tolist() == [8] * 5)
     scores, idx = me.kernels.topk(emb[:3], protos, k=2, metric="dot")
     ref = emb[:3] @ protos.T
     check("topk matches numpy", bool(np.allclose(scores, -np.sort(-ref, axis=1)[:, :2], atol=1e-4)))
