@@ -26,6 +26,7 @@ JETSON_PIP_INDEX = {6: "https://pypi.jetson-ai-lab.io/jp6/cu126", 7: "https://py
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
                      "onnxruntime-training", "onnxruntime-qnn", "onnxruntime-rocm", "onnxruntime-migraphx")
 SYSTEM_SITE_PREFIXES = ("/usr/lib/python3", "/usr/local/lib/python3")
+NO_GPU = "an NVIDIA GPU (no NVIDIA driver loaded, not a Jetson)"
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Environment:
         the commands for the installable part."""
         missing, commands = [], []
         if not self.gpu_expected:
-            missing.append("an NVIDIA GPU (no NVIDIA driver loaded, not a Jetson)")
+            missing.append(NO_GPU)
         if not self.cuda_built:
             missing.append("metaedge's CUDA kernels (this build is CPU-only)")
             commands.append(metaedge_cuda_build_line(self))
@@ -191,7 +192,8 @@ def tensorrt_status(env: Environment) -> BackendStatus:
         missing.append(what)
         commands.append(line)
     cuda_missing, cuda_commands = env.cuda_gaps()
-    missing = cuda_missing[:1] + missing + cuda_missing[1:]   # "an NVIDIA GPU" first: it matters most
+    gpu = [m for m in cuda_missing if m == NO_GPU]   # the GPU first: it matters most
+    missing = gpu + missing + [m for m in cuda_missing if m != NO_GPU]
     commands += cuda_commands
     if missing:
         return _missing("tensorrt", missing, commands)
@@ -206,7 +208,7 @@ def ort_cuda_status(env: Environment) -> BackendStatus:
     if "CUDAExecutionProvider" in env.ort_providers:
         eps = ", ".join(p.replace("ExecutionProvider", "") for p in env.ort_providers)
         return BackendStatus("ort-cuda", True, f"onnxruntime {env.ort_version}: {eps}")
-    missing = [] if env.gpu_expected else ["an NVIDIA GPU (no NVIDIA driver loaded, not a Jetson)"]
+    missing = [] if env.gpu_expected else [NO_GPU]
     missing.append(f"a CUDA build of ONNX Runtime (onnxruntime {env.ort_version} has no CUDA provider)"
                    if env.ort_version else "a CUDA build of ONNX Runtime (onnxruntime is not installed)")
     return _missing("ort-cuda", missing, [_replacing(list(env.ort_distributions), ort_install_line(env, gpu=True))])

@@ -142,3 +142,19 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_the_device_side(packages, tmp_p
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     assert "wheel smoke test passed" in smoke.stdout
     assert "ok   enroll + predict on ort-cpu" in smoke.stdout
+
+
+def test_cibuildwheel_builds_cpu_only_manylinux_wheels_for_both_architectures():
+    """The manylinux story as far as a machine without docker can check it: the build matrix cibuildwheel
+    derives from pyproject.toml, the CPU-only environment, and a test command that exists."""
+    import tomllib
+    if shutil.which("cibuildwheel", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("cibuildwheel is not installed (requirements/dev.txt pins it)")
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "cibuildwheel"), "--print-build-identifiers",
+                           "--platform", "linux", str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"cp3{v}-manylinux_{arch}" for arch in ("x86_64", "aarch64") for v in (10, 11, 12)]
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["cibuildwheel"]
+    assert config["environment"]["METAEDGE_CUDA"] == "0"
+    script = re.search(r"\{project\}/(\S+\.py)", config["test-command"]).group(1)
+    assert (ROOT / script).is_file()
