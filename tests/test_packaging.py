@@ -158,3 +158,34 @@ def test_cibuildwheel_builds_cpu_only_manylinux_wheels_for_both_architectures():
     assert config["environment"]["METAEDGE_CUDA"] == "0"
     script = re.search(r"\{project\}/(\S+\.py)", config["test-command"]).group(1)
     assert (ROOT / script).is_file()
+
+
+def extras_for(environment: dict[str, str]) -> dict[str, set[str]]:
+    """Which distributions each extra installs in a given environment (PEP 508 markers evaluated)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    out = {}
+    for extra, requirements in extras.items():
+        env = {"sys_platform": "linux", "platform_system": "Linux", **environment, "extra": extra}
+        out[extra] = {str(r.name) + str(r.specifier) for r in map(Requirement, requirements)
+                      if r.marker is None or r.marker.evaluate(env)}
+    return out
+
+
+def test_extras_are_safe_on_a_jetson():
+    """[tensorrt] never pulls PyPI TensorRT over JetPack's and [onnx] never the CPU onnxruntime over NVIDIA's
+    onnxruntime-gpu on a Jetson; [jetson] keeps NumPy 1.x on JetPack 6 only; elsewhere the extras install what
+    their names say."""
+    jetpack6 = extras_for({"platform_machine": "aarch64", "python_version": "3.10", "python_full_version": "3.10.12"})
+    jetpack7 = extras_for({"platform_machine": "aarch64", "python_version": "3.12", "python_full_version": "3.12.3"})
+    x86 = extras_for({"platform_machine": "x86_64", "python_version": "3.11", "python_full_version": "3.11.7"})
+    for jetson in (jetpack6, jetpack7):
+        assert jetson["tensorrt"] == set() and jetson["onnx"] == set() and jetson["onnx-gpu"] == set()
+        assert not any(name.startswith(("tensorrt", "onnxruntime")) for name in set().union(
+            *(deps for extra, deps in jetson.items() if extra != "onnx-cpu")))
+    assert jetpack6["jetson"] == {"numpy<2,>=1.26"} and jetpack7["jetson"] == set()
+    assert jetpack6["onnx-cpu"] == {"onnxruntime>=1.16"}   # asked for by name: ARM boards without a GPU
+    assert x86["onnx"] == {"onnxruntime>=1.16"} and x86["onnx-gpu"] == {"onnxruntime-gpu>=1.16"}
+    assert x86["tensorrt"] == {"tensorrt>=10.3"} and x86["jetson"] == set()

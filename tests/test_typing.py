@@ -30,12 +30,12 @@ def test_mypy_accepts_the_public_api_and_metaedge_s_typed_modules():
 
 
 def test_mypy_reports_each_misuse_of_the_public_api():
-    path = ROOT / "tests" / "typing" / "public_api_errors.py"
+    path = ROOT / "tests" / "typecheck" / "public_api_errors.py"
     expected = {i: m.group(1).strip() for i, line in enumerate(path.read_text().splitlines(), 1)
                 if (m := re.search(r"# E: (.*)$", line))}
     proc = run_mypy(str(path.relative_to(ROOT)))
     errors: dict[int, str] = {}
-    for m in re.finditer(r"^tests/typing/public_api_errors\.py:(\d+): error: (.*)$", proc.stdout, re.M):
+    for m in re.finditer(r"^tests/typecheck/public_api_errors\.py:(\d+): error: (.*)$", proc.stdout, re.M):
         errors[int(m.group(1))] = errors.get(int(m.group(1)), "") + m.group(2)
     assert set(errors) == set(expected), proc.stdout
     for line, words in expected.items():
