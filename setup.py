@@ -137,52 +137,106 @@ def nvcc_flags(cfg: dict) -> list[str]:
 
 
 class BuildExt(build_ext):
-    """Compiles .cpp with the C++ compiler and .cu with nvcc, in parallel (MAX_JOBS)."""
+    """Compiles .cpp with the C++ compiler and .cu with nvcc, in parallel (MAX_JOBS), and incrementally: an
+    object is rebuilt only when its source, a header it includes (from the compiler's -MMD/-MD dependency
+    file), or its command line changed; the module is relinked only when an object changed."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # Imported here, not at module level: `setup.py sdist` and egg_info need neither numpy nor pybind11.
+        import numpy
+        import pybind11
+        self.include_dirs = list(self.include_dirs or []) + [pybind11.get_include(), numpy.get_include()]
+
+    def run(self):
+        cfg = cuda_config()
+        self.metaedge_cuda = cfg
+        for ext in self.extensions:
+            ext.define_macros = [m for m in ext.define_macros if m[0] != "METAEDGE_WITH_CUDA"]
+            ext.define_macros.append(("METAEDGE_WITH_CUDA", "1" if cfg["enabled"] else "0"))
+        _log(f"C++: {' '.join(cxx_flags())}")
+        if cfg["enabled"]:
+            _log(f"CUDA {cfg['version']} via {cfg['nvcc']}: archs {';'.join(cfg['archs'])} "
+                 f"+ PTX compute_{max(cfg['archs'], key=int)}")
+        else:
+            _log(f"CUDA: not built ({cfg['reason']})")
+        super().run()  # builds into build_lib, then (--inplace, editable) copies the module into the source tree
+        if self.inplace:
+            write_build_config(os.path.join(ROOT, "metaedge", BUILD_CONFIG_NAME), cfg)
+
+    def object_dir(self, cfg: dict) -> str:
+        # pip's editable install builds in a fresh temporary build_temp each time; keep the objects in the
+        # source tree instead so that `pip install -e .` after a one-file edit recompiles that file only.
+        base = (os.path.join(ROOT, "build", f"editable-{sys.implementation.cache_tag}") if self.editable_mode
+                else os.path.abspath(self.build_temp))
+        # CPU-only and CUDA objects differ (METAEDGE_WITH_CUDA): separate folders, so switching does not thrash.
+        return os.path.join(base, "cuda" if cfg["enabled"] else "cpu")
 
     def build_extension(self, ext):
-        cfg = self.distribution.metaedge_cuda
+        cfg = self.metaedge_cuda
         include_dirs = list(ext.include_dirs) + list(self.include_dirs or [])
         sources = [s for s in ext.sources if not s.endswith(".cu")]
         cu_sources = [s for s in ext.sources if s.endswith(".cu")] if cfg["enabled"] else []
-        build_temp = os.path.abspath(self.build_temp)
+        obj_dir = self.object_dir(cfg)
+        os.makedirs(obj_dir, exist_ok=True)
         jobs = int(os.environ.get("MAX_JOBS", os.cpu_count() or 1))
-        compiler_cmd = self.compiler.compiler_so
-        _log(f"compiler: {' '.join(compiler_cmd[:1])}; {len(sources)} C++ and {len(cu_sources)} CUDA sources; "
-             f"MAX_JOBS={jobs}")
-
-        def obj_path(src: str) -> str:
-            rel = os.path.relpath(os.path.abspath(src), ROOT).replace(os.sep, "_")
-            return os.path.join(build_temp, rel + ".o")
-
-        os.makedirs(build_temp, exist_ok=True)
         defines = [f"-D{k}={v}" if v is not None else f"-D{k}" for k, v in ext.define_macros]
         incs = [f"-I{d}" for d in include_dirs]
 
-        def compile_cpp(src):
-            obj = obj_path(src)
-            cmd = compiler_cmd + defines + incs + ext.extra_compile_args + ["-c", src, "-o", obj]
-            self._run(cmd, src)
-            return obj
+        def obj_path(src: str) -> str:
+            rel = os.path.relpath(os.path.abspath(src), ROOT).replace(os.sep, "_")
+            return os.path.join(obj_dir, rel + ".o")
 
-        def compile_cu(src):
+        def cpp_command(src: str, obj: str) -> list[str]:
+            return (self.compiler.compiler_so + defines + incs + cxx_flags()
+                    + ["-MMD", "-MF", obj + ".d", "-c", src, "-o", obj])
+
+        def cu_command(src: str, obj: str) -> list[str]:
+            return ([cfg["nvcc"]] + nvcc_flags(cfg) + defines + incs + [f"-I{cfg['include']}"]
+                    + ["-MD", "-MF", obj + ".d", "-c", src, "-o", obj])
+
+        jobs_todo = []
+        objects = []
+        for src in cu_sources + sources:
             obj = obj_path(src)
-            host_incs = incs + [f"-I{cfg['include']}"]
-            cmd = [cfg["nvcc"]] + nvcc_flags(cfg) + defines + host_incs + ["-c", src, "-o", obj]
+            cmd = (cu_command if src.endswith(".cu") else cpp_command)(src, obj)
+            objects.append(obj)
+            reason = stale_reason(obj, cmd)
+            if reason:
+                jobs_todo.append((src, obj, cmd, reason))
+        _log(f"compiler: {' '.join(self.compiler.compiler_so[:1])}; {len(sources)} C++ and {len(cu_sources)} CUDA "
+             f"sources, {len(jobs_todo)} to compile; MAX_JOBS={jobs}; objects in {obj_dir}")
+        for src, _, _, reason in jobs_todo:
+            if reason != "no object yet":
+                _log(f"recompiling {src}: {reason}")
+
+        def compile_one(job):
+            src, obj, cmd, _ = job
             self._run(cmd, src)
-            return obj
+            write_command(obj, cmd)
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [pool.submit(compile_cu, s) for s in cu_sources]
-            futures += [pool.submit(compile_cpp, s) for s in sources]
-            objects = [f.result() for f in futures]
+            list(pool.map(compile_one, jobs_todo))  # list(): re-raises the first failure
 
         ext_path = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(ext_path), exist_ok=True)
+        write_build_config(os.path.join(os.path.dirname(ext_path), BUILD_CONFIG_NAME), cfg)
         link_extra = list(ext.extra_link_args)
         if cfg["enabled"]:
             link_extra += [f"-L{cfg['libdir']}", "-lcudart_static", "-lrt", "-lpthread", "-ldl"]
+        link_record = os.path.join(obj_dir, "link.cmd")  # not beside the module: build_lib goes into the wheel
+        link_cmd = [*self.compiler.linker_so, *objects, *link_extra, "-o", ext_path]
+        # The record also names the module it produced (size, mtime): a module relinked since by another
+        # configuration (a CUDA build after this CPU one) is not taken for ours.
+        if not jobs_todo and stale_reason(ext_path, link_cmd + [file_identity(ext_path)], deps=objects,
+                                          cmd_file=link_record) is None:
+            _log(f"{os.path.basename(ext_path)} is up to date")
+            return
+        if os.path.exists(ext_path):
+            os.remove(ext_path)  # else distutils skips the link when the module is newer than the objects
         self.compiler.link_shared_object(objects, ext_path, libraries=[], extra_postargs=link_extra,
                                          target_lang="c++")
+        write_command(link_record, link_cmd + [file_identity(ext_path)], suffix="")
 
     @staticmethod
     def _run(cmd, src):
@@ -195,47 +249,89 @@ class BuildExt(build_ext):
             sys.stderr.write(f"[metaedge build] {src}:\n{noisy}\n")
 
 
-def write_build_config(cfg: dict, cxx: list[str]) -> None:
-    """Recorded at build time so build_info() can say how this binary was made."""
+def read_depfile(path: str) -> list[str] | None:
+    """The prerequisites in a make-style dependency file (gcc -MMD, nvcc -MD): 'obj: src hdr1 hdr2 \\'.
+    None when the file is missing or unreadable (then the object is rebuilt)."""
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    text = text.replace("\\\n", " ")
+    deps: list[str] = []
+    for line in text.splitlines():
+        _, sep, rest = line.partition(": ")
+        if sep:
+            # Escaped spaces in paths ('\\ ') are kept together.
+            deps += [d.replace("\\ ", " ") for d in re.split(r"(?<!\\) +", rest.strip()) if d]
+    return deps
+
+
+def file_identity(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "# output missing"
+    return f"# output {st.st_size} bytes, mtime_ns {st.st_mtime_ns}"
+
+
+def write_command(target: str, cmd: list[str], suffix: str = ".cmd") -> None:
+    with open(target + suffix, "w") as fh:
+        fh.write("\n".join(cmd))
+
+
+def stale_reason(target: str, cmd: list[str], deps: list[str] | None = None, cmd_file: str | None = None
+                 ) -> str | None:
+    """Why `target` must be rebuilt (None: it is up to date). `deps` default to its dependency file's list."""
+    if not os.path.exists(target):
+        return "no object yet"
+    try:
+        with open(cmd_file or target + ".cmd") as fh:
+            if fh.read() != "\n".join(cmd):
+                return "the command line changed"
+    except OSError:
+        return "no record of its command line"
+    if deps is None:
+        deps = read_depfile(target + ".d")
+        if deps is None:
+            return "no dependency file"
+    built = os.path.getmtime(target)
+    for dep in deps:
+        try:
+            if os.path.getmtime(dep) > built:
+                return f"{os.path.relpath(dep, ROOT)} changed"
+        except OSError:
+            return f"{dep} is gone"
+    return None
+
+
+BUILD_CONFIG_NAME = "_build_config.json"
+
+
+def write_build_config(path: str, cfg: dict) -> None:
+    """Recorded at build time, next to the built module, so build_info() can say how this binary was made."""
     import json
     compiler = os.environ.get("CXX", "c++")
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         version = compiler
-    info = {"compiler": version, "cxx_flags": cxx, "machine": platform.machine(),
+    info = {"compiler": version, "cxx_flags": cxx_flags(), "machine": platform.machine(),
             "cuda_built": cfg["enabled"], "cuda_reason": cfg.get("reason"),
             "cuda_version": cfg.get("version"), "cuda_archs": cfg.get("archs", []),
             "cuda_ptx": max(cfg["archs"], key=int) if cfg["enabled"] else None}
-    path = os.path.join(ROOT, "metaedge", "_build_config.json")
     with open(path, "w") as fh:
         json.dump(info, fh, indent=1)
 
 
-def make_extension(cfg: dict):
-    import numpy
-    import pybind11
-
+def make_extension() -> Extension:
+    # Relative paths: setuptools puts them into the sdist (headers come through MANIFEST.in). Whether the .cu
+    # sources are compiled is decided when building (BuildExt.run), not here, so one sdist serves both builds.
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True)) + sorted(glob.glob("csrc/cuda/*.cu"))
-    cxx = cxx_flags()
-    macros = [("METAEDGE_WITH_CUDA", "1" if cfg["enabled"] else "0"),
-              ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    write_build_config(cfg, cxx)
-    _log(f"C++: {' '.join(cxx)}")
-    if cfg["enabled"]:
-        _log(f"CUDA {cfg['version']} via {cfg['nvcc']}: archs {';'.join(cfg['archs'])} "
-             f"+ PTX compute_{max(cfg['archs'], key=int)}")
-    else:
-        _log(f"CUDA: not built ({cfg['reason']})")
-    return Extension("metaedge._C", sources=sources,
-                     include_dirs=["csrc/include", pybind11.get_include(), numpy.get_include()],
-                     define_macros=macros, extra_compile_args=cxx, extra_link_args=["-fopenmp"],
-                     language="c++")
+    return Extension("metaedge._C", sources=sources, include_dirs=["csrc/include"],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                     extra_link_args=["-fopenmp"], language="c++")
 
 
 if __name__ == "__main__":
-    from setuptools.dist import Distribution
-
-    cuda = cuda_config()
-    Distribution.metaedge_cuda = cuda
-    setup(ext_modules=[make_extension(cuda)], cmdclass={"build_ext": BuildExt})
+    setup(ext_modules=[make_extension()], cmdclass={"build_ext": BuildExt})

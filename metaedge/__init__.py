@@ -7,11 +7,19 @@ TensorRT; using a missing piece raises an error that says what to install.
 """
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from metaedge._build_info import build_info
+from metaedge._lazy import lazy_exports
+from metaedge._version import __version__
 
-from metaedge._build_info import build_info  # noqa: E402
+if TYPE_CHECKING:
+    # What type checkers and IDEs see: the same names that __getattr__ below resolves on first use at run
+    # time. tests/test_typing.py checks that both lists agree and runs mypy on code that uses them.
+    from metaedge import cli, cuda, export, kernels, runtime, train
+    from metaedge.runtime.bundle import Bundle
+    from metaedge.runtime.classifier import EdgeClassifier, Prediction
+    from metaedge.runtime.gallery import Gallery
 
 _LAZY_MODULES = {"kernels", "cuda", "runtime", "export", "train", "cli"}
 _LAZY_ATTRS = {
@@ -24,13 +32,7 @@ _LAZY_ATTRS = {
 __all__ = ["__version__", "build_info", *sorted(_LAZY_MODULES), *sorted(_LAZY_ATTRS)]
 
 
-def __getattr__(name: str):
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f"metaedge.{name}")
-    if name in _LAZY_ATTRS:
-        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
-    raise AttributeError(f"module 'metaedge' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | _LAZY_MODULES | set(_LAZY_ATTRS))
+# Hidden from type checkers, which see the imports above instead: with a module __getattr__ they would
+# accept any attribute, so a typo such as `me.EdgeClasifier` would pass unnoticed.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRS, _LAZY_MODULES, globals())

@@ -48,9 +48,12 @@ def _cuda_status(native, config: dict) -> dict:
 
 def build_info(backends: bool = True) -> dict:
     """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not),
-    the optional packages present and (``backends``) which inference backends could run here, with versions.
-    Never raises for a missing optional piece."""
+    the optional packages present, the system (a Jetson's JetPack, L4T, module and GPU arch) and
+    (``backends``) which inference backends could run here with their versions - and, for each one that
+    cannot, what is missing and the command that installs it on this machine, plus install traps found
+    (``warnings``). Never raises for a missing optional piece."""
     from metaedge import __version__
+    from metaedge._jetson import detect_jetson
     info: dict = {"version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
                   "machine": platform.machine()}
     config = _build_config()
@@ -65,10 +68,16 @@ def build_info(backends: bool = True) -> dict:
                           "simd": C.simd_level(), "openmp_threads": C.openmp_max_threads(),
                           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
         info["cuda"] = _cuda_status(C, config)
+    jetson = detect_jetson()
+    info["jetson"] = jetson.to_dict() if jetson else None
     info["packages"] = {name: version_of(name) for name in OPTIONAL_PACKAGES}
     if backends:
         try:
-            info["backends"] = probe_backends(info["cuda"])
+            from metaedge._backend_probe import probe, warnings_for
+            env, statuses = probe(info["cuda"])
+            info["backends"] = {s.name: s.summary() for s in statuses}
+            info["install"] = {s.name: s.install for s in statuses if s.install}
+            info["warnings"] = warnings_for(env)
         except Exception as exc:  # info must always print; say what broke instead
             info["backends"] = {"error": f"{type(exc).__name__}: {exc}"}
     return info
@@ -78,38 +87,8 @@ def build_info(backends: bool = True) -> dict:
 def probe_backends(cuda_status: dict | None = None) -> dict[str, str]:
     """Which backends could run here, checked cheaply (no engine build, no session): for `metaedge info`.
     ``cuda_status``: ``build_info()["cuda"]`` when the caller has it already."""
-    out: dict[str, str] = {}
-    cuda_ok, cuda_why = _metaedge_cuda(cuda_status)
-    trt_version = version_of("tensorrt")
-    if trt_version is None:
-        out["tensorrt"] = "no (tensorrt not installed)"
-    elif not cuda_ok:
-        out["tensorrt"] = f"no (TensorRT {trt_version} installed, but {cuda_why})"
-    else:
-        out["tensorrt"] = f"yes (TensorRT {trt_version})"
-    ort_version = version_of("onnxruntime")
-    if ort_version is None:
-        out["ort-cuda"] = out["ort-cpu"] = "no (onnxruntime not installed)"
-    else:
-        try:
-            import onnxruntime
-            providers = onnxruntime.get_available_providers()
-        except Exception as exc:  # a broken install must not break `metaedge info`
-            providers, ort_version = [], f"{ort_version}, broken: {exc}"
-        eps = ", ".join(p.replace("ExecutionProvider", "") for p in providers)
-        has_cuda = "CUDAExecutionProvider" in providers
-        out["ort-cuda"] = (f"yes (onnxruntime {ort_version}: {eps})" if has_cuda
-                           else f"no (onnxruntime {ort_version} has no CUDA provider; install onnxruntime-gpu)")
-        out["ort-cpu"] = f"yes (onnxruntime {ort_version})" if "CPUExecutionProvider" in providers else "no"
-    torch_version = version_of("torch")
-    out["torch"] = (f"yes (torch {torch_version}; needs the model object)" if torch_version
-                    else "no (torch not installed)")
-    return out
-
-
-def _metaedge_cuda(cuda: dict | None) -> tuple[bool, str]:
-    if cuda is None:
-        cuda = build_info(backends=False).get("cuda", {})
-    if cuda.get("available"):
-        return True, ""
-    return False, cuda.get("why_not") or "metaedge's CUDA kernels are not usable"
+    from metaedge._backend_probe import probe
+    if cuda_status is None:
+        cuda_status = build_info(backends=False).get("cuda", {})
+    _, statuses = probe(cuda_status)
+    return {s.name: s.summary() for s in statuses}

@@ -12,7 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "metaedge"
 
 # Layer rank of each top-level part of the package; an import may only go to an equal or lower rank.
-LAYERS = {"kernels": 0, "cuda": 0, "_native": 0, "_optional": 0, "_build_info": 0, "__init__": 0,
+LAYERS = {"kernels": 0, "cuda": 0, "_native": 0, "_optional": 0, "_build_info": 0, "__init__": 0, "_version": 0,
+          "_jetson": 0, "_backend_probe": 0, "_lazy": 0,
           "runtime": 1, "video": 1, "export": 2, "train": 3, "cli": 4, "__main__": 4}
 # torch may be imported only by these layers (and, lazily, by the development torch backend).
 TORCH_ALLOWED = {"export", "train", "cli"}
@@ -29,9 +30,24 @@ def _layer_of(path: pathlib.Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
+def _is_type_checking_block(node: ast.AST) -> bool:
+    test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under `if TYPE_CHECKING:` (declarations for type checkers, never executed)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking_block(child))
+
+
 def _imports(path: pathlib.Path):
     tree = ast.parse(path.read_text(), filename=str(path))
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name

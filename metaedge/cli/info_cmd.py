@@ -7,10 +7,14 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("info", help="show the build, CUDA, backends and optional packages",
                        description="Show how metaedge was built (compiler, SIMD, OpenMP, CUDA archs), whether CUDA "
-                                   "works here (or why not), which inference backends can run (TensorRT, ONNX "
-                                   "Runtime CUDA/CPU, torch) with their versions, and which optional packages are "
-                                   "installed. With --bundle: the bundle's manifest and the TensorRT engines cached "
-                                   "in it.")
+                                   "works here (or why not), the Jetson's JetPack/L4T release and GPU arch, which "
+                                   "inference backends can run (TensorRT, ONNX Runtime CUDA/CPU, torch) with their "
+                                   "versions - and for each one that cannot, what is missing and the exact command "
+                                   "that installs it on this machine - install traps (two ONNX Runtime builds, "
+                                   "PyPI TensorRT over JetPack's, NumPy 2 on JetPack 6), and which optional packages "
+                                   "are installed. With --bundle: the bundle's manifest and the TensorRT engines "
+                                   "cached in it. METAEDGE_SYSROOT=DIR reads the system files (/etc/nv_tegra_release, "
+                                   "dpkg status) under DIR instead of /.")
     p.add_argument("--bundle", metavar="DIR", help="also describe this bundle (manifest summary, cached engines)")
     p.add_argument("--json", action="store_true", help="print the information as JSON")
     p.set_defaults(func=run)
@@ -38,11 +42,18 @@ def format_info(info: dict) -> str:
                          f"{dev['memory_gib']} GiB{', integrated' if dev['integrated'] else ''})")
     else:
         lines.append(f"  CUDA usable  no: {cuda.get('why_not')}")
+    if info.get("jetson"):
+        lines.append(f"  Jetson       {info['jetson']['summary']}")
+    install = info.get("install", {})
     for section in ("backends", "bundle", "engines"):
         if section in info:
             lines.append(f"  {section}:")
             for key, value in info[section].items():
                 lines.append(f"    {key:<14} {value}")
+                if section == "backends":
+                    lines += [f"    {'':<14}   install: {command}" for command in install.get(key, [])]
+    for warning in info.get("warnings", []):
+        lines.append(f"  WARNING: {warning}")
     lines.append("  packages:")
     for name, version in info["packages"].items():
         lines.append(f"    {name:<14} {version or '-'}")

@@ -5,7 +5,14 @@
 """
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
+
+from metaedge._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; resolved lazily by __getattr__ at run time
+    from metaedge.export import onnx, tensorrt, verify
+    from metaedge.export.onnx import ONNX_OPSET, ExportError, check_onnx, export_bundle
+    from metaedge.export.tensorrt import build_engine
 
 _LAZY = {
     "export_bundle": "metaedge.export.onnx",
@@ -19,13 +26,7 @@ _SUBMODULES = {"onnx", "verify", "tensorrt"}
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"metaedge.export.{name}")
-    raise AttributeError(f"module 'metaedge.export' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+# Hidden from type checkers, which see the imports above instead: with a module __getattr__ they would
+# accept any attribute, so a typo such as `me.EdgeClasifier` would pass unnoticed.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(__name__, _LAZY, _SUBMODULES, globals())

@@ -12,9 +12,18 @@ use so that ``import metaedge.train`` stays cheap::
 """
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
 
+from metaedge._lazy import lazy_exports
 from metaedge._optional import require
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; resolved lazily by __getattr__ at run time
+    from metaedge.train import augment, backbones, checkpoint, data, methods, model, trainer
+    from metaedge.train.backbones import BACKBONES, build_backbone
+    from metaedge.train.checkpoint import CheckpointError, load_checkpoint, load_resume_state, save_checkpoint
+    from metaedge.train.evaluate import EvalReport, evaluate
+    from metaedge.train.model import EmbeddingModel
+    from metaedge.train.trainer import TrainConfig, fit
 
 _LAZY = {
     "EmbeddingModel": "metaedge.train.model",
@@ -34,16 +43,9 @@ _SUBMODULES = {"data", "methods", "backbones", "checkpoint", "model", "trainer",
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 
 
-def __getattr__(name: str):
-    if name in _LAZY or name in _SUBMODULES:
-        # Training needs torch; say what to install instead of a bare "No module named 'torch'".
-        require("torch", f"metaedge.train.{name}")
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"metaedge.train.{name}")
-    raise AttributeError(f"module 'metaedge.train' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+# Hidden from type checkers, which see the imports above instead: with a module __getattr__ they would
+# accept any attribute, so a typo such as `me.EdgeClasifier` would pass unnoticed.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        # Training needs torch: say what to install instead of a bare "No module named 'torch'".
+        __name__, _LAZY, _SUBMODULES, globals(), before=lambda name: require("torch", f"metaedge.train.{name}"))
