@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BoundPreprocess', 'BoundTopk', 'CudaDeviceProperties', 'adapt_head', 'class_prototypes', 'cuda_built', 'cuda_current_device', 'cuda_device_count', 'cuda_device_properties', 'cuda_device_synchronize', 'cuda_driver_version', 'cuda_free', 'cuda_free_host', 'cuda_host_alloc', 'cuda_host_device_pointer', 'cuda_malloc', 'cuda_memcpy', 'cuda_memset', 'cuda_pointer_device', 'cuda_runtime_version', 'cuda_stream_create', 'cuda_stream_destroy', 'cuda_stream_synchronize', 'l2_normalize', 'openmp_max_threads', 'pack_prototypes', 'preprocess', 'preprocess_output_channels', 'simd_level', 'topk', 'update_prototypes']
+__all__: list[str] = ['BoundPreprocess', 'BoundTopk', 'CudaDeviceProperties', 'adapt_head', 'class_prototypes', 'cuda_built', 'cuda_current_device', 'cuda_device_count', 'cuda_device_properties', 'cuda_device_synchronize', 'cuda_driver_version', 'cuda_free', 'cuda_free_host', 'cuda_host_alloc', 'cuda_host_device_pointer', 'cuda_malloc', 'cuda_memcpy', 'cuda_memset', 'cuda_pointer_device', 'cuda_runtime_version', 'cuda_stream_create', 'cuda_stream_destroy', 'cuda_stream_synchronize', 'l2_normalize', 'openmp_max_threads', 'pack_prototypes', 'preprocess', 'preprocess_output_shape', 'simd_level', 'topk', 'update_prototypes']
 class BoundTopk:
     max_packed_bytes: typing.ClassVar[float] = 8388608.0
     def __init__(self, protos: numpy.ndarray, metric: str) -> None:
@@ -19,9 +19,9 @@ class BoundTopk:
     def packed(self) -> bool:
         ...
 class BoundPreprocess:
-    def __call__(self, images: typing.Any) -> numpy.typing.NDArray[numpy.float32]:
+    def __call__(self, frames: typing.Any, rois: typing.Any = None, pixel_format: typing.Any = None) -> numpy.typing.NDArray[numpy.float32]:
         ...
-    def __init__(self, height: typing.SupportsInt | typing.SupportsIndex, width: typing.SupportsInt | typing.SupportsIndex, color: str, mean: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], std: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], invert: bool) -> None:
+    def __init__(self, height: typing.SupportsInt | typing.SupportsIndex, width: typing.SupportsInt | typing.SupportsIndex, color: str, mean: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], std: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], invert: bool, pixel_format: str, resize: str, antialias: bool, pad: typing.SupportsFloat | typing.SupportsIndex, yuv_matrix: str) -> None:
         ...
 class CudaDeviceProperties:
     @property
@@ -91,9 +91,9 @@ def openmp_max_threads() -> int:
     ...
 def pack_prototypes(protos: typing.Any, metric: str, packed: typing.Any) -> None:
     ...
-def preprocess(images: typing.Any, height: typing.SupportsInt | typing.SupportsIndex, width: typing.SupportsInt | typing.SupportsIndex, color: str, mean: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], std: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], invert: bool, out: typing.Any) -> None:
+def preprocess(frames: typing.Any, pixel_format: str, rois: typing.Any, height: typing.SupportsInt | typing.SupportsIndex, width: typing.SupportsInt | typing.SupportsIndex, color: str, mean: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], std: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], invert: bool, resize: str, antialias: bool, pad: typing.SupportsFloat | typing.SupportsIndex, yuv_matrix: str, out: typing.Any) -> None:
     ...
-def preprocess_output_channels(arg0: typing.SupportsInt | typing.SupportsIndex, arg1: str) -> int:
+def preprocess_output_shape(frames: typing.Any, pixel_format: str, rois: typing.Any, height: typing.SupportsInt | typing.SupportsIndex, width: typing.SupportsInt | typing.SupportsIndex, color: str) -> tuple[int, int, int, int]:
     ...
 def simd_level() -> str:
     ...

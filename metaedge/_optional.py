@@ -15,6 +15,7 @@ _INSTALL_HINTS = {
     "matplotlib": "pip install matplotlib",
     "faiss": "pip install faiss-cpu",
     "PIL": "pip install pillow",
+    "cv2": "pip install 'metaedge[video]' (on a Jetson: sudo apt install python3-opencv, JetPack's OpenCV with GStreamer)",
     "safetensors": "pip install safetensors",
 }
 

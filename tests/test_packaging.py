@@ -189,3 +189,6 @@ def test_extras_are_safe_on_a_jetson():
     assert jetpack6["onnx-cpu"] == {"onnxruntime>=1.16"}   # asked for by name: ARM boards without a GPU
     assert x86["onnx"] == {"onnxruntime>=1.16"} and x86["onnx-gpu"] == {"onnxruntime-gpu>=1.16"}
     assert x86["tensorrt"] == {"tensorrt>=10.3"} and x86["jetson"] == set()
+    # [video] leaves JetPack's OpenCV (with GStreamer) alone; [video-any] asks for PyPI's by name.
+    assert jetpack6["video"] == jetpack7["video"] == set() and x86["video"] == {"opencv-python-headless>=4.6"}
+    assert jetpack7["video-any"] == {"opencv-python-headless>=4.6"}
