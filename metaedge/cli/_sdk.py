@@ -2,6 +2,7 @@
 path expansion, opening a classifier, and a lock so that two commands never edit one gallery at once."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -31,6 +32,34 @@ def add_backend_arg(p) -> None:
     p.add_argument("--backend", default="auto", metavar="NAME",
                    help="inference backend: auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU), or one of "
                         "tensorrt, ort-cuda, ort-cpu (default: auto)")
+
+
+def add_frame_args(p, source_help: str) -> None:
+    """--source/--roi/--pixel-format/--resize-mode/--yuv-matrix: camera frames, video files and streams."""
+    g = p.add_argument_group("camera frames, video files and streams")
+    g.add_argument("--source", metavar="URI", default=None, help=source_help)
+    g.add_argument("--roi", metavar="X,Y,W,H", action="append", type=parse_roi, default=None,
+                   help="the region of each frame (or image) to classify, in pixels; repeat it for several regions "
+                        "(each gets its own prediction); default: the whole frame")
+    g.add_argument("--pixel-format", default=None, choices=("rgb", "bgr", "rgba", "bgra", "gray", "nv12", "yuyv"),
+                   help="layout of the source's frames (default: what the source says - BGR for OpenCV video, raw "
+                        "YUYV/NV12 for raw cameras and csi://)")
+    g.add_argument("--resize-mode", default=None, choices=("squeeze", "letterbox", "center_crop"),
+                   help="how frames of another shape are fitted to the network input (default: the bundle's "
+                        "resize policy, what it was trained with)")
+    g.add_argument("--yuv-matrix", default="bt601", choices=("bt601", "bt709", "bt601-full", "bt709-full"),
+                   help="YUV -> RGB conversion of NV12/YUYV frames (default: bt601, limited range)")
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        x, y, w, h = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (four integers, pixels), got {text!r}") from None
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        raise argparse.ArgumentTypeError(f"expected x, y >= 0 and w, h >= 1, got {text!r}")
+    return x, y, w, h
 
 
 def add_json_arg(p) -> None:
@@ -74,6 +103,7 @@ def errors_to_exit_codes():
     from metaedge.runtime.gallery import GalleryError, UnknownLabelError
     from metaedge.runtime.spec import SpecError
     from metaedge.runtime.bundle import BundleError
+    from metaedge.runtime.video import VideoSourceError
     data_errors = (GalleryError, SpecError, BundleError)
     try:
         yield
@@ -84,6 +114,8 @@ def errors_to_exit_codes():
     except data_errors as exc:
         raise CliError(str(exc), EXIT_DATA) from None
     except UnknownLabelError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except VideoSourceError as exc:  # an unreadable file, an unreachable camera or stream
         raise CliError(str(exc), EXIT_USAGE) from None
     except (ValueError, TypeError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -124,7 +156,8 @@ def open_classifier(args, gallery: str | None, must_exist: bool, autosave: bool 
                        f"LABEL IMAGES...)", EXIT_DATA)
     if not os.path.isdir(args.bundle):
         raise CliError(f"{args.bundle}: not a bundle directory (make one with `metaedge export`)", EXIT_DATA)
-    return EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave)
+    frames = {"resize_mode": getattr(args, "resize_mode", None), "yuv_matrix": getattr(args, "yuv_matrix", "bt601")}
+    return EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave, **frames)
 
 
 def timings_line(t) -> str:

@@ -1,9 +1,12 @@
-"""`metaedge enroll`: add a class (or more shots of one) to a gallery from a few images."""
+"""`metaedge enroll`: add a class (or more shots of one) to a gallery from a few images, or from shots captured
+from a live camera (the in-field enrollment case)."""
 from __future__ import annotations
 
 import argparse
+import time
 
 from metaedge.cli import _sdk
+from metaedge.cli.main import CliError
 
 
 def register(sub) -> None:
@@ -13,34 +16,91 @@ def register(sub) -> None:
                     "label becomes a new class; an existing label gets more shots (its prototype is the running "
                     "mean of all of them). GALLERY is created if it does not exist and is saved atomically, so an "
                     "interrupted command never damages it. Directories in IMAGES are searched for image files.",
-        epilog="example:\n  metaedge enroll bundle/ classes.metaedge bolt_m6 photos/bolt_m6/*.jpg\n\n"
+        epilog="examples:\n"
+               "  metaedge enroll bundle/ classes.metaedge bolt_m6 photos/bolt_m6/*.jpg\n"
+               "  metaedge enroll bundle/ classes.metaedge bolt_m6 --source /dev/video0 --shots 10 --every 0.5s \\\n"
+               "      --roi 200,120,240,240      # hold the object in the box; 10 shots, one every half second\n\n"
                + _sdk.EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory (manifest.json + model.onnx)")
     p.add_argument("gallery", metavar="GALLERY", help="gallery file (created if missing)")
     p.add_argument("label", metavar="LABEL", help="class label (1-128 characters, no control characters)")
-    p.add_argument("images", metavar="IMAGES", nargs="+", help="image files or directories of images")
+    p.add_argument("images", metavar="IMAGES", nargs="*", help="image files or directories of images (or --source)")
+    _sdk.add_frame_args(p, "capture the shots from a camera (/dev/video0 or 0, csi://0), stream (rtsp://, http://), "
+                           "video file or image folder instead of IMAGES")
+    g = p.add_argument_group("capturing shots (with --source)")
+    g.add_argument("--shots", type=int, default=10, metavar="N", help="shots to capture (default 10)")
+    g.add_argument("--every", default="0.5s", metavar="Ts|N",
+                   help="time between shots ('0.5s', '200ms') or frames between them ('3'); move or turn the "
+                        "object between shots for a better class (default 0.5s)")
+    g.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="give up (nothing enrolled) if the shots are not captured within S seconds (default 60)")
     _sdk.add_backend_arg(p)
     _sdk.add_json_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if bool(args.images) == bool(args.source):
+        raise CliError("give IMAGES or --source (one of them)", _sdk.EXIT_USAGE)
+    if args.source is not None and args.shots < 1:
+        raise CliError(f"--shots: expected an integer >= 1, got {args.shots}", _sdk.EXIT_USAGE)
     with _sdk.errors_to_exit_codes():
-        images = _sdk.expand_images(args.images)
+        images = _sdk.expand_images(args.images) if args.images else None
         with _sdk.gallery_lock(args.gallery):
             with _sdk.open_classifier(args, args.gallery, must_exist=False, autosave=False) as clf:
                 new = args.label not in clf
-                info = clf.enroll(args.label, images)
+                if images is None:
+                    shots, fmt = _capture(args)
+                elif args.roi:  # the regions of decoded images
+                    from metaedge.runtime.images import load_images
+                    shots, fmt = load_images(images), "auto"
+                else:
+                    shots, fmt = images, None
+                info = clf.enroll(args.label, shots, roi=args.roi, pixel_format=fmt)
+                count = len(shots) * (len(args.roi) if args.roi else 1)
                 clf.save()
                 timings = clf.last_timings
                 total = len(clf)
     if args.json:
-        _sdk.print_json({"label": info.label, "new_class": new, "images": len(images), "class": info.to_dict(),
+        _sdk.print_json({"label": info.label, "new_class": new, "images": count, "class": info.to_dict(),
                          "classes": total, "gallery": args.gallery, "timings": timings.to_dict()})
     else:
         what = "new class" if new else "more shots for"
-        print(f"enrolled {what} {info.label!r}: {len(images)} image(s), {info.shots} shot(s) in total; "
+        print(f"enrolled {what} {info.label!r}: {count} image(s), {info.shots} shot(s) in total; "
               f"{total} class(es) in {args.gallery}")
         print(f"  {_sdk.timings_line(timings)}")
     return 0
+
+
+def _capture(args):
+    """--shots frames of --source, one every --every, as (frames, pixel format); enroll cuts the --roi regions."""
+    import sys
+    from metaedge.runtime.stream import parse_every
+    from metaedge.runtime.video import open_source
+    schedule = parse_every(args.every)
+    shots, fmt = [], None
+    deadline = time.monotonic() + args.timeout
+    last, seen = -float("inf"), 0
+    with open_source(args.source) as source:
+        while len(shots) < args.shots:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CliError(f"--source {args.source}: {len(shots)} of {args.shots} shots in {args.timeout:.0f} s; "
+                               f"nothing enrolled (raise --timeout or lower --shots)", _sdk.EXIT_USAGE)
+            frame = source.read(timeout=remaining)
+            if frame is None:
+                raise CliError(f"--source {args.source}: ended after {len(shots)} of {args.shots} shots; nothing "
+                               f"enrolled", _sdk.EXIT_USAGE)
+            now = time.monotonic()
+            due = schedule is None or (schedule[0] == "frames" and seen % int(schedule[1]) == 0) or \
+                (schedule[0] == "seconds" and now - last >= schedule[1])
+            seen += 1
+            if not due:
+                continue
+            last = now
+            shots.append(frame.pixels.copy())
+            fmt = args.pixel_format or frame.pixel_format
+            if not args.json:
+                print(f"  shot {len(shots)}/{args.shots} (frame {frame.index})", file=sys.stderr, flush=True)
+    return shots, fmt

@@ -369,6 +369,13 @@ class EdgeClassifier:
     def _embed(self, images, roi=None, pixel_format=None) -> tuple[int, list, list, list[float]]:
         """-> (n, [index arrays], [embeddings on the backend's device], [load, preprocess, network] seconds)."""
         t0 = time.perf_counter()
+        if roi is not None and isinstance(images, (list, tuple)):  # the same boxes in each of several frames
+            parts = [self._embed(frame, roi, pixel_format) for frame in images]
+            if not parts:
+                raise ImageError("images: got an empty collection; pass at least one image")
+            n = sum(p[0] for p in parts)
+            embs = np.concatenate([self._host_embeddings(*p[:3]) for p in parts])
+            return n, [np.arange(n, dtype=np.int64)], [embs], [sum(p[3][i] for p in parts) for i in range(3)]
         boxes, fmt, frames = self._route(images, roi, pixel_format)
         if frames is not None:
             _check_not_empty(frames, boxes, fmt)
@@ -410,7 +417,8 @@ class EdgeClassifier:
 
     def enroll(self, label: str, images, *, roi=None, pixel_format: str | None = None) -> ClassInfo:
         """Add images of ``label``: a new class, or more shots of an existing one (exact running mean of all its
-        shots). ``roi``: the box(es) ``(x, y, w, h)`` of the object in one frame (each box is a shot).
+        shots). ``roi``: the box(es) ``(x, y, w, h)`` of the object in a frame, or in each of a list of frames
+        (each box of each frame is a shot).
         ``pixel_format``: the layout of uint8 frames (default: the classifier's). Returns the class's
         ``ClassInfo``. Any bad input raises before anything changes."""
         self._check_open()
