@@ -109,3 +109,19 @@ def test_predict_source_errors_exit_2_with_one_line(setup, tmp_path, argv, words
     code, out, err = cli("predict", bundle, gallery, *argv)
     assert code == 2, (out, err)
     assert words in err and "Traceback" not in err
+
+
+def test_the_camera_app_example_runs_on_a_video_file(setup, tmp_path):
+    """examples/camera_app.py as a user runs it: enroll from the first frames of a video, classify the rest."""
+    root, bundle, folders, video, sequence = setup
+    out = tmp_path / "app.mp4"
+    frames = [scene(objects(num_shapes=1, shots=2, seed=5)["shape0-r"][0], BOX, seed=i) for i in range(14)]
+    clip = write_video(tmp_path / "clip.mkv", frames, fps=5)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "camera_app.py"), bundle,
+                           str(tmp_path / "app.metaedge"), "--source", clip, "--roi", ",".join(map(str, BOX)),
+                           "--enroll", "red", "--save", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4 and all(line.split()[1] == "red" for line in lines)  # 10 shots, then 4 frames
+    with open_source(out) as saved:
+        assert len(list(saved)) == 4
