@@ -18,7 +18,7 @@ args = parser.parse_args()
 
 with me.EdgeClassifier(args.bundle, gallery=args.gallery) as clf, open_source(args.source) as source:
     if args.enroll:  # in-field enrollment: the next 10 frames of the camera are the shots
-        shots = [frame.pixels for frame, _ in zip(source, range(10))]
+        shots = [frame.pixels for _, frame in zip(range(10), source)]
         clf.enroll(args.enroll, shots, roi=args.roi, pixel_format=source.pixel_format)
     writer = VideoWriter(args.save, fps=source.fps or 30) if args.save else None
     for result in clf.stream(source, roi=args.roi, smooth=5):  # the newest frame each time, labels smoothed
