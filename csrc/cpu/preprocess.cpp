@@ -24,8 +24,8 @@ struct ImageJob {
   float* out;             // [out_channels, out_h, out_w] of this image
   int64_t out_h, out_w, out_channels;
   PreprocessAffine affine;
-  // Horizontal taps per content column: with the box prefilter, element offsets into the sums of a reduced
-  // row; without, absolute pixel columns. Weights include the 1 / (box width) of the averages.
+  // Horizontal taps per content column: with the box prefilter, box indices (relative to the region); without,
+  // absolute pixel columns. Weights include the 1 / (box width) of the averages.
   const int64_t* x_lo;
   const int64_t* x_hi;
   const float* x_w0;
@@ -36,8 +36,11 @@ struct ImageJob {
   const float* y_w0;
   const float* y_w1;
   bool wide_sums;         // 32-bit box sums (fx * fy > 257), else 16-bit
-  void* scratch_canon;    // box sums of a reduced row (+ padding)
-  void* scratch_spare;    // sliding sums / per-plane sums
+  void* scratch_acc;      // integer sums of a reduced row (+ padding)
+  void* scratch_acc2;     // a second integer plane (chroma at pixel resolution)
+  void* scratch_partial;  // sliding-sum partials / chroma pairs
+  float* scratch_sums;    // a reduced row's box sums, dense float planes [channel][box]
+  const uint8_t** scratch_rows;  // pointers to the source rows of one box (<= 256)
   float* cache;           // two reduced rows of H: 2 * used channels * dst_w floats
   int64_t row_begin, row_end;
 };
@@ -81,7 +84,7 @@ ImageRowsFn image_rows_loop() {
 // Taps of one axis for one (in, out, f, origin) - reused while they repeat (a camera's frames, one ROI size).
 class AxisTaps {
  public:
-  // `scale`: multiplies tap positions (elements per box in the sums: f * channels; or 1 for absolute pixels),
+  // `scale`: multiplies tap positions (pixels per box: f; or 1 for absolute pixels),
   // `origin`: added to them. With `normalise`, weights are divided by the size of the box they read.
   void prepare(int64_t in, int64_t out, int64_t f, int64_t scale, int64_t origin, bool normalise) {
     if (in == in_ && out == out_ && f == f_ && scale == scale_ && origin == origin_ && normalise == normalise_) return;
@@ -110,31 +113,38 @@ class AxisTaps {
 
 struct Scratch {
   AxisTaps xt, yt;
-  std::vector<uint32_t> canon, spare;  // 32-bit words; the 16-bit path uses them as twice as many halves
+  std::vector<uint32_t> acc, acc2, partial;  // 32-bit words; the 16-bit path uses them as twice as many halves
+  std::vector<float> sums;
+  std::vector<const uint8_t*> rows = std::vector<const uint8_t*>(256);
   std::vector<float> cache;
 };
 
 void run_image(const ImageJob& base, Scratch& s, ImageRowsFn rows_loop) {
   ImageJob job = base;
   const ImageGeometry& g = job.g;
-  const int cc = canonical_channels(job.format), used = used_channels(job.format);
+  const int used = used_channels(job.format);
   const bool box = g.fx > 1 || g.fy > 1;
-  // With the box prefilter the taps index the sums of a reduced row (f pixels of cc channels per box) and
-  // divide by the box size; without it they are absolute source columns.
-  s.xt.prepare(g.src_w, g.dst_w, g.fx, box ? g.fx * cc : 1, box ? 0 : g.src_x, box);
+  // With the box prefilter the taps are the first pixels of boxes (f pixels each) and divide by the box size;
+  // without it they are absolute source columns.
+  s.xt.prepare(g.src_w, g.dst_w, g.fx, 1, box ? 0 : g.src_x, box);
   s.yt.prepare(g.src_h, g.dst_h, g.fy, 1, 0, box);
   job.x_lo = s.xt.lo.data(), job.x_hi = s.xt.hi.data(), job.x_w0 = s.xt.w0.data(), job.x_w1 = s.xt.w1.data();
   job.y_lo = s.yt.lo.data(), job.y_hi = s.yt.hi.data(), job.y_w0 = s.yt.w0.data(), job.y_w1 = s.yt.w1.data();
   job.wide_sums = g.fx * g.fy > 257;  // 255 * fx * fy must fit 16 bits
   if (box) {
-    const size_t acc_bytes = job.wide_sums ? 4 : 2;
-    // canonical row + padding for the sliding sums; the spare row also holds nv12/yuyv per-plane sums
-    const size_t canon_elems = static_cast<size_t>((g.src_w + g.fx) * cc);
-    const size_t spare_elems = std::max(canon_elems, static_cast<size_t>(2 * g.src_w + 8));
-    s.canon.resize((canon_elems * acc_bytes + 3) / 4 + 16);
-    s.spare.resize((spare_elems * acc_bytes + 3) / 4 + 16);
-    job.scratch_canon = s.canon.data();
-    job.scratch_spare = s.spare.data();
+    // Room for any format: 4 elements per pixel (interleaved rgba, or yuyv's Y/U/Y/V), chroma at pixel
+    // resolution (2 per pixel), the sliding sums' padding, and the float planes.
+    const size_t elems = static_cast<size_t>(4 * (g.src_w + g.fx + 4));
+    const size_t acc_words = (elems * (job.wide_sums ? 4 : 2) + 3) / 4 + 16;
+    s.acc.resize(acc_words);
+    s.acc2.resize(acc_words);
+    s.partial.resize(acc_words);
+    s.sums.resize(elems + 16);
+    job.scratch_acc = s.acc.data();
+    job.scratch_acc2 = s.acc2.data();
+    job.scratch_partial = s.partial.data();
+    job.scratch_sums = s.sums.data();
+    job.scratch_rows = s.rows.data();
   }
   s.cache.resize(static_cast<size_t>(2 * used * g.dst_w));
   job.cache = s.cache.data();

@@ -7,109 +7,173 @@
 // (vertical taps), and each reduced row is turned once into `H`: its horizontally resampled samples, one plane
 // per raw channel ([used channels][dst_w] floats, kept in a two-row cache so consecutive output rows share it).
 // A reduced row is either one source row read in place (no prefilter), or - with the box prefilter - the sum of
-// fy source rows (integer, exact), laid out as raw channels per pixel, then summed over fx pixels (sliding
-// sums by doubling), from which the taps read. Box averages are divided out by the tap weights.
+// fy source rows (integer, exact; chroma repeated per pixel for nv12/yuyv), then summed over fx pixels (sliding
+// sums by doubling, written as floats), from which the taps read. Box averages are divided out by the tap
+// weights.
 
+// dst[i] (=|+=) the sum of rows[0..n_rows)[i] for i < n: the vertical box sum of source rows (vectorised: bytes
+// -> 16/32 bits), up to four rows per pass over `dst`.
 template <typename Acc>
-static inline Acc add_to(Acc a, uint8_t b) {
-  return static_cast<Acc>(a + static_cast<Acc>(b));
-}
-
-// dst[i] (=|+=) src[i] for i < n: the vertical box sum of one source row (vectorised: bytes -> 16/32 bits).
-template <typename Acc>
-static void accumulate_bytes(Acc* __restrict dst, const uint8_t* __restrict src, int64_t n, bool first) {
-  if (first) {
+static void accumulate_rows(Acc* __restrict dst, const uint8_t* const* rows, int64_t n_rows, int64_t n) {
+  int64_t r = 0;
+  bool first = true;
+  for (; r + 4 <= n_rows; r += 4, first = false) {
+    const uint8_t* __restrict a = rows[r];
+    const uint8_t* __restrict b = rows[r + 1];
+    const uint8_t* __restrict c = rows[r + 2];
+    const uint8_t* __restrict d = rows[r + 3];
+    if (first) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(src[i]);
-  } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(Acc(a[i]) + Acc(b[i]) + Acc(c[i]) + Acc(d[i]));
+    } else {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dst[i] = add_to(dst[i], src[i]);
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(dst[i] + Acc(a[i]) + Acc(b[i]) + Acc(c[i]) + Acc(d[i]));
+    }
+  }
+  for (; r + 2 <= n_rows; r += 2, first = false) {
+    const uint8_t* __restrict a = rows[r];
+    const uint8_t* __restrict b = rows[r + 1];
+    if (first) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(Acc(a[i]) + Acc(b[i]));
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(dst[i] + Acc(a[i]) + Acc(b[i]));
+    }
+  }
+  if (r < n_rows) {
+    const uint8_t* __restrict a = rows[r];
+    if (first) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(a[i]);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(dst[i] + Acc(a[i]));
+    }
   }
 }
 
-// The fy source rows of reduced row j summed into canon[src_w * kCanon] (raw channels per pixel), followed by
-// kCanon * fx zeros (the sliding sums read past the region's last pixel).
-template <PixelFormat F, typename Acc>
-static void vertical_box(const ImageJob& job, int64_t j, Acc* __restrict canon, Acc* __restrict tmp) {
-  constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
-  const ImageGeometry& g = job.g;
-  const int64_t r0 = g.src_y + j * g.fy, r1 = r0 + box_size(j, g.src_h, g.fy);
-  const int64_t n = g.src_w * kCanon;
-  if constexpr (F == PixelFormat::kNV12) {
-    // Y sums in tmp[0, src_w), chroma (U,V pairs of the cells under the region) in tmp[src_w, ...).
-    const int64_t c0 = g.src_x >> 1, cells = ((g.src_x + g.src_w - 1) >> 1) - c0 + 1;
-    Acc* ys = tmp;
-    Acc* uv = tmp + g.src_w;
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* y_row = job.frame + r * job.row_stride;
-      const uint8_t* uv_row = job.frame + (job.frame_height + (r >> 1)) * job.row_stride;
-      accumulate_bytes(ys, y_row + g.src_x, g.src_w, r == r0);
-      accumulate_bytes(uv, uv_row + 2 * c0, 2 * cells, r == r0);
-    }
-    for (int64_t i = 0; i < g.src_w; ++i) {
-      const int64_t cell = ((g.src_x + i) >> 1) - c0;
-      canon[3 * i] = ys[i];
-      canon[3 * i + 1] = uv[2 * cell];
-      canon[3 * i + 2] = uv[2 * cell + 1];
-    }
-  } else if constexpr (F == PixelFormat::kYUYV) {
-    const int64_t c0 = g.src_x >> 1, cells = ((g.src_x + g.src_w - 1) >> 1) - c0 + 1;
-    for (int64_t r = r0; r < r1; ++r)
-      accumulate_bytes(tmp, job.frame + r * job.row_stride + 4 * c0, 4 * cells, r == r0);
-    for (int64_t i = 0; i < g.src_w; ++i) {
-      const int64_t x = g.src_x + i, cell = (x >> 1) - c0;
-      canon[3 * i] = tmp[4 * cell + 2 * (x & 1)];
-      canon[3 * i + 1] = tmp[4 * cell + 1];
-      canon[3 * i + 2] = tmp[4 * cell + 3];
-    }
-  } else {
-    for (int64_t r = r0; r < r1; ++r)
-      accumulate_bytes(canon, job.frame + r * job.row_stride + g.src_x * kCanon, n, r == r0);
-  }
-  for (int64_t i = n; i < n + g.fx * kCanon; ++i) canon[i] = 0;
-}
-
-// out[i] = sum over t < f of a[i + t * step] for i < n, by doubling windows (log2(f) vectorised passes).
-// `a` is overwritten; it must hold n + f * step elements (zeros past the data).
+// The sums of f consecutive elements a[i], a[i + step], ..., a[i + (f - 1) step] for i < n, by doubling windows
+// (log2(f) vectorised passes); returns where they are (`a` itself, or `partial`). `a` is overwritten and holds
+// n + f * step elements (zeros past n).
 template <typename Acc>
-static const Acc* sliding_sums(Acc* __restrict a, Acc* __restrict out, int64_t n, int64_t f, int64_t step) {
-  if (f == 1) return a;
+static const Acc* sliding_sums(Acc* __restrict a, int64_t n, int64_t f, int64_t step, Acc* __restrict partial) {
   const int64_t total = n + f * step;
   int64_t len = 1, offset = 0;
   bool started = false;
   for (int64_t bit = 1; bit <= f; bit <<= 1) {
     if (f & bit) {
-      if (f == bit && !started) return a;  // a power of two: the window itself
+      if (2 * bit > f) {  // the highest bit: its window, plus what the lower bits gathered
+        if (!started) return a + offset * step;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) partial[i] = static_cast<Acc>(partial[i] + a[i + offset * step]);
+        return partial;
+      }
       if (!started) {
 #pragma omp simd
-        for (int64_t i = 0; i < n; ++i) out[i] = a[i + offset * step];
+        for (int64_t i = 0; i < n; ++i) partial[i] = a[i + offset * step];
         started = true;
       } else {
 #pragma omp simd
-        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Acc>(out[i] + a[i + offset * step]);
+        for (int64_t i = 0; i < n; ++i) partial[i] = static_cast<Acc>(partial[i] + a[i + offset * step]);
       }
       offset += len;
     }
-    if (2 * bit > f) break;
     // windows of len -> 2 len (in place: each element reads one further along, not yet updated)
     const int64_t limit = total - 2 * len * step;
 #pragma omp simd
     for (int64_t i = 0; i < limit; ++i) a[i] = static_cast<Acc>(a[i] + a[i + len * step]);
     len *= 2;
   }
-  return out;
+  return a;  // (f >= 1 always returns above)
 }
 
-// H[k][x] = w0[x] * s[lo[x] + k] + w1[x] * s[hi[x] + k] for the colour channels k of the sums.
-template <int kUsed, typename T>
-static void gather_taps(const T* __restrict s, const ImageJob& job, float* __restrict h) {
+// One channel's box sums as dense floats: out[p] = sums[p * stride] for the `boxes` boxes of the row.
+template <typename Acc>
+static void compact(const Acc* __restrict sums, int64_t stride, int64_t boxes, float* __restrict out) {
+  for (int64_t p = 0; p < boxes; ++p) out[p] = static_cast<float>(sums[p * stride]);
+}
+
+// The (U, V) sums of each chroma cell repeated for the two pixels it covers: uv_full[2 i + {0, 1}] for the
+// pixels i < n of a region starting at column x0 (cell c0 = x0 >> 1 first). `cells` holds (U, V) pairs (nv12) or
+// (Y, U, Y, V) quads (yuyv). Written a pair (two Acc) at a time - a shuffle the compiler vectorises - from one
+// pair before uv_full when x0 is odd (the caller leaves room).
+template <typename Acc, bool kQuads>
+static void chroma_per_pixel(const Acc* __restrict cells, Acc* __restrict uv_full, int64_t x0, int64_t n) {
+  const int64_t c0 = x0 >> 1, count = ((x0 + n - 1) >> 1) - c0 + 1;
+  Acc* __restrict out = uv_full - 2 * (x0 & 1);
+  for (int64_t c = 0; c < count; ++c) {
+    const Acc u = cells[kQuads ? 4 * c + 1 : 2 * c], v = cells[kQuads ? 4 * c + 3 : 2 * c + 1];
+    out[4 * c] = u, out[4 * c + 1] = v, out[4 * c + 2] = u, out[4 * c + 3] = v;
+  }
+}
+
+// Reduced row j with the box prefilter: the fy source rows summed (exact integers), then fx pixels summed along
+// the row (sliding sums), then each box's sum per channel gathered into dense float planes:
+// out[k * boxes + p] = the sum of channel k over box p.
+template <PixelFormat F, typename Acc>
+static void box_sums(const ImageJob& job, int64_t j, float* __restrict out) {
+  const ImageGeometry& g = job.g;
+  const int64_t r0 = g.src_y + j * g.fy, rows = box_size(j, g.src_h, g.fy);
+  const uint8_t** row_ptrs = job.scratch_rows;       // the source rows of the box (at most 256)
+  Acc* acc = static_cast<Acc*>(job.scratch_acc);      // integer sums, + padding
+  Acc* acc2 = static_cast<Acc*>(job.scratch_acc2) + 2;  // chroma per pixel (room for one pair before it)
+  Acc* partial = static_cast<Acc*>(job.scratch_partial);
+  const int64_t w = g.src_w, f = g.fx, boxes = box_count(w, f);
+  if constexpr (F == PixelFormat::kNV12 || F == PixelFormat::kYUYV) {
+    const int64_t c0 = g.src_x >> 1, cells = ((g.src_x + w - 1) >> 1) - c0 + 1;
+    Acc* pairs = partial;  // (chroma pairs or quads; `partial` is free until the sliding sums)
+    int64_t y_step = 1, y_offset = 0;
+    if constexpr (F == PixelFormat::kNV12) {
+      for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x;
+      accumulate_rows(acc, row_ptrs, rows, w);
+      for (int64_t r = 0; r < rows; ++r)  // a chroma row per luma row: rows of one cell pair count twice
+        row_ptrs[r] = job.frame + (job.frame_height + ((r0 + r) >> 1)) * job.row_stride + 2 * c0;
+      accumulate_rows(pairs, row_ptrs, rows, 2 * cells);
+      chroma_per_pixel<Acc, false>(pairs, acc2, g.src_x, w);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + 4 * c0;
+      accumulate_rows(acc, row_ptrs, rows, 4 * cells);
+      chroma_per_pixel<Acc, true>(acc, acc2, g.src_x, w);
+      // Y of pixel i sits at 2 (i + (x0 & 1)): a plane with step 2 (the odd elements, U/V sums, are not read)
+      y_step = 2, y_offset = 2 * (g.src_x & 1);
+    }
+    const int64_t n_y = w * y_step + y_offset;
+    for (int64_t i = n_y; i < n_y + (f + 1) * y_step; ++i) acc[i] = 0;
+    for (int64_t i = 2 * w; i < 2 * w + 2 * f; ++i) acc2[i] = 0;
+    const Acc* ys = sliding_sums(acc, n_y, f, y_step, partial);
+    compact(ys + y_offset, f * y_step, boxes, out);
+    const Acc* uv = sliding_sums(acc2, 2 * w, f, 2, partial);
+    compact(uv, 2 * f, boxes, out + boxes);
+    compact(uv + 1, 2 * f, boxes, out + 2 * boxes);
+  } else {
+    constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
+    constexpr int kUsed = F == PixelFormat::kGray ? 1 : 3;
+    const int64_t n = w * kCanon;
+    for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x * kCanon;
+    accumulate_rows(acc, row_ptrs, rows, n);
+    for (int64_t i = n; i < n + f * kCanon; ++i) acc[i] = 0;
+    const Acc* sums = sliding_sums(acc, n, f, kCanon, partial);
+    for (int k = 0; k < kUsed; ++k) compact(sums + k, f * kCanon, boxes, out + k * boxes);
+  }
+}
+
+// H[k][x] = w0[x] * box(lo[x]) + w1[x] * box(hi[x]) for the colour channels k; taps are box indices into the
+// dense planes of box_sums.
+template <int kUsed>
+static void gather_boxes(const float* __restrict planes, int64_t boxes, const ImageJob& job, float* __restrict h) {
   const int64_t w = job.g.dst_w;
-  for (int64_t x = 0; x < w; ++x) {
-    const T* a = s + job.x_lo[x];
-    const T* b = s + job.x_hi[x];
+  const float* p0 = planes;
+  const float* p1 = planes + (kUsed > 1 ? boxes : 0);
+  const float* p2 = planes + (kUsed > 2 ? 2 * boxes : 0);
+  for (int64_t x = 0; x < w; ++x) {  // the taps loaded once for all channels
+    const int64_t a = job.x_lo[x], b = job.x_hi[x];
     const float w0 = job.x_w0[x], w1 = job.x_w1[x];
-    for (int k = 0; k < kUsed; ++k)
-      h[k * w + x] = w0 * static_cast<float>(a[k]) + w1 * static_cast<float>(b[k]);
+    h[x] = w0 * p0[a] + w1 * p0[b];
+    if constexpr (kUsed > 1) {
+      h[w + x] = w0 * p1[a] + w1 * p1[b];
+      h[2 * w + x] = w0 * p2[a] + w1 * p2[b];
+    }
   }
 }
 
@@ -149,15 +213,11 @@ static void gather_direct(const ImageJob& job, int64_t sy, float* __restrict h) 
 
 template <PixelFormat F, typename Acc>
 static void reduced_row(const ImageJob& job, int64_t j, float* h) {
-  constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
   constexpr int kUsed = F == PixelFormat::kGray ? 1 : 3;
   const ImageGeometry& g = job.g;
   if (g.fx == 1 && g.fy == 1) return gather_direct<F>(job, g.src_y + j, h);
-  Acc* canon = static_cast<Acc*>(job.scratch_canon);
-  Acc* spare = static_cast<Acc*>(job.scratch_spare);
-  vertical_box<F, Acc>(job, j, canon, spare);
-  const Acc* sums = sliding_sums(canon, spare, g.src_w * kCanon, g.fx, kCanon);
-  gather_taps<kUsed>(sums, job, h);
+  box_sums<F, Acc>(job, j, job.scratch_sums);
+  gather_boxes<kUsed>(job.scratch_sums, box_count(g.src_w, g.fx), job, h);
 }
 
 // Output rows [row_begin, row_end) of one image: v_k = a * H_lo[k] + b * H_hi[k], out = M v + bias.
