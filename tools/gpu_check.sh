@@ -5,11 +5,12 @@
 #   2. runs the GPU tests (tests/gpu: every kernel vs the float64 references and the CPU kernels),
 #   3. runs compute-sanitizer memcheck over every kernel and racecheck over the top-k selection,
 #   4. runs the TensorRT checks where `import tensorrt` works and tests/gpu/test_tensorrt.py exists,
-#   5. runs tools/bench/kernels_gpu.py and prints its table last.
+#   5. runs tools/bench/preprocess.py --gpu (camera frames vs torch) and tools/bench/kernels_gpu.py, and prints
+#      the kernels table last.
 # Every step runs even if an earlier one failed (except after a failed build); the exit status is non-zero
 # when any step failed. Logs and the benchmark JSON go to $OUT (default ./gpu_check_out); at most 8 files.
 # Needs only the working tree: no virtual environment (set PYTHON to use another interpreter).
-# Time limits per step (140+20+140+60+40+80 s, +60 s for TensorRT) keep the whole run under 8 minutes.
+# Time limits per step (140+20+140+60+40+40+80 s, +60 s for TensorRT) keep the whole run under 9 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -103,6 +104,8 @@ else
 fi
 
 # ---- 5. benchmark -------------------------------------------------------------------------------------------
+run_step bench_frames 40 "$OUT/bench_frames.log" "$PY" tools/bench/preprocess.py --gpu --quick \
+  --json "$OUT/preprocess_gpu.json"
 run_step bench 80 "$OUT/bench.log" "$PY" tools/bench/kernels_gpu.py --json "$OUT/kernels_gpu.json"
 
 note "total $(elapsed)s; $([ $FAILED -eq 0 ] && echo 'ALL PASSED' || echo 'SOME STEPS FAILED')"

@@ -90,6 +90,16 @@ def run_others(rng, gpu, kernels, failures):
               and float(out.min()) >= 0 and float(out.max()) <= 1, failures)
     same = kernels.preprocess(gpu(frames), (37, 53)).to_numpy()
     check("preprocess identity size", np.allclose(same, frames.transpose(0, 3, 1, 2) / 255.0, atol=1e-6), failures)
+    # camera layouts, boxes at the borders, every resize mode, the box prefilter: each against the CPU kernel
+    layouts = {"bgr": (48, 62, 3), "bgra": (48, 62, 4), "nv12": (72, 62), "yuyv": (48, 62, 2), "gray": (48, 62)}
+    for fmt, shape in layouts.items():
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        for resize in ("squeeze", "letterbox", "center_crop"):
+            kw = dict(pixel_format=fmt, resize=resize, antialias=True, rois=[(0, 0, 62, 48), (61, 47, 1, 1),
+                                                                           (5, 7, 33, 21)])
+            got = kernels.preprocess(gpu(frame), (9, 7), **kw).to_numpy()
+            check(f"preprocess {fmt} {resize}", np.allclose(got, kernels.preprocess(frame, (9, 7), **kw), atol=4e-5),
+                  failures)
 
 
 def main(argv=None) -> int:

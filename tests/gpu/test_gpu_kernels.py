@@ -436,9 +436,9 @@ FRAME_FORMATS = ("gray", "rgb", "bgr", "rgba", "bgra", "nv12", "yuyv")
 @pytest.mark.parametrize("antialias", [False, True])
 def test_preprocess_frames_match_reference_and_cpu(rng, gpu, ref_pre, fmt, resize, antialias):
     from tests.test_kernels_frames import random_frame
-    frame = random_frame(rng, fmt, 480, 640)
-    for size, rois in [((224, 224), None), ((28, 28), None), ((64, 48), [(0, 0, 640, 480), (7, 9, 101, 77),
-                                                                        (600, 400, 40, 80)])]:
+    frame = random_frame(rng, fmt, 120, 160)
+    for size, rois in [((56, 56), None), ((12, 12), None), ((24, 18), [(0, 0, 160, 120), (7, 9, 101, 77),
+                                                                      (120, 80, 40, 40)])]:
         kwargs = dict(pixel_format=fmt, resize=resize, antialias=antialias, pad=50, rois=rois, mean=0.5, std=0.25)
         got = kernels.preprocess(gpu(frame), size, **kwargs).to_numpy()
         want = ref_pre.preprocess(frame, size, **kwargs)
