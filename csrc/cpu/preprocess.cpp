@@ -35,10 +35,12 @@ struct ImageJob {
   const int64_t* y_hi;
   const float* y_w0;
   const float* y_w1;
-  bool wide_sums;         // 32-bit box sums (fx * fy > 257), else 16-bit
-  void* scratch_acc;      // integer sums of a reduced row (+ padding)
-  void* scratch_acc2;     // a second integer plane (chroma at pixel resolution)
-  void* scratch_partial;  // sliding-sum partials / chroma pairs
+  bool wide_sums;         // 32-bit horizontal box sums (fx * fy > 257), else 16-bit
+  uint16_t* scratch_acc;  // vertical sums of a reduced row (+ padding)
+  uint16_t* scratch_acc2; // chroma sums at pixel resolution
+  uint16_t* scratch_pairs;  // nv12 chroma sums per cell
+  void* scratch_wide;     // a plane widened to 32 bits
+  void* scratch_partial;  // sliding-sum partials
   float* scratch_sums;    // a reduced row's box sums, dense float planes [channel][box]
   const uint8_t** scratch_rows;  // pointers to the source rows of one box (<= 256)
   float* cache;           // two reduced rows of H: 2 * used channels * dst_w floats
@@ -113,7 +115,8 @@ class AxisTaps {
 
 struct Scratch {
   AxisTaps xt, yt;
-  std::vector<uint32_t> acc, acc2, partial;  // 32-bit words; the 16-bit path uses them as twice as many halves
+  std::vector<uint16_t> acc, acc2, pairs;
+  std::vector<uint32_t> wide, partial;  // (the 16-bit path uses `partial` as twice as many halves)
   std::vector<float> sums;
   std::vector<const uint8_t*> rows = std::vector<const uint8_t*>(256);
   std::vector<float> cache;
@@ -135,13 +138,16 @@ void run_image(const ImageJob& base, Scratch& s, ImageRowsFn rows_loop) {
     // Room for any format: 4 elements per pixel (interleaved rgba, or yuyv's Y/U/Y/V), chroma at pixel
     // resolution (2 per pixel), the sliding sums' padding, and the float planes.
     const size_t elems = static_cast<size_t>(4 * (g.src_w + g.fx + 4));
-    const size_t acc_words = (elems * (job.wide_sums ? 4 : 2) + 3) / 4 + 16;
-    s.acc.resize(acc_words);
-    s.acc2.resize(acc_words);
-    s.partial.resize(acc_words);
-    s.sums.resize(elems + 16);
+    s.acc.resize(elems);
+    s.acc2.resize(elems);
+    s.pairs.resize(elems);
+    s.wide.resize(elems);
+    s.partial.resize(elems);
+    s.sums.resize(elems);
     job.scratch_acc = s.acc.data();
     job.scratch_acc2 = s.acc2.data();
+    job.scratch_pairs = s.pairs.data();
+    job.scratch_wide = s.wide.data();
     job.scratch_partial = s.partial.data();
     job.scratch_sums = s.sums.data();
     job.scratch_rows = s.rows.data();

@@ -108,52 +108,66 @@ static void chroma_per_pixel(const Acc* __restrict cells, Acc* __restrict uv_ful
   }
 }
 
+// The sliding sums of one plane of vertical sums (uint16: fy <= 256 rows of uint8 always fit), in Sum arithmetic
+// (uint16 while fx * fy * 255 fits, else uint32: the plane is widened first); the planes hold n elements plus
+// room for the padding.
+template <typename Sum>
+static const Sum* plane_sums(uint16_t* __restrict plane, int64_t n, int64_t f, int64_t step, Sum* __restrict wide,
+                             Sum* __restrict partial) {
+  Sum* a;
+  if constexpr (sizeof(Sum) == sizeof(uint16_t)) {
+    a = reinterpret_cast<Sum*>(plane);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) wide[i] = plane[i];
+    a = wide;
+  }
+  for (int64_t i = n; i < n + f * step; ++i) a[i] = 0;
+  return sliding_sums(a, n, f, step, partial);
+}
+
 // Reduced row j with the box prefilter: the fy source rows summed (exact integers), then fx pixels summed along
 // the row (sliding sums), then each box's sum per channel gathered into dense float planes:
 // out[k * boxes + p] = the sum of channel k over box p.
-template <PixelFormat F, typename Acc>
+template <PixelFormat F, typename Sum>
 static void box_sums(const ImageJob& job, int64_t j, float* __restrict out) {
   const ImageGeometry& g = job.g;
   const int64_t r0 = g.src_y + j * g.fy, rows = box_size(j, g.src_h, g.fy);
-  const uint8_t** row_ptrs = job.scratch_rows;       // the source rows of the box (at most 256)
-  Acc* acc = static_cast<Acc*>(job.scratch_acc);      // integer sums, + padding
-  Acc* acc2 = static_cast<Acc*>(job.scratch_acc2) + 2;  // chroma per pixel (room for one pair before it)
-  Acc* partial = static_cast<Acc*>(job.scratch_partial);
+  const uint8_t** row_ptrs = job.scratch_rows;           // the source rows of the box (at most 256)
+  uint16_t* acc = job.scratch_acc;                        // vertical sums, + padding
+  uint16_t* acc2 = job.scratch_acc2 + 2;                  // chroma per pixel (room for one pair before it)
+  Sum* wide = static_cast<Sum*>(job.scratch_wide);        // a plane widened to 32 bits (when Sum is)
+  Sum* partial = static_cast<Sum*>(job.scratch_partial);
   const int64_t w = g.src_w, f = g.fx, boxes = box_count(w, f);
   if constexpr (F == PixelFormat::kNV12 || F == PixelFormat::kYUYV) {
     const int64_t c0 = g.src_x >> 1, cells = ((g.src_x + w - 1) >> 1) - c0 + 1;
-    Acc* pairs = partial;  // (chroma pairs or quads; `partial` is free until the sliding sums)
     int64_t y_step = 1, y_offset = 0;
     if constexpr (F == PixelFormat::kNV12) {
+      uint16_t* pairs = job.scratch_pairs;
       for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x;
       accumulate_rows(acc, row_ptrs, rows, w);
       for (int64_t r = 0; r < rows; ++r)  // a chroma row per luma row: rows of one cell pair count twice
         row_ptrs[r] = job.frame + (job.frame_height + ((r0 + r) >> 1)) * job.row_stride + 2 * c0;
       accumulate_rows(pairs, row_ptrs, rows, 2 * cells);
-      chroma_per_pixel<Acc, false>(pairs, acc2, g.src_x, w);
+      chroma_per_pixel<uint16_t, false>(pairs, acc2, g.src_x, w);
     } else {
       for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + 4 * c0;
       accumulate_rows(acc, row_ptrs, rows, 4 * cells);
-      chroma_per_pixel<Acc, true>(acc, acc2, g.src_x, w);
+      chroma_per_pixel<uint16_t, true>(acc, acc2, g.src_x, w);
       // Y of pixel i sits at 2 (i + (x0 & 1)): a plane with step 2 (the odd elements, U/V sums, are not read)
       y_step = 2, y_offset = 2 * (g.src_x & 1);
     }
-    const int64_t n_y = w * y_step + y_offset;
-    for (int64_t i = n_y; i < n_y + (f + 1) * y_step; ++i) acc[i] = 0;
-    for (int64_t i = 2 * w; i < 2 * w + 2 * f; ++i) acc2[i] = 0;
-    const Acc* ys = sliding_sums(acc, n_y, f, y_step, partial);
+    const Sum* ys = plane_sums(acc, w * y_step + y_offset, f, y_step, wide, partial);
     compact(ys + y_offset, f * y_step, boxes, out);
-    const Acc* uv = sliding_sums(acc2, 2 * w, f, 2, partial);
+    const Sum* uv = plane_sums(acc2, 2 * w, f, 2, wide, partial);
     compact(uv, 2 * f, boxes, out + boxes);
     compact(uv + 1, 2 * f, boxes, out + 2 * boxes);
   } else {
     constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
     constexpr int kUsed = F == PixelFormat::kGray ? 1 : 3;
-    const int64_t n = w * kCanon;
     for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x * kCanon;
-    accumulate_rows(acc, row_ptrs, rows, n);
-    for (int64_t i = n; i < n + f * kCanon; ++i) acc[i] = 0;
-    const Acc* sums = sliding_sums(acc, n, f, kCanon, partial);
+    accumulate_rows(acc, row_ptrs, rows, w * kCanon);
+    const Sum* sums = plane_sums(acc, w * kCanon, f, kCanon, wide, partial);
     for (int k = 0; k < kUsed; ++k) compact(sums + k, f * kCanon, boxes, out + k * boxes);
   }
 }
