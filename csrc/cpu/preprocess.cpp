@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -20,6 +22,7 @@ struct ImageJob {
   const uint8_t* frame;   // first byte of the frame
   int64_t row_stride;     // bytes
   int64_t frame_height;   // rows of the (Y) plane: nv12's chroma rows follow it
+  int64_t frame_width;    // pixels per row
   ImageGeometry g;
   float* out;             // [out_channels, out_h, out_w] of this image
   int64_t out_h, out_w, out_channels;
@@ -83,6 +86,25 @@ ImageRowsFn image_rows_loop() {
   }
 }
 
+// 64-byte aligned storage (the box sums are read as 16-byte vectors).
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+
 // Taps of one axis for one (in, out, f, origin) - reused while they repeat (a camera's frames, one ROI size).
 class AxisTaps {
  public:
@@ -117,7 +139,7 @@ struct Scratch {
   AxisTaps xt, yt;
   std::vector<uint16_t> acc, acc2, pairs;
   std::vector<uint32_t> wide, partial;  // (the 16-bit path uses `partial` as twice as many halves)
-  std::vector<float> sums;
+  std::vector<float, AlignedAllocator<float>> sums;
   std::vector<const uint8_t*> rows = std::vector<const uint8_t*>(256);
   std::vector<float> cache;
 };
@@ -167,6 +189,7 @@ void preprocess(const Tensor& frames, const FrameLayout& layout, PixelFormat for
   base.format = format;
   base.row_stride = layout.row_stride;
   base.frame_height = layout.height;
+  base.frame_width = layout.width;
   base.out_h = H, base.out_w = W, base.out_channels = C;
   base.affine = make_preprocess_affine(format, C, params);
   base.row_begin = 0, base.row_end = H;
