@@ -49,23 +49,20 @@ def _progress_bar(total: int, enabled: bool):
 
 def run(args) -> int:
     with _sdk.errors_to_exit_codes():
-        with _sdk.gallery_lock(args.gallery):
-            with _sdk.open_classifier(args, args.gallery, must_exist=True, autosave=False) as clf:
-                if args.reset:
-                    was = clf.adapted
-                    clf.reset_adaptation()
-                    clf.save()
-                    result = {"reset": True, "was_adapted": was, "classes": len(clf)}
-                    report = None
-                else:
-                    update, close = _progress_bar(args.steps, not args.no_progress and not args.json)
-                    try:
-                        report = clf.adapt(steps=args.steps, lr=args.lr, momentum=args.momentum,
-                                           weight_decay=args.weight_decay, scale=args.scale, progress=update)
-                    finally:
-                        close()
-                    clf.save()
-                    result = report.to_dict()
+        with _sdk.open_classifier(args, args.gallery, must_exist=True) as clf:
+            if args.reset:
+                was = clf.adapted
+                clf.reset_adaptation()
+                result = {"reset": True, "was_adapted": was, "classes": len(clf)}
+                report = None
+            else:
+                update, close = _progress_bar(args.steps, not args.no_progress and not args.json)
+                try:
+                    report = clf.adapt(steps=args.steps, lr=args.lr, momentum=args.momentum,
+                                       weight_decay=args.weight_decay, scale=args.scale, progress=update)
+                finally:
+                    close()
+                result = report.to_dict()
     if args.json:
         _sdk.print_json(result)
     elif report is None:

@@ -11,8 +11,10 @@ def register(sub) -> None:
         "enroll", help="enroll a class from a few images into a gallery",
         description="Enroll LABEL from IMAGES into the gallery file GALLERY, using the network of BUNDLE. A new "
                     "label becomes a new class; an existing label gets more shots (its prototype is the running "
-                    "mean of all of them). GALLERY is created if it does not exist and is saved atomically, so an "
-                    "interrupted command never damages it. Directories in IMAGES are searched for image files.",
+                    "mean of all of them). GALLERY is created if it does not exist; the enrollment is one "
+                    "transaction of the gallery store, so an interrupted command never damages it and apps using "
+                    "the gallery see the class at their next prediction. Directories in IMAGES are searched for "
+                    "image files.",
         epilog="example:\n  metaedge enroll bundle/ classes.metaedge bolt_m6 photos/bolt_m6/*.jpg\n\n"
                + _sdk.EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,13 +30,11 @@ def register(sub) -> None:
 def run(args) -> int:
     with _sdk.errors_to_exit_codes():
         images = _sdk.expand_images(args.images)
-        with _sdk.gallery_lock(args.gallery):
-            with _sdk.open_classifier(args, args.gallery, must_exist=False, autosave=False) as clf:
-                new = args.label not in clf
-                info = clf.enroll(args.label, images)
-                clf.save()
-                timings = clf.last_timings
-                total = len(clf)
+        with _sdk.open_classifier(args, args.gallery, must_exist=False) as clf:
+            new = args.label not in clf
+            info = clf.enroll(args.label, images)  # committed (durably) when it returns
+            timings = clf.last_timings
+            total = len(clf)
     if args.json:
         _sdk.print_json({"label": info.label, "new_class": new, "images": len(images), "class": info.to_dict(),
                          "classes": total, "gallery": args.gallery, "timings": timings.to_dict()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (module, commands it registers) - the order is the order of `metaedge --help`.
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metaedge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, unless asked for the traceback
+        if os.environ.get("METAEDGE_DEBUG"):
+            raise
+        print(f"metaedge {args.command}: internal error: {type(exc).__name__}: {exc} (a bug in metaedge: run "
+              f"again with METAEDGE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 
