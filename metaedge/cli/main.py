@@ -20,9 +20,16 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2): the message and where to read more, not the usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metaedge import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metaedge",
         description="Few-shot visual recognition for edge GPUs: meta-train a backbone, export it, and enroll "
                     "new classes on the device from a handful of images.",

@@ -234,7 +234,8 @@ def _check_onnx_io(where: Path, key: str, file: Path, spec: ModelSpec) -> None:
                      f"{sorted(by_name)[:5]})")
     want = tuple(spec.input_shape)
     dims = tuple(decl.shape[1:])
-    if len(decl.shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims, want)) or decl.elem_type != FLOAT:
+    if (len(decl.shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims, want))
+            or decl.elem_type != FLOAT):
         _fail(where, f"manifest field 'spec.preprocess' (input [batch, {', '.join(map(str, want))}] float32) "
                      f"does not match {file.name}, which takes {spec.input_name!r} as "
                      f"{list(decl.shape)} of element type {decl.elem_type}")

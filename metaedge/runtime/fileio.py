@@ -45,6 +45,9 @@ class WriteError(OSError):
     """Writing a file failed (disk full, read-only file system, permission, I/O error); ``errno`` and
     ``filename`` say which. The previous content of the target is intact."""
 
+    def __str__(self) -> str:  # the message names the file already
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()
+
 
 def file_kind(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

@@ -26,7 +26,8 @@ import numpy as np
 from metaedge.runtime.fileio import UnreadableFileError, read_file
 
 __all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups",
-           "preprocess_groups", "max_pixels", "set_max_pixels", "DEFAULT_MAX_PIXELS", "MAX_IMAGE_FILE_BYTES"]
+           "preprocess_groups", "max_pixels", "set_max_pixels", "check_pixels", "read_image_file",
+           "DEFAULT_MAX_PIXELS", "MAX_IMAGE_FILE_BYTES"]
 
 # 4096 x 4096: 4K frames (3840x2160 = 8.3 MP, 4096x2160 = 8.8 MP) and 12 MP phone photos pass; a decompression
 # bomb does not. Decoding holds up to 4 bytes per pixel (RGBA), so the default bounds a decode to 64 MiB.
@@ -50,6 +51,31 @@ def max_pixels() -> int:
             return value
         raise ImageError(f"METAEDGE_MAX_PIXELS: expected a positive integer, got {env!r}")
     return DEFAULT_MAX_PIXELS
+
+
+def check_pixels(img, what: str) -> None:
+    """ImageError unless the opened (not yet decoded) PIL image ``img`` has at most :func:`max_pixels` pixels."""
+    width, height = img.size
+    limit = max_pixels()
+    if width * height > limit:
+        raise ImageError(f"{what}: {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,}; "
+                         f"refused before decoding (raise it with METAEDGE_MAX_PIXELS or "
+                         f"metaedge.runtime.images.set_max_pixels)")
+
+
+def read_image_file(path: str | os.PathLike, what: str) -> bytes:
+    """The bytes of an image file, read as hostile input (regular file, bounded size); ImageError otherwise."""
+    try:
+        return read_file(path, MAX_IMAGE_FILE_BYTES, "image file")
+    except FileNotFoundError:
+        raise ImageError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{what}: is a directory, not an image file") from None
+    except UnreadableFileError as exc:
+        raise ImageError(f"{what}: {'is a directory, not an image file' if 'a directory' in str(exc) else exc}") \
+            from None
+    except OSError as exc:
+        raise ImageError(f"{what}: cannot read ({exc.strerror or exc})") from None
 
 
 def set_max_pixels(limit: int | None) -> None:
@@ -108,29 +134,10 @@ def _pil_to_array(img, what: str) -> np.ndarray:
 def _decode(data: bytes | os.PathLike | str, what: str) -> np.ndarray:
     from metaedge._optional import require
     pil = require("PIL.Image", "reading image files")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        raw = bytes(data)
-    else:
-        path = os.fspath(data)
-        try:
-            raw = read_file(path, MAX_IMAGE_FILE_BYTES, "image file")
-        except FileNotFoundError:
-            raise ImageError(f"{what}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{what}: is a directory, not an image file") from None
-        except UnreadableFileError as exc:
-            raise ImageError(f"{what}: {'is a directory, not an image file' if 'a directory' in str(exc) else exc}") \
-                from None
-        except OSError as exc:
-            raise ImageError(f"{what}: cannot read ({exc.strerror or exc})") from None
+    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else read_image_file(data, what)
     try:
         with pil.open(io.BytesIO(raw)) as img:
-            width, height = img.size
-            limit = max_pixels()
-            if width * height > limit:
-                raise ImageError(f"{what}: {width}x{height} = {width * height:,} pixels, more than the limit of "
-                                 f"{limit:,}; refused before decoding (raise it with METAEDGE_MAX_PIXELS or "
-                                 f"metaedge.runtime.images.set_max_pixels)")
+            check_pixels(img, what)
             img.load()  # decode now: a truncated file fails here, not later
             return _pil_to_array(img, what)
     except ImageError:

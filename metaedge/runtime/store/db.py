@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from metaedge import kernels
-from metaedge.runtime.store.errors import (GalleryCorruptError, GalleryError, GalleryVersionError,
+from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryVersionError,
                                            from_sqlite_error)
 from metaedge.runtime.store.labels import check_label
 from metaedge.runtime.store.state import RECORD, ClassRecord
@@ -195,7 +195,7 @@ class Store:
     def open(cls, path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_S) -> "Store":
         try:
             conn = cls.connect(path, readonly=readonly, timeout=timeout)
-        except sqlite3.Error as exc:
+        except STORE_ERRORS as exc:
             raise from_sqlite_error(exc, path, "opening the gallery") from None
         store = cls(conn, path, readonly)
         try:
@@ -207,7 +207,7 @@ class Store:
                                        f"galleries on a local file system")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA journal_size_limit=67108864")
-        except sqlite3.Error as exc:
+        except STORE_ERRORS as exc:
             conn.close()
             raise from_sqlite_error(exc, path, "opening the gallery") from None
         except BaseException:
@@ -234,7 +234,8 @@ class Store:
             what = ", ".join(f"{t} {n!r}" for t, n in sorted(unexpected)) or ""
             gone = ", ".join(f"{t} {n!r}" for t, n in sorted(missing)) or ""
             raise GalleryCorruptError(f"{self.path}: not a metaedge gallery schema"
-                                      + (f" (unexpected {what})" if what else "") + (f" (missing {gone})" if gone else ""))
+                                      + (f" (unexpected {what})" if what else "")
+                                      + (f" (missing {gone})" if gone else ""))
 
     @classmethod
     def initialise(cls, conn: sqlite3.Connection, *, embedding_dim: int, metric: str, fingerprint: str | None,

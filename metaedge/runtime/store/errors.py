@@ -8,7 +8,7 @@ from metaedge.runtime.fileio import WriteError
 
 __all__ = ["GalleryError", "GalleryCorruptError", "GalleryMismatchError", "GalleryVersionError",
            "GalleryReadOnlyError", "GalleryWriteError", "UnknownLabelError", "LabelConflictError",
-           "from_sqlite_error"]
+           "from_sqlite_error", "STORE_ERRORS"]
 
 
 class GalleryError(ValueError):
@@ -81,9 +81,17 @@ def _code(exc: sqlite3.Error) -> int | None:
     return None
 
 
-def from_sqlite_error(exc: sqlite3.Error, path: str, doing: str) -> Exception:
+# What reading or writing the database can raise: sqlite3's errors, and text that is not UTF-8 in a damaged file
+# (Python's sqlite3 raises UnicodeDecodeError for some of those).
+STORE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+
+
+def from_sqlite_error(exc: Exception, path: str, doing: str) -> Exception:
     """An sqlite3 exception as the gallery error it means: a GalleryWriteError for full disks, read-only files,
     I/O errors and locks held too long; a GalleryCorruptError for damaged databases; else a GalleryError."""
+    if isinstance(exc, UnicodeDecodeError):
+        return GalleryCorruptError(f"{path}: damaged text in the database ({exc}); restore a backup, or import a "
+                                   f"class pack into a new gallery")
     code = _code(exc)
     if code in _CORRUPT_CODES:
         return GalleryCorruptError(f"{path}: not a metaedge gallery, or a damaged one ({exc}); restore a backup, "

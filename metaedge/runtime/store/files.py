@@ -15,7 +15,8 @@ import sqlite3
 from metaedge.runtime.fileio import UnreadableFileError, as_write_error, create_file, fsync_dir, open_regular, \
     temp_path_for
 from metaedge.runtime.store.db import is_sqlite_file
-from metaedge.runtime.store.errors import GalleryCorruptError, GalleryError, GalleryWriteError, from_sqlite_error
+from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryWriteError,
+                                           from_sqlite_error)
 
 __all__ = ["kind_of", "new_database", "install", "STORE", "LEGACY"]
 
@@ -57,7 +58,7 @@ def new_database(target: str, fill) -> str:
         finally:
             os.close(fd)
         return tmp
-    except sqlite3.Error as exc:
+    except STORE_ERRORS as exc:
         _discard(tmp)
         raise from_sqlite_error(exc, target, "writing the new gallery") from None
     except OSError as exc:

@@ -32,7 +32,7 @@ from metaedge import kernels
 from metaedge.runtime.fileio import atomic_write, temp_path_for
 from metaedge.runtime.store import files
 from metaedge.runtime.store.db import (BUSY_TIMEOUT_S, MAX_SHOTS, MAX_TIME, AuditRow, Meta, Store, check_settings)
-from metaedge.runtime.store.errors import (GalleryCorruptError, GalleryError, GalleryMismatchError,
+from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryMismatchError,
                                            GalleryReadOnlyError, GalleryWriteError, LabelConflictError,
                                            UnknownLabelError, from_sqlite_error)
 from metaedge.runtime.store.labels import check_label, nfc
@@ -212,7 +212,7 @@ class Gallery:
                 self._state = self._load_state(meta)
             finally:
                 store.rollback()
-        except sqlite3.Error as exc:
+        except STORE_ERRORS as exc:
             store.close()
             raise from_sqlite_error(exc, path or ":memory:", "reading the gallery") from None
         except BaseException:
@@ -373,7 +373,7 @@ class Gallery:
                     new = self._sync(self._state)
                 finally:
                     store.rollback()
-            except sqlite3.Error as exc:
+            except STORE_ERRORS as exc:
                 err = from_sqlite_error(exc, self.path or ":memory:", "reading the latest changes")
                 if isinstance(err, GalleryWriteError):  # busy/locked: keep the last state, retry next call
                     return self._state
@@ -507,7 +507,7 @@ class Gallery:
                     yield s
                 finally:
                     store.rollback()
-            except sqlite3.Error as exc:
+            except STORE_ERRORS as exc:
                 raise from_sqlite_error(exc, self.path or ":memory:", "reading the gallery") from None
 
     def history(self, label: str | None = None, limit: int | None = None) -> list[AuditEntry]:
@@ -572,15 +572,18 @@ class Gallery:
                     seen = self._changes[0] if self._changes is not None else -1
                     store.begin_write()
                     base = self._sync(self._state).share()
-                except sqlite3.Error as exc:
+                except STORE_ERRORS as exc:
                     raise from_sqlite_error(exc, where, "starting a change") from None
                 self._work, self._gen = base, base.generation + 1
-                yield self
+                try:
+                    yield self
+                except STORE_ERRORS as exc:
+                    raise from_sqlite_error(exc, where, "writing the change") from None
                 if self._dirty:
                     try:
                         store.set_meta(generation=self._gen)
                         store.commit()
-                    except sqlite3.Error as exc:
+                    except STORE_ERRORS as exc:
                         raise from_sqlite_error(exc, where, "committing the change") from None
                     committed = True
                     new = self._work.with_generation(self._gen)
@@ -595,7 +598,7 @@ class Gallery:
                     self._seen = seen
             except BaseException:
                 if not committed:
-                    with contextlib.suppress(sqlite3.Error):
+                    with contextlib.suppress(*STORE_ERRORS):
                         store.rollback()
                 raise
             finally:
@@ -798,7 +801,8 @@ class Gallery:
             d = self.embedding_dim
             cs = ClassSet(embedding_dim=d, metric=self.metric, fingerprint=self.fingerprint,
                           labels=[s.names[i] for i in idx], shots=np.array(s.rec["shots"][idx], np.int64),
-                          enrolled_at=np.array(s.rec["enrolled_at"][idx]), updated_at=np.array(s.rec["updated_at"][idx]),
+                          enrolled_at=np.array(s.rec["enrolled_at"][idx]),
+                          updated_at=np.array(s.rec["updated_at"][idx]),
                           prototypes=np.array(s.protos[idx], np.float32).reshape(len(idx), d),
                           support=[support.get(u, np.zeros((0, d), np.float32)) for u in uids],
                           support_cap=self.support_cap)
@@ -987,7 +991,7 @@ class Gallery:
                 return
             self._closed = True
             self._changes = None
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*STORE_ERRORS):
                 self._store.close()
             if self._counter is not None:
                 self._counter.close()
