@@ -6,7 +6,6 @@ the smallest cosine similarity between matching embedding rows (what nearest-pro
 """
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from dataclasses import asdict, dataclass
@@ -73,11 +72,8 @@ def random_inputs(spec: ModelSpec, seed: int = 0, batches: Sequence[int] = (1, 7
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    from PIL import Image
-
-    from metaedge.runtime.images import check_pixels
-    with Image.open(io.BytesIO(data)) as im:
-        check_pixels(im, f"image {name}")
+    from metaedge.runtime.images import open_image
+    with open_image(data, f"image {name}") as im:
         if im.mode in ("1", "L", "I", "I;16", "F", "LA"):
             im = im.convert("L")
         elif im.mode not in ("RGB", "RGBA"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -26,7 +27,7 @@ import numpy as np
 from metaedge.runtime.fileio import UnreadableFileError, read_file
 
 __all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups",
-           "preprocess_groups", "max_pixels", "set_max_pixels", "check_pixels", "read_image_file",
+           "preprocess_groups", "max_pixels", "set_max_pixels", "check_pixels", "open_image", "read_image_file",
            "DEFAULT_MAX_PIXELS", "MAX_IMAGE_FILE_BYTES"]
 
 # 4096 x 4096: 4K frames (3840x2160 = 8.3 MP, 4096x2160 = 8.8 MP) and 12 MP phone photos pass; a decompression
@@ -61,6 +62,25 @@ def check_pixels(img, what: str) -> None:
         raise ImageError(f"{what}: {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,}; "
                          f"refused before decoding (raise it with METAEDGE_MAX_PIXELS or "
                          f"metaedge.runtime.images.set_max_pixels)")
+
+
+def open_image(raw: bytes, what: str):
+    """A PIL image opened on encoded bytes - its header read, nothing decoded - whose pixel count is within
+    :func:`max_pixels` (ImageError otherwise). Use it as a context manager."""
+    from metaedge._optional import require
+    pil = require("PIL.Image", "reading image files")
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the check below decides, with its message
+            warnings.simplefilter("ignore", pil.DecompressionBombWarning)
+            img = pil.open(io.BytesIO(raw))
+    except pil.DecompressionBombError as exc:  # beyond twice PIL's limit it refuses at open
+        raise ImageError(f"{what}: refused before decoding: {exc}") from None
+    try:
+        check_pixels(img, what)
+    except BaseException:
+        img.close()
+        raise
+    return img
 
 
 def read_image_file(path: str | os.PathLike, what: str) -> bytes:
@@ -132,12 +152,9 @@ def _pil_to_array(img, what: str) -> np.ndarray:
 
 
 def _decode(data: bytes | os.PathLike | str, what: str) -> np.ndarray:
-    from metaedge._optional import require
-    pil = require("PIL.Image", "reading image files")
     raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else read_image_file(data, what)
     try:
-        with pil.open(io.BytesIO(raw)) as img:
-            check_pixels(img, what)
+        with open_image(raw, what) as img:
             img.load()  # decode now: a truncated file fails here, not later
             return _pil_to_array(img, what)
     except ImageError:

@@ -15,13 +15,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _load(path: str) -> np.ndarray:
-    import io
+    from PIL import ImageOps
 
-    from PIL import Image, ImageOps
-
-    from metaedge.runtime.images import check_pixels, read_image_file
-    with Image.open(io.BytesIO(read_image_file(path, path))) as im:
-        check_pixels(im, path)
+    from metaedge.runtime.images import open_image, read_image_file
+    with open_image(read_image_file(path, path), path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode not in ("L", "RGB"):
             # alpha is dropped, as metaedge.kernels.preprocess does with RGBA frames on the device
