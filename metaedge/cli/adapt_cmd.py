@@ -38,13 +38,20 @@ def _progress_bar(total: int, enabled: bool):
         from tqdm import tqdm
     except ImportError:
         return None, lambda: None
-    bar = tqdm(total=total, desc="adapt", unit="step", file=sys.stderr, leave=False)
+    bars = []  # made at the first step: a refused adapt (too few classes) prints no bar
 
     def update(done, steps, loss):
+        if not bars:
+            bars.append(tqdm(total=total, desc="adapt", unit="step", file=sys.stderr, leave=False))
+        bar = bars[0]
         bar.n = done
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.refresh()
-    return update, bar.close
+
+    def close():
+        for bar in bars:
+            bar.close()
+    return update, close
 
 
 def run(args) -> int:

@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """A message on one line (a multi-line one, e.g. a backend selection log, joined with '; ')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return lines[0] + " " + "; ".join(lines[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except CliError as exc:
-        print(f"metaedge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"metaedge {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return exc.code
     except ImportError as exc:  # a missing optional dependency: the message says what to install
-        print(f"metaedge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"metaedge {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"metaedge {args.command}: interrupted", file=sys.stderr)
@@ -67,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, unless asked for the traceback
         if os.environ.get("METAEDGE_DEBUG"):
             raise
-        print(f"metaedge {args.command}: internal error: {type(exc).__name__}: {exc} (a bug in metaedge: run "
-              f"again with METAEDGE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        print(f"metaedge {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} (a bug in "
+              f"metaedge: run again with METAEDGE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return 1
     return int(result or 0)
 

@@ -22,6 +22,7 @@ from metaedge.runtime.gallery import (Gallery, GalleryCorruptError, GalleryError
                                       GalleryReadOnlyError, GalleryVersionError, LabelConflictError)
 from metaedge.runtime.store import db
 from metaedge.runtime.store.container import payload_digest
+from tests.runtime.fs import in_small_tmpfs
 
 FP = "a" * 64
 DIM = 8
@@ -497,21 +498,6 @@ def test_created_files_honour_the_umask(tmp_path, rng, umask, mode):
 
 
 # ------------------------------------------------------------------------------------------ full disk
-def in_small_tmpfs(script: str, size_kib: int = 384) -> subprocess.CompletedProcess:
-    """Run ``script`` (bash) with $D a fresh tmpfs of ``size_kib`` KiB, in a private mount namespace (unshare -rm:
-    no root needed where user namespaces are allowed); skips the test where that cannot be done."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1) to mount a size-limited tmpfs")
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
-    body = f"set -u\nD=$(mktemp -d)\nmount -t tmpfs -o size={size_kib}k tmpfs \"$D\"\ncd {ROOT}\n" + script
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PY=sys.executable)
-    return subprocess.run(["unshare", "-rm", "bash", "-c", body], capture_output=True, text=True, env=env,
-                          timeout=120)
-
-
 def test_a_full_disk_fails_the_change_and_loses_nothing():
     code = textwrap.dedent("""
         import os, sys, numpy as np

@@ -181,20 +181,24 @@ class Store:
 
     # ------------------------------------------------------------------ opening and creating
     @staticmethod
-    def connect(path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    def connect(path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_S,
+                immutable: bool = False) -> sqlite3.Connection:
         if path == ":memory:":
             conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
-            uri = "file:" + _uri_path(path) + ("?mode=ro" if readonly else "?mode=rw")
+            # immutable: on a read-only mount nothing can change the file, and SQLite cannot make its -shm there
+            uri = "file:" + _uri_path(path) + ("?mode=ro" if readonly else "?mode=rw") + ("&immutable=1" if immutable
+                                                                                         else "")
             conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA trusted_schema=OFF")
         conn.execute("PRAGMA cell_size_check=ON")
         return conn
 
     @classmethod
-    def open(cls, path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_S) -> "Store":
+    def open(cls, path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_S,
+             immutable: bool = False) -> "Store":
         try:
-            conn = cls.connect(path, readonly=readonly, timeout=timeout)
+            conn = cls.connect(path, readonly=readonly, timeout=timeout, immutable=immutable)
         except STORE_ERRORS as exc:
             raise from_sqlite_error(exc, path, "opening the gallery") from None
         store = cls(conn, path, readonly)

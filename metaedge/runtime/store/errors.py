@@ -86,6 +86,15 @@ def _code(exc: sqlite3.Error) -> int | None:
 STORE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
+def _disk_full(path: str) -> bool:
+    import os
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def from_sqlite_error(exc: Exception, path: str, doing: str) -> Exception:
     """An sqlite3 exception as the gallery error it means: a GalleryWriteError for full disks, read-only files,
     I/O errors and locks held too long; a GalleryCorruptError for damaged databases; else a GalleryError."""
@@ -93,6 +102,8 @@ def from_sqlite_error(exc: Exception, path: str, doing: str) -> Exception:
         return GalleryCorruptError(f"{path}: damaged text in the database ({exc}); restore a backup, or import a "
                                    f"class pack into a new gallery")
     code = _code(exc)
+    if code in (10, 13, 14) and _disk_full(path):  # I/O errors and failed opens on a full disk say so
+        code = 13
     if code in _CORRUPT_CODES:
         return GalleryCorruptError(f"{path}: not a metaedge gallery, or a damaged one ({exc}); restore a backup, "
                                    f"or import a class pack into a new gallery")

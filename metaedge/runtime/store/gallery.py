@@ -16,6 +16,7 @@ this process is mid-change it answers from the last published state and catches 
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import os
 import socket
@@ -37,6 +38,7 @@ from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, Ga
                                            UnknownLabelError, from_sqlite_error)
 from metaedge.runtime.store.labels import check_label, nfc
 from metaedge.runtime.store.matrix import ClassMatrix, readonly
+from metaedge.runtime.store.notify import SUFFIX as COUNTER_SUFFIX
 from metaedge.runtime.store.notify import ChangeCounter
 from metaedge.runtime.store.packs import ClassSet, pack_bytes, read_pack
 from metaedge.runtime.store.state import (ClassInfo, ClassRecord, State, build_state, empty_state, imprint,
@@ -175,14 +177,24 @@ class Gallery:
         return files.install(files.new_database(path, init), path)
 
     def _attach_file(self, path: str, *, readonly: bool, timeout: float = BUSY_TIMEOUT_S) -> None:
-        store = Store.open(path, readonly=readonly, timeout=timeout)
+        """Open the store at ``path``. A gallery on a read-only mount, or a file this user may not write, opens
+        read-only (predictions work; a change is a GalleryWriteError saying why)."""
+        why = None if readonly else _not_writable(path)
+        store = Store.open(path, readonly=readonly or why is not None, timeout=timeout,
+                           immutable=why == errno.EROFS)
+        counter = None
         try:
             # realpath: every process must find the same counter, whichever link it opened the gallery through
-            counter = ChangeCounter(os.path.realpath(path), os.stat(path).st_mode & 0o777, writable=not readonly)
+            real = os.path.realpath(path)
+            if why is None:
+                counter = ChangeCounter(real, os.stat(path).st_mode & 0o777, writable=not readonly)
+            elif why != errno.EROFS and os.path.exists(real + COUNTER_SUFFIX):
+                counter = ChangeCounter(real, writable=False)
         except BaseException:
             store.close()
             raise
-        self._setup(store, path, counter, readonly=readonly)
+        self._setup(store, path, counter, readonly=readonly or why is not None)
+        self._readonly_errno = why
 
     def _setup(self, store: Store, path: str | None, counter: ChangeCounter | None, *, readonly: bool,
                legacy: bool = False) -> None:
@@ -199,6 +211,7 @@ class Gallery:
         self._local = threading.local()
         self._closed = False
         self.readonly = readonly
+        self._readonly_errno: int | None = None
         self.legacy = legacy
         self.path = path
         self.autosave = True
@@ -546,6 +559,11 @@ class Gallery:
             raise GalleryReadOnlyError(
                 f"{self.path}: a gallery file of the old format (schema 1), opened read-only; convert it to the "
                 f"shared store with `metaedge classes migrate {self.path}` (a backup of the old file is kept)")
+        if self._readonly_errno is not None:
+            reason = ("is on a read-only file system" if self._readonly_errno == errno.EROFS
+                      else "is not writable by this user")
+            raise GalleryWriteError(self._readonly_errno, f"{self.path}: the gallery {reason}; nothing was changed",
+                                    self.path)
         if self.readonly:
             raise GalleryReadOnlyError(f"{self.path}: opened read-only")
 
@@ -1001,6 +1019,20 @@ class Gallery:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _not_writable(path: str) -> int | None:
+    """EROFS when ``path`` is on a read-only mount, EACCES when this user may not write it or its directory (where
+    SQLite keeps its -wal and -shm files), else None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.statvfs(directory).f_flag & getattr(os, "ST_RDONLY", 1):
+            return errno.EROFS
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK) or not os.access(directory, os.W_OK | os.X_OK):
+        return errno.EACCES
+    return None
 
 
 def _entry(r: AuditRow) -> AuditEntry:
