@@ -134,18 +134,36 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,argv,code,words", CASES, ids=[c[0] for c in CASES])
-def test_every_failure_class_exits_with_its_code_and_one_line(world, name, argv, code, words):
-    args = [a.format(w=world["w"], bundle=world["bundle"], gallery=world["gallery"]) for a in argv]
-    galleries = [a for a in args if a.endswith(".metaedge")]
+@pytest.fixture(scope="module")
+def outcomes(world):
+    """Every case run once, two at a time (no case changes anything, so they may run side by side)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def args_of(argv):
+        return [a.format(w=world["w"], bundle=world["bundle"], gallery=world["gallery"]) for a in argv]
+    galleries = sorted({a for _, argv, _, _ in CASES for a in args_of(argv) if a.endswith(".metaedge")})
     before = {g: _fingerprint_of(g) for g in galleries}
-    prefix = ("-c", BLOCK.format(mod="onnxruntime")) if name == "onnxruntime missing" else ("-m", "metaedge")
-    proc = _cli(*args, prefix=prefix)
+
+    def run(case):
+        name, argv = case[0], args_of(case[1])
+        prefix = ("-c", BLOCK.format(mod="onnxruntime")) if name == "onnxruntime missing" else ("-m", "metaedge")
+        return name, (argv, _cli(*argv, prefix=prefix))
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(pool.map(run, CASES))
+    after = {g: _fingerprint_of(g) for g in galleries}
+    return results, before, after
+
+
+@pytest.mark.parametrize("name,argv,code,words", CASES, ids=[c[0] for c in CASES])
+def test_every_failure_class_exits_with_its_code_and_one_line(outcomes, name, argv, code, words):
+    results, before, after = outcomes
+    args, proc = results[name]
     err = proc.stderr.strip()
     assert proc.returncode == code, (proc.returncode, err)
     assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, err
     assert err.startswith("metaedge") and ": error: " in err and words in err, err
-    assert {g: _fingerprint_of(g) for g in galleries} == before  # a failed command changes nothing
+    touched = [a for a in args if a.endswith(".metaedge")]
+    assert {g: after[g] for g in touched} == {g: before[g] for g in touched}  # a failed command changes nothing
 
 
 def _in_tmpfs(world, commands: str, size_kib: int, remount_ro: bool = False):

@@ -70,6 +70,7 @@ class AuditEntry:
     at: float               # Unix time
     op: str                 # enroll, forget, rename, adapt, reset_adaptation, threshold, clear, import, migrate, ...
     label: str | None
+    uid: int | None         # the class's id (it survives renames)
     shots: int | None       # images enrolled (enroll), shots the class had (forget), imported (import)
     actor: str              # the process/user, or the server's token name
     detail: dict | None
@@ -77,8 +78,8 @@ class AuditEntry:
     def to_dict(self) -> dict:
         import datetime as _dt
         return {"seq": self.seq, "version": self.version, "at": _dt.datetime.fromtimestamp(
-            self.at, _dt.timezone.utc).isoformat(), "op": self.op, "label": self.label, "shots": self.shots,
-            "actor": self.actor, "detail": self.detail}
+            self.at, _dt.timezone.utc).isoformat(), "op": self.op, "label": self.label, "uid": self.uid,
+            "shots": self.shots, "actor": self.actor, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -1036,7 +1037,7 @@ def _not_writable(path: str) -> int | None:
 
 
 def _entry(r: AuditRow) -> AuditEntry:
-    return AuditEntry(r.seq, r.generation, r.at, r.op, r.label, r.shots, r.actor, r.detail)
+    return AuditEntry(r.seq, r.generation, r.at, r.op, r.label, r.uid, r.shots, r.actor, r.detail)
 
 
 def _merge_support(a_rows: np.ndarray, a_shots: int, b_rows: np.ndarray, b_shots: int, cap: int, seed) -> np.ndarray:
