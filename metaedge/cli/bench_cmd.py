@@ -25,9 +25,9 @@ SUITES = {
 def register(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmarks that apply to this machine",
                        description="Run the benchmark suites in tools/bench (a source checkout is needed) that apply "
-                                   "to this machine - kernels and gallery (always), backbones and sdk (torch + onnxruntime), "
-                                   "train (torch), kernels_gpu (a CUDA build and a GPU) - each comparing metaedge "
-                                   "with its baselines in the same run, then print one table of the ratios.")
+                                   "to this machine - kernels and gallery (always), backbones and sdk (torch + "
+                                   "onnxruntime), train (torch), kernels_gpu (a CUDA build and a GPU) - each comparing "
+                                   "metaedge with its baselines in the same run, then print one table of the ratios.")
     p.add_argument("--suites", nargs="+", choices=sorted(SUITES), help="suites to run (default: all that apply)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions where a suite supports it")
     p.add_argument("--json", metavar="PATH", help="write all results to this JSON file")

@@ -198,8 +198,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         return EdgeClassifier(bundle, gallery=None, backend=backend)
 
     def keep(clf):
-        if gallery_path.exists():
-            gallery_path.unlink()
+        from metaedge.runtime.store.files import remove_gallery
+        remove_gallery(str(gallery_path))  # the previous run's (no process of ours uses it)
         clf.save(gallery_path)
 
     results = []

@@ -18,7 +18,7 @@ from metaedge.runtime.store.db import is_sqlite_file
 from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryWriteError,
                                            from_sqlite_error)
 
-__all__ = ["kind_of", "new_database", "install", "STORE", "LEGACY"]
+__all__ = ["kind_of", "new_database", "install", "remove_gallery", "STORE", "LEGACY"]
 
 STORE, LEGACY = "store", "legacy"
 
@@ -92,6 +92,14 @@ def install(tmp: str, target: str, *, replace: bool = False) -> bool:
         raise as_write_error(exc, target, GalleryWriteError) from None
     finally:
         _discard(tmp)
+
+
+def remove_gallery(path: str) -> None:
+    """Delete a gallery and its companion files (``-wal``, ``-shm``, ``-changes``) - only when no process uses it
+    (one that does keeps writing to the deleted file)."""
+    for suffix in ("", "-wal", "-shm", "-changes"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
 
 
 def _discard(path: str) -> None:
