@@ -12,6 +12,22 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def within(seconds: int, fn):
+    """fn() - which must not block on a special file (a FIFO opened for reading blocks forever without
+    O_NONBLOCK): a TimeoutError after ``seconds``."""
+    import signal
+
+    def alarm(*_):
+        raise TimeoutError("blocked on a special file")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def require_tmpfs() -> None:
     """Skip the calling test where a tmpfs cannot be mounted in a user namespace."""
     if shutil.which("unshare") is None:

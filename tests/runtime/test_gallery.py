@@ -264,6 +264,29 @@ def test_two_galleries_on_one_file_see_each_other_and_lose_nothing(tmp_path, rng
     assert a.adapted and a.snapshot().metric == "cosine"
 
 
+def test_catching_up_with_few_or_many_changes_gives_the_same_as_a_fresh_load(tmp_path, rng):
+    path = tmp_path / "g"
+    a = Gallery.open(path, embedding_dim=DIM, support_cap=1)
+    with a.transaction():
+        for i in range(950):
+            a.add(f"c{i}", rng.standard_normal((1, DIM)).astype(np.float32))
+    b = Gallery.load(path)
+    b.snapshot()
+    for batch in (3, 300):  # a few classes are read one by one; many: everything is reloaded
+        with a.transaction():
+            for i in rng.choice(950, batch, replace=False):
+                a.add(f"c{i}", rng.standard_normal((1, DIM)).astype(np.float32))
+            a.rename("c5" if batch == 3 else "five 3", f"five {batch}")
+            a.add(f"new {batch}", rng.standard_normal((1, DIM)).astype(np.float32))
+        snap = b.snapshot()
+        fresh = Gallery.load(path)
+        assert snap.labels == tuple(fresh.labels) and snap.version == fresh.version
+        np.testing.assert_array_equal(b.prototypes(), fresh.prototypes())
+        assert b.counts().tolist() == fresh.counts().tolist()
+    assert a.export_pack(tmp_path / "many.pack", a.labels[:920]) == 920  # more ids than one query takes
+    assert len(Gallery(DIM, support_cap=1).import_pack(tmp_path / "many.pack").added) == 920
+
+
 def test_changes_are_transactions_all_or_nothing(tmp_path, rng):
     path = tmp_path / "g"
     g = Gallery.open(path, embedding_dim=DIM, fingerprint=FP)

@@ -7,11 +7,8 @@ import os
 import random
 import shlex
 import shutil
-import signal
 import sqlite3
 import struct
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -22,13 +19,12 @@ from metaedge.runtime.gallery import (Gallery, GalleryCorruptError, GalleryError
                                       GalleryReadOnlyError, GalleryVersionError, LabelConflictError)
 from metaedge.runtime.store import db
 from metaedge.runtime.store.container import payload_digest
-from tests.runtime.fs import in_small_tmpfs
+from tests.runtime.fs import in_small_tmpfs, within
 
 FP = "a" * 64
 DIM = 8
 DATA = os.path.join(os.path.dirname(__file__), "data")
 LEGACY = os.path.join(DATA, "legacy_v1.metaedge")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def stored(path, rng, classes=5, shots=3, **kw) -> Gallery:
@@ -207,38 +203,25 @@ def test_whatever_loads_can_be_changed_exported_and_checked(tmp_path, rng):
 
 
 # ------------------------------------------------------------------------------------------ special files
-def _refuses_within(seconds, fn):
-    """fn() must raise without blocking (a FIFO opened for reading blocks forever without O_NONBLOCK)."""
-    def alarm(*_):
-        raise TimeoutError("blocked on a special file")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        fn()
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
 def test_special_files_are_refused_without_blocking(tmp_path, rng):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(GalleryError, match="FIFO"):
-        _refuses_within(5, lambda: Gallery.load(tmp_path / "fifo"))
+        within(5, lambda: Gallery.load(tmp_path / "fifo"))
     with pytest.raises(GalleryError, match="FIFO"):
-        _refuses_within(5, lambda: Gallery.migrate(tmp_path / "fifo"))
+        within(5, lambda: Gallery.migrate(tmp_path / "fifo"))
     g = stored(tmp_path / "g", rng)
     with pytest.raises(GalleryError, match="FIFO"):
-        _refuses_within(5, lambda: g.import_pack(tmp_path / "fifo"))
+        within(5, lambda: g.import_pack(tmp_path / "fifo"))
     g.close()
     os.unlink(str(tmp_path / "g") + "-changes")
     os.mkfifo(str(tmp_path / "g") + "-changes")
     with pytest.raises(GalleryError, match="change counter must be a regular file"):
-        _refuses_within(5, lambda: Gallery.load(tmp_path / "g"))
+        within(5, lambda: Gallery.load(tmp_path / "g"))
     with pytest.raises(GalleryError, match="directory"):
         Gallery.load(tmp_path)
     with pytest.raises(GalleryError, match="character device"):
-        _refuses_within(5, lambda: Gallery.load("/dev/zero"))
+        within(5, lambda: Gallery.load("/dev/zero"))
 
 
 def _legacy_with(tmp_path, *, state=None, meta=None, tensors=None):

@@ -7,7 +7,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import struct
 import time
 import zlib
@@ -17,6 +16,7 @@ import pytest
 
 from metaedge.runtime.bundle import Bundle, BundleError, compute_fingerprint, write_manifest
 from metaedge.runtime.images import ImageError, load_images, max_pixels, set_max_pixels
+from tests.runtime.fs import within
 
 pytest.importorskip("onnx")
 PIL = pytest.importorskip("PIL.Image")
@@ -26,19 +26,6 @@ PIL = pytest.importorskip("PIL.Image")
 def bundle(tmp_path):
     from tests.runtime.bundles import make_bundle
     return make_bundle(tmp_path / "bundle")
-
-
-def within(seconds, fn):
-    """fn() must finish (here: raise) without blocking on a special file."""
-    def alarm(*_):
-        raise TimeoutError("blocked on a special file")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        return fn()
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def png_bomb(width: int, height: int) -> bytes:

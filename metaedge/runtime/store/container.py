@@ -21,7 +21,7 @@ import numpy as np
 from metaedge.runtime.fileio import UnreadableFileError, open_regular, parse_json
 from metaedge.runtime.store.errors import GalleryCorruptError
 
-__all__ = ["read_container", "write_container", "payload_digest", "MAX_HEADER_BYTES"]
+__all__ = ["read_container", "write_container", "payload_digest", "check_schema", "MAX_HEADER_BYTES"]
 
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
@@ -37,6 +37,23 @@ def payload_digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
         h.update(f"\0{name}|{a.dtype.name}|{list(a.shape)}\0".encode())
         h.update(a.data)
     return h.hexdigest()
+
+
+def check_schema(meta: dict, where: str, newest: int, what: str) -> int:
+    """The file's ``schema_version``: GalleryVersionError (upgrade metaedge) if newer than ``newest``,
+    GalleryCorruptError if missing or not a positive int."""
+    from metaedge.runtime.store.errors import GalleryVersionError
+    try:
+        version = int(meta.get("schema_version", ""))
+    except ValueError:
+        version = 0
+    if version < 1:
+        raise GalleryCorruptError(f"{where}: damaged metadata (schema_version {meta.get('schema_version')!r})")
+    if version > newest:
+        raise GalleryVersionError(f"{where}: {what} of schema {version} from metaedge "
+                                  f"{meta.get('metaedge_version', '?')}; this metaedge reads schema <= {newest}: "
+                                  f"upgrade metaedge")
+    return version
 
 
 def write_container(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:

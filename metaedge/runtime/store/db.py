@@ -52,6 +52,7 @@ MAX_FINGERPRINT = 256
 MAX_ACTOR = 256
 MAX_DETAIL_BYTES = 64 * 1024
 BUSY_TIMEOUT_S = 30.0
+MAX_IDS_PER_QUERY = 900       # below SQLite's bound on a statement's parameters (999 before 3.32)
 
 _SCHEMA = {
     ("table", "meta"): "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL) "
@@ -373,6 +374,8 @@ class Store:
             where_sql, params = "1", ()
         else:
             ids = sorted(set(int(u) for u in uids))
+            if len(ids) > MAX_IDS_PER_QUERY:  # SQLite bounds a statement's parameters (callers load all instead)
+                raise ValueError(f"load_classes: at most {MAX_IDS_PER_QUERY} class ids at once, got {len(ids)}")
             where_sql, params = f"uid IN ({','.join('?' * len(ids))})" if ids else "0", ids
         self._check_sizes(where_sql, params)
         try:
@@ -456,6 +459,13 @@ class Store:
     def load_support(self, uids: Iterable[int] | None, cap: int) -> dict[int, np.ndarray]:
         """``{uid: float32 [rows, d]}`` (classes without support are absent), sizes checked before reading."""
         d = self.dim
+        if uids is not None:
+            ids = sorted(set(int(u) for u in uids))
+            if len(ids) > MAX_IDS_PER_QUERY:  # SQLite bounds a statement's parameters
+                out: dict[int, np.ndarray] = {}
+                for i in range(0, len(ids), MAX_IDS_PER_QUERY):
+                    out.update(self.load_support(ids[i:i + MAX_IDS_PER_QUERY], cap))
+                return out
         if uids is None:
             where_sql, params = "1", []
         else:

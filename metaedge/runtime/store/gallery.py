@@ -20,7 +20,6 @@ import errno
 import getpass
 import os
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -30,9 +29,10 @@ from typing import Iterator
 import numpy as np
 
 from metaedge import kernels
-from metaedge.runtime.fileio import atomic_write, temp_path_for
+from metaedge.runtime.fileio import atomic_write
 from metaedge.runtime.store import files
-from metaedge.runtime.store.db import (BUSY_TIMEOUT_S, MAX_SHOTS, MAX_TIME, AuditRow, Meta, Store, check_settings)
+from metaedge.runtime.store.db import (BUSY_TIMEOUT_S, MAX_IDS_PER_QUERY, MAX_SHOTS, MAX_TIME, AuditRow, Meta, Store,
+                                       check_settings)
 from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryMismatchError,
                                            GalleryReadOnlyError, GalleryWriteError, LabelConflictError,
                                            UnknownLabelError, from_sqlite_error)
@@ -49,7 +49,7 @@ __all__ = ["Gallery", "AuditEntry", "TrainingSet", "ImportReport", "DEFAULT_SUPP
 
 DEFAULT_SUPPORT_CAP = 20
 CONFLICT_POLICIES = ("fail", "skip", "replace", "merge")
-_FULL_RELOAD_FRACTION = 8   # more changed classes than 1/8 of the gallery: reload all of it
+_FULL_RELOAD_FRACTION = 8   # more changed classes than 1/8 of the gallery (or than a query takes): reload all
 
 
 def default_actor() -> str:
@@ -407,7 +407,7 @@ class Gallery:
         if gen < s.generation:  # the file went back (a restored backup): start over
             return self._load_state()
         uids, kinds = store.changes_since(s.generation)
-        if "wide" in kinds or len(uids) > max(64, len(s) // _FULL_RELOAD_FRACTION):
+        if "wide" in kinds or len(uids) > min(MAX_IDS_PER_QUERY, max(64, len(s) // _FULL_RELOAD_FRACTION)):
             return self._load_state()
         s.share()
         if "settings" in kinds:
@@ -816,7 +816,7 @@ class Gallery:
             else:
                 idx = [s.index(label) for label in dict.fromkeys(labels)]
             uids = [int(s.rec[i]["uid"]) for i in idx]
-            support = self._store.load_support(uids, self.support_cap)
+            support = self._store.load_support(None if labels is None else uids, self.support_cap)
             d = self.embedding_dim
             cs = ClassSet(embedding_dim=d, metric=self.metric, fingerprint=self.fingerprint,
                           labels=[s.names[i] for i in idx], shots=np.array(s.rec["shots"][idx], np.int64),

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from metaedge.runtime.fileio import parse_json
-from metaedge.runtime.store.container import read_container
+from metaedge.runtime.store.container import check_schema, read_container
 from metaedge.runtime.store.db import (FORMAT, MAX_EMBEDDING_DIM, MAX_ID, MAX_SUPPORT_CAP, _int, _time,
                                        check_fingerprint, check_settings, check_thresholds)
-from metaedge.runtime.store.errors import GalleryCorruptError, GalleryVersionError
+from metaedge.runtime.store.errors import GalleryCorruptError
 from metaedge.runtime.store.packs import ClassSet, check_classes, split_support
 
 __all__ = ["read_legacy", "LEGACY_SCHEMA", "MAX_LEGACY_BYTES"]
@@ -41,17 +41,7 @@ def _state(meta: dict, where: str) -> dict:
 
 
 def _check_header(entries: dict, meta: dict, where: str) -> None:
-    try:
-        version = int(meta.get("schema_version", ""))
-    except ValueError:
-        raise GalleryCorruptError(f"{where}: damaged metadata (schema_version {meta.get('schema_version')!r})") \
-            from None
-    if version > LEGACY_SCHEMA:
-        raise GalleryVersionError(f"{where}: written with gallery schema {version} by metaedge "
-                                  f"{meta.get('metaedge_version', '?')}; this metaedge reads schema <= "
-                                  f"{LEGACY_SCHEMA} files: upgrade metaedge")
-    if version < 1:
-        raise GalleryCorruptError(f"{where}: damaged metadata (schema_version {version})")
+    check_schema(meta, where, LEGACY_SCHEMA, "a gallery file")
     state = _state(meta, where)
     c = len(state["names"])
     try:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from metaedge.runtime.fileio import parse_json
-from metaedge.runtime.store.container import read_container, write_container
+from metaedge.runtime.store.container import check_schema, read_container, write_container
 from metaedge.runtime.store.db import (MAX_EMBEDDING_DIM, MAX_SHOTS, MAX_SUPPORT_CAP, _int, _time,
                                        check_fingerprint, check_settings)
-from metaedge.runtime.store.errors import GalleryCorruptError, GalleryVersionError
+from metaedge.runtime.store.errors import GalleryCorruptError
 from metaedge.runtime.store.labels import check_label
 
 __all__ = ["ClassSet", "read_pack", "pack_bytes", "PACK_FORMAT", "PACK_SCHEMA", "MAX_PACK_BYTES"]
@@ -97,15 +97,7 @@ def split_support(support: np.ndarray, labels: np.ndarray, classes: int, where: 
 
 
 def _check_pack_header(entries: dict, meta: dict, where: str) -> tuple[list, int, int]:
-    try:
-        version = int(meta.get("schema_version", ""))
-    except ValueError:
-        raise GalleryCorruptError(f"{where}: damaged metadata (schema_version {meta.get('schema_version')!r})") \
-            from None
-    if version > PACK_SCHEMA:
-        raise GalleryVersionError(f"{where}: a class pack of schema {version} from metaedge "
-                                  f"{meta.get('metaedge_version', '?')}; this metaedge reads schema <= {PACK_SCHEMA}: "
-                                  f"upgrade metaedge")
+    check_schema(meta, where, PACK_SCHEMA, "a class pack")
     try:
         labels = parse_json(meta["labels"], f"{where}: labels")
         dim, cap = int(meta["embedding_dim"]), int(meta["support_cap"])
