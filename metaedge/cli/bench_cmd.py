@@ -116,5 +116,6 @@ def run(args) -> int:
     for name, why in skipped.items():
         print(f"   {name}: {why}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "skipped": skipped}, indent=2))
+        from metaedge.runtime.fileio import atomic_write_json
+        atomic_write_json(args.json, {"results": results, "skipped": skipped})
     return 0 if results else 1

@@ -10,7 +10,6 @@ training run: config, metrics, checkpoints), and ``training_curve.png``, ``accur
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -242,9 +241,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "machine": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
         "seconds": round(time.perf_counter() - started, 1), "quick": cfg.quick,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    from metaedge.runtime.fileio import atomic_write_json
+    atomic_write_json(out / "summary.json", summary)
     say("")
     say(format_summary(summary))
     return summary
