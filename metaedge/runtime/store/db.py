@@ -366,10 +366,10 @@ class Store:
                                       f"{bad[3]} of {bad[4]} bytes (expected blobs of {nbytes}), label {bad[5]} of "
                                       f"{bad[6]} characters")
 
-    def load_classes(self, uids: Iterable[int] | None = None) -> tuple[list[str], np.ndarray, np.ndarray,
-                                                                        np.ndarray | None, bool]:
-        """Classes as arrays: ``(labels, records RECORD[n], prototypes [n, d], adapted [n, d] or None,
-        adapted_any)`` in uid order, all of them or those of ``uids``; every field checked."""
+    def load_classes(self, uids: Iterable[int] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray,
+                                                                        np.ndarray | None]:
+        """Classes as arrays: ``(labels, uids int64[n], records RECORD[n], prototypes [n, d], adapted [n, d] or
+        None)`` in uid order, all of them or those of ``uids``; every field checked."""
         if uids is None:
             where_sql, params = "1", ()
         else:
@@ -387,6 +387,7 @@ class Store:
             raise
         n, d = len(rows), self.dim
         rec = np.zeros(n, RECORD)
+        ids = np.zeros(n, np.int64)
         labels: list[str] = []
         protos = np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(n, d) if n else \
             np.zeros((0, d), np.float32)
@@ -411,15 +412,16 @@ class Store:
             _int(fresh, 0, 1, f"{where} ({label!r}): fresh")
             _int(support, 0, min(shots, MAX_SUPPORT_CAP), f"{where} ({label!r}): support")
             _int(vgen, 0, MAX_ID, f"{where} ({label!r}): vector_gen")
-            rec[i] = (uid, shots, _time(enrolled, f"{where}: enrolled_at"), _time(updated, f"{where}: updated_at"),
+            rec[i] = (shots, _time(enrolled, f"{where}: enrolled_at"), _time(updated, f"{where}: updated_at"),
                       vgen, support, bool(fresh))
+            ids[i] = uid
             labels.append(label)
         if n and not np.isfinite(protos).all():
             bad = int(np.argmax(~np.isfinite(protos).all(axis=1)))
             raise GalleryCorruptError(f"{self.path}: class {labels[bad]!r}: non-finite prototype")
         if adapted is not None and not np.isfinite(adapted).all():
             raise GalleryCorruptError(f"{self.path}: non-finite adapted weights")
-        return labels, rec, protos.copy(), None if adapted is None else adapted.copy(), adapted is not None
+        return labels, ids, rec, protos.copy(), None if adapted is None else adapted.copy()
 
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM classes").fetchone()[0]

@@ -240,12 +240,12 @@ class Gallery:
     def _load_state(self, meta: Meta | None = None) -> State:
         meta = meta or self._store.meta()
         self._apply_meta(meta)
-        labels, rec, protos, adapted, _ = self._store.load_classes()
+        labels, uids, rec, protos, adapted = self._store.load_classes()
         if len(set(labels)) != len(labels):
             raise GalleryCorruptError(f"{self.path}: duplicate class labels")
-        if meta.next_uid <= (int(rec["uid"].max()) if len(rec) else -1):
+        if meta.next_uid <= (int(uids.max()) if len(uids) else -1):
             raise GalleryCorruptError(f"{self.path}: next_uid {meta.next_uid} is not above every class id")
-        return build_state(meta.generation, tuple(labels), rec, protos, adapted, meta.adaptation, meta.thresholds,
+        return build_state(meta.generation, labels, uids, rec, protos, adapted, meta.adaptation, meta.thresholds,
                            meta.metric)
 
     @classmethod
@@ -415,18 +415,17 @@ class Gallery:
             self._apply_meta(meta)
             s = s.with_settings(gen, thresholds=meta.thresholds, adaptation=meta.adaptation)
         if uids:
-            labels, rec, protos, adapted, _ = store.load_classes(uids)
+            labels, ids, rec, protos, adapted = store.load_classes(uids)
             if adapted is not None and s.adapted is None or (adapted is None and s.adapted is not None and len(rec)):
                 return self._load_state()
-            gone = uids - set(rec["uid"].tolist())
+            gone = uids - set(ids.tolist())
             if gone:
                 s = s.without(gone, gen)
-            records = [ClassRecord(int(r["uid"]), labels[i], int(r["shots"]), protos[i], float(r["enrolled_at"]),
+            # read in one transaction, the rows are the store's: labels stay unique (the store's constraint)
+            records = [ClassRecord(int(ids[i]), labels[i], int(r["shots"]), protos[i], float(r["enrolled_at"]),
                                    float(r["updated_at"]), None if adapted is None else adapted[i], bool(r["fresh"]),
                                    int(r["support"]), int(r["vector_gen"])) for i, r in enumerate(rec)]
             s = s.upsert(records, gen)
-            if len(set(s.names)) != len(s.names):  # a rename and a new class crossed: only a full load is sure
-                return self._load_state()
         return s.with_generation(gen)
 
     @property
@@ -487,8 +486,8 @@ class Gallery:
         """Prototypes and support embeddings of every class, read consistently (for ``adapt``)."""
         with self._reading() as s:
             support = self._store.load_support(None, self.support_cap)
-            parts = [support.get(int(u), np.zeros((0, self.embedding_dim), np.float32)) for u in s.rec["uid"]]
-            uids = np.array(s.rec["uid"], np.int64)
+            parts = [support.get(int(u), np.zeros((0, self.embedding_dim), np.float32)) for u in s.uids]
+            uids = np.array(s.uids, np.int64)
             protos = np.array(s.protos, np.float32)
             names = s.names
             version = s.generation
@@ -699,7 +698,7 @@ class Gallery:
             store.delete_class(uid)
             if s.adapted is not None and len(s) == 1:
                 store.set_meta(adaptation=None)
-            self._audit("forget", label=s.names[i], uid=uid, shots=int(s.rec[i]["shots"]))
+            self._audit("forget", label=s.label(i), uid=uid, shots=int(s.rec[i]["shots"]))
             self._changed(s.without({uid}, self._gen))
 
     def rename(self, old: str, new: str) -> None:
@@ -708,7 +707,7 @@ class Gallery:
             s, store = self._work, self._store
             uid = self._find_uid(old)
             i = s.position(uid)
-            if new == s.names[i]:
+            if new == s.label(i):
                 return
             if store.uid_of(new) is not None:
                 raise ValueError(f"`new`: a class {new!r} already exists (forget it first, or enroll its images "
@@ -717,7 +716,7 @@ class Gallery:
             rec = ClassRecord(uid, new, r.shots, r.prototype, r.enrolled_at, r.updated_at, r.adapted, r.fresh,
                               r.support, r.vector_gen)
             store.write_class(rec, self._gen, new=False)
-            self._audit("rename", label=new, uid=uid, detail={"from": s.names[i]})
+            self._audit("rename", label=new, uid=uid, detail={"from": s.label(i)})
             self._changed(s.upsert([rec], self._gen))
 
     def clear(self) -> None:
@@ -754,14 +753,14 @@ class Gallery:
                     raise RuntimeError("the gallery changed while the weights were computed; run adapt again")
                 if w.shape != s.protos.shape:
                     raise ValueError(f"`weights`: expected shape {list(s.protos.shape)}, got {list(w.shape)}")
-                classes = s.rec["uid"]
+                classes = s.uids
             classes = np.asarray(classes, np.int64)
             if classes.shape != (len(w),):
                 raise ValueError(f"`classes`: expected {len(w)} class ids, got {list(classes.shape)}")
             row_of = {int(u): j for j, u in enumerate(classes.tolist())}
             adapted = np.empty(s.protos.shape, np.float32)
             fresh = np.zeros(len(s), bool)
-            for i, (uid, vgen) in enumerate(zip(s.rec["uid"].tolist(), s.rec["vector_gen"].tolist())):
+            for i, (uid, vgen) in enumerate(zip(s.uids.tolist(), s.rec["vector_gen"].tolist())):
                 j = row_of.get(uid)
                 if j is not None and (expected_version is None or vgen <= expected_version):
                     adapted[i], fresh[i] = w[j], True
@@ -815,11 +814,11 @@ class Gallery:
                 idx = list(range(len(s)))
             else:
                 idx = [s.index(label) for label in dict.fromkeys(labels)]
-            uids = [int(s.rec[i]["uid"]) for i in idx]
+            uids = [int(s.uids[i]) for i in idx]
             support = self._store.load_support(None if labels is None else uids, self.support_cap)
             d = self.embedding_dim
             cs = ClassSet(embedding_dim=d, metric=self.metric, fingerprint=self.fingerprint,
-                          labels=[s.names[i] for i in idx], shots=np.array(s.rec["shots"][idx], np.int64),
+                          labels=[s.label(i) for i in idx], shots=np.array(s.rec["shots"][idx], np.int64),
                           enrolled_at=np.array(s.rec["enrolled_at"][idx]),
                           updated_at=np.array(s.rec["updated_at"][idx]),
                           prototypes=np.array(s.protos[idx], np.float32).reshape(len(idx), d),

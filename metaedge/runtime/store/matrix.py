@@ -10,7 +10,7 @@ import numpy as np
 
 from metaedge import kernels
 
-__all__ = ["ClassMatrix", "Rows", "readonly"]
+__all__ = ["ClassMatrix", "Rows", "LabelRows", "readonly"]
 
 
 def readonly(a: np.ndarray) -> np.ndarray:
@@ -114,3 +114,25 @@ class Rows:
         if owner is not None and not owner.shared and view.base is owner.buf and owner.used == view.shape[0]:
             return view, owner
         return Rows.fresh(view, capacity=owner.buf.shape[0] if owner is not None else None)
+
+
+class LabelRows:
+    """The labels of :class:`Rows`' classes: a list shared by states, each seeing its first ``count`` items.
+    Appending needs no copy while no later state appended; rewriting a label copies once per batch."""
+    __slots__ = ("items", "shared")
+
+    def __init__(self, items: list):
+        self.items, self.shared = items, False
+
+    @staticmethod
+    def append(owner: "LabelRows", count: int, label: str) -> "LabelRows":
+        if len(owner.items) == count:
+            owner.items.append(label)
+            return owner
+        return LabelRows(owner.items[:count] + [label])
+
+    @staticmethod
+    def writable(owner: "LabelRows", count: int) -> "LabelRows":
+        if not owner.shared and len(owner.items) == count:
+            return owner
+        return LabelRows(owner.items[:count])

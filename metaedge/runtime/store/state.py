@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +20,13 @@ import numpy as np
 from metaedge import kernels
 from metaedge.runtime.store.errors import UnknownLabelError
 from metaedge.runtime.store.labels import nfc
-from metaedge.runtime.store.matrix import ClassMatrix, Rows
+from metaedge.runtime.store.matrix import ClassMatrix, LabelRows, Rows
 
 __all__ = ["State", "ClassInfo", "ClassRecord", "RECORD", "reservoir", "imprint", "build_state", "empty_state"]
 
 # One record per class, in enrollment order (= ascending uid).
-RECORD = np.dtype([("uid", "<i8"), ("shots", "<i8"), ("enrolled_at", "<f8"), ("updated_at", "<f8"),
-                   ("vector_gen", "<i8"), ("support", "<i8"), ("fresh", "?")])
+RECORD = np.dtype([("shots", "<i8"), ("enrolled_at", "<f8"), ("updated_at", "<f8"), ("vector_gen", "<i8"),
+                   ("support", "<i8"), ("fresh", "?")])
 
 
 def _utc(ts: float) -> _dt.datetime:
@@ -80,8 +82,14 @@ def reservoir(current: np.ndarray | None, new: np.ndarray, seen: int, uid: int, 
 
 @dataclass(frozen=True)
 class State:
+    """The classes at one store generation. Per class (enrollment order): ``labels`` (the first ``count`` items of
+    a list shared with other states), ``uids`` (int64, ascending), ``rec`` (RECORD), ``protos`` and ``adapted``
+    (float32 [C, d]); the settings; and caches made on first use (``names``, ``matrix``, ``positions``)."""
     generation: int
-    names: tuple[str, ...]
+    count: int
+    labels: LabelRows
+    uids: np.ndarray                # int64 [C], ascending (a view of uid_rows.buf)
+    uid_rows: Rows
     rec: np.ndarray                 # RECORD [C] (a view of rec_rows.buf)
     rec_rows: Rows
     protos: np.ndarray              # float32 [C, d]
@@ -97,7 +105,17 @@ class State:
     hint: tuple | None = field(default=None, compare=False)  # (label, index) of the class the last change touched
 
     def __len__(self) -> int:
-        return len(self.names)
+        return self.count
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        """The labels as a tuple (made once per state, when a reader asks)."""
+        return tuple(self.labels.items[:self.count])
+
+    def label(self, i: int) -> str:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.labels.items[i]
 
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> ClassMatrix:
@@ -114,7 +132,7 @@ class State:
 
     def share(self) -> "State":
         """Mark every buffer as seen by someone else (rewrites must copy); returns self."""
-        self.rec_rows.shared = self.protos_rows.shared = True
+        self.labels.shared = self.uid_rows.shared = self.rec_rows.shared = self.protos_rows.shared = True
         if self.adapted_rows is not None:
             self.adapted_rows.shared = True
         return self
@@ -136,19 +154,18 @@ class State:
         return i
 
     def position(self, uid: int) -> int | None:
-        uids = self.rec["uid"]
-        i = int(np.searchsorted(uids, uid))
-        return i if i < len(uids) and int(uids[i]) == uid else None
+        i = int(np.searchsorted(self.uids, uid))
+        return i if i < self.count and int(self.uids[i]) == uid else None
 
     def info(self, i: int) -> ClassInfo:
         r = self.rec[i]
-        return ClassInfo(label=self.names[i], shots=int(r["shots"]), support=int(r["support"]),
+        return ClassInfo(label=self.label(i), shots=int(r["shots"]), support=int(r["support"]),
                          enrolled_at=_utc(r["enrolled_at"]), updated_at=_utc(r["updated_at"]),
                          adapted=bool(r["fresh"]) if self.adapted is not None else False)
 
     def record(self, i: int) -> ClassRecord:
         r = self.rec[i]
-        return ClassRecord(int(r["uid"]), self.names[i], int(r["shots"]), self.protos[i].copy(),
+        return ClassRecord(int(self.uids[i]), self.label(i), int(r["shots"]), self.protos[i].copy(),
                            float(r["enrolled_at"]), float(r["updated_at"]),
                            None if self.adapted is None else self.adapted[i].copy(), bool(r["fresh"]),
                            int(r["support"]), int(r["vector_gen"]))
@@ -165,10 +182,11 @@ class State:
         """Rewrite the classes of ``records`` that exist here and append the others (in uid order). Rows are
         copied only where their contents change (a rename copies no matrix)."""
         s = self
+        labels, count = s.labels, s.count
+        uids, uid_rows = s.uids, s.uid_rows
         rec, rec_rows = s.rec, s.rec_rows
         protos, protos_rows = s.protos, s.protos_rows
         adapted, adapted_rows = s.adapted, s.adapted_rows
-        names = list(s.names) if records else s.names
         new, hint = [], None
         for r in records:
             i = s.position(r.uid)
@@ -185,37 +203,55 @@ class State:
                 if not np.array_equal(adapted[i], row):
                     adapted, adapted_rows = Rows.writable(adapted, adapted_rows)
                     adapted[i] = row
-            names[i] = r.label
+            if labels.items[i] != r.label:
+                labels = LabelRows.writable(labels, count)
+                labels.items[i] = r.label
             hint = (r.label, i)
         for r in sorted(new, key=lambda r: r.uid):
+            uids, uid_rows = Rows.append(uids, uid_rows, np.array([r.uid], np.int64))
             rec, rec_rows = Rows.append(rec, rec_rows, np.array([_record_row(r)], RECORD))
             protos, protos_rows = Rows.append(protos, protos_rows, r.prototype[None])
             if adapted is not None:
                 row = r.adapted if r.adapted is not None else imprint(r.prototype)
                 adapted, adapted_rows = Rows.append(adapted, adapted_rows, row[None])
-            names.append(r.label)
-            hint = (r.label, len(names) - 1)
-        return s._next(generation=generation, names=tuple(names), rec=rec, rec_rows=rec_rows, protos=protos,
-                       protos_rows=protos_rows, adapted=adapted, adapted_rows=adapted_rows,
-                       hint=hint if len(records) == 1 else None)
+            labels = LabelRows.append(labels, count, r.label)
+            hint = (r.label, count)
+            count += 1
+        return s._next(generation=generation, count=count, labels=labels, uids=uids, uid_rows=uid_rows, rec=rec,
+                       rec_rows=rec_rows, protos=protos, protos_rows=protos_rows, adapted=adapted,
+                       adapted_rows=adapted_rows, hint=hint if len(records) == 1 else None)
 
     def without(self, uids: set[int], generation: int) -> "State":
-        """These classes removed (uids not here are ignored)."""
-        drop = np.isin(self.rec["uid"], np.fromiter(uids, np.int64, len(uids)))
+        """These classes removed (uids not here are ignored): one copy of each array, no temporaries."""
+        drop = np.isin(self.uids, np.fromiter(uids, np.int64, len(uids)))
         if not drop.any():
             return self.with_generation(generation)
         keep = ~drop
-        rec, rec_rows = Rows.fresh(self.rec[keep])
-        protos, protos_rows = Rows.fresh(self.protos[keep])
+        n = int(keep.sum())
+        # the runs of kept rows: a few slice copies (memcpy speed), where a mask would gather row by row
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
+        runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+        def kept(a: np.ndarray) -> tuple[np.ndarray, Rows]:
+            buf = np.empty((max(16, n), *a.shape[1:]), a.dtype)
+            at = 0
+            for start, stop in runs:
+                buf[at:at + stop - start] = a[start:stop]
+                at += stop - start
+            return buf[:n], Rows(buf, n)
+        uid_view, uid_rows = kept(self.uids)
+        rec, rec_rows = kept(self.rec)
+        protos, protos_rows = kept(self.protos)
         adapted = adapted_rows = None
         adaptation = self.adaptation
-        if self.adapted is not None and keep.any():
-            adapted, adapted_rows = Rows.fresh(self.adapted[keep])
+        if self.adapted is not None and n:
+            adapted, adapted_rows = kept(self.adapted)
         elif self.adapted is not None:
             adaptation = None
-        names = tuple(n for n, k in zip(self.names, keep.tolist()) if k)
-        return self._next(generation=generation, names=names, rec=rec, rec_rows=rec_rows, protos=protos,
-                          protos_rows=protos_rows, adapted=adapted, adapted_rows=adapted_rows, adaptation=adaptation)
+        labels = LabelRows(list(itertools.compress(self.labels.items[:self.count], keep.tolist())))
+        return self._next(generation=generation, count=n, labels=labels, uids=uid_view, uid_rows=uid_rows, rec=rec,
+                          rec_rows=rec_rows, protos=protos, protos_rows=protos_rows, adapted=adapted,
+                          adapted_rows=adapted_rows, adaptation=adaptation)
 
     def with_adapted(self, adapted: np.ndarray | None, fresh: np.ndarray, adaptation: dict | None,
                      generation: int) -> "State":
@@ -234,7 +270,7 @@ class State:
 
 
 def _record_row(r: ClassRecord):
-    return (r.uid, r.shots, r.enrolled_at, r.updated_at, r.vector_gen, r.support, r.fresh)
+    return (r.shots, r.enrolled_at, r.updated_at, r.vector_gen, r.support, r.fresh)
 
 
 def imprint(prototype: np.ndarray) -> np.ndarray:
@@ -242,18 +278,20 @@ def imprint(prototype: np.ndarray) -> np.ndarray:
     return kernels.l2_normalize(np.array(prototype, np.float32)[None])[0]
 
 
-def build_state(generation: int, names: tuple[str, ...], rec: np.ndarray, protos: np.ndarray,
+def build_state(generation: int, names: list[str], uids: np.ndarray, rec: np.ndarray, protos: np.ndarray,
                 adapted: np.ndarray | None, adaptation: dict | None, thresholds: dict, metric: str) -> State:
-    """A state over freshly loaded arrays (``rec`` RECORD [C], ``protos``/``adapted`` float32 [C, d])."""
+    """A state over freshly loaded arrays (``uids`` int64 [C] ascending, ``rec`` RECORD [C],
+    ``protos``/``adapted`` float32 [C, d])."""
+    uids, uid_rows = Rows.fresh(np.asarray(uids, np.int64))
     rec, rec_rows = Rows.fresh(rec)
     protos, protos_rows = Rows.fresh(np.asarray(protos, np.float32))
     adapted_rows = None
     if adapted is not None:
         adapted, adapted_rows = Rows.fresh(np.asarray(adapted, np.float32))
-    return State(generation, tuple(names), rec, rec_rows, protos, protos_rows, adapted, adapted_rows,
-                 adaptation, dict(thresholds), metric)
+    return State(generation, len(names), LabelRows(list(names)), uids, uid_rows, rec, rec_rows, protos, protos_rows,
+                 adapted, adapted_rows, adaptation, dict(thresholds), metric)
 
 
 def empty_state(dim: int, metric: str, generation: int = 0, thresholds: dict | None = None) -> State:
-    return build_state(generation, (), np.zeros(0, RECORD), np.zeros((0, dim), np.float32), None, None,
-                       thresholds or {"prototypes": None, "adapted": None}, metric)
+    return build_state(generation, [], np.zeros(0, np.int64), np.zeros(0, RECORD), np.zeros((0, dim), np.float32),
+                       None, None, thresholds or {"prototypes": None, "adapted": None}, metric)
