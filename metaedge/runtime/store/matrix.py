@@ -92,9 +92,14 @@ class Rows:
         self.buf, self.used, self.shared = buf, used, False
 
     @staticmethod
+    def room(n: int) -> int:
+        """Rows to allocate for ``n``: spare room for the classes enrolled next (an eighth, at least 16)."""
+        return n + max(16, n // 8)
+
+    @staticmethod
     def fresh(rows: np.ndarray, capacity: int | None = None) -> tuple[np.ndarray, "Rows"]:
         n = rows.shape[0]
-        cap = max(16, capacity or 0, n)
+        cap = max(capacity or 0, Rows.room(n))
         buf = np.empty((cap, *rows.shape[1:]), rows.dtype)
         buf[:n] = rows
         return buf[:n], Rows(buf, n)
@@ -106,7 +111,10 @@ class Rows:
             owner.buf[n:n + m] = rows
             owner.used = n + m
             return owner.buf[:n + m], owner
-        return Rows.fresh(np.concatenate([view, rows.astype(view.dtype, copy=False)]), capacity=2 * (n + m))
+        buf = np.empty((Rows.room(n + m), *view.shape[1:]), view.dtype)  # one copy into a larger buffer
+        buf[:n] = view
+        buf[n:n + m] = rows
+        return buf[:n + m], Rows(buf, n + m)
 
     @staticmethod
     def writable(view: np.ndarray, owner: "Rows | None") -> tuple[np.ndarray, "Rows"]:

@@ -233,7 +233,7 @@ class State:
         runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
         def kept(a: np.ndarray) -> tuple[np.ndarray, Rows]:
-            buf = np.empty((max(16, n), *a.shape[1:]), a.dtype)
+            buf = np.empty((Rows.room(n), *a.shape[1:]), a.dtype)
             at = 0
             for start, stop in runs:
                 buf[at:at + stop - start] = a[start:stop]
