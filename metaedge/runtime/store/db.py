@@ -353,18 +353,22 @@ class Store:
     _COLUMNS = "uid, label, shots, prototype, enrolled_at, updated_at, adapted, fresh, support, vector_gen, crc"
 
     def _check_sizes(self, where_sql: str, params: Iterable) -> None:
-        """Refuse rows whose blobs or labels have the wrong size before any of them is read."""
+        """Refuse rows whose blobs or labels have the wrong size, or whose numbers the wrong type, before any of
+        them is read (SQLite knows both without reading a blob)."""
         nbytes = 4 * self.dim
         bad = self.conn.execute(
             f"SELECT uid, typeof(prototype), length(prototype), typeof(adapted), length(adapted), typeof(label), "
-            f"length(label) FROM classes WHERE {where_sql} AND NOT (typeof(prototype) = 'blob' AND "
-            f"length(prototype) = ? AND (adapted IS NULL OR (typeof(adapted) = 'blob' AND length(adapted) = ?)) "
-            f"AND typeof(label) = 'text' AND length(CAST(label AS BLOB)) <= 4 * 128) LIMIT 1",
-            (*params, nbytes, nbytes)).fetchone()
+            f"length(label), typeof(shots), typeof(enrolled_at), typeof(updated_at), typeof(fresh), typeof(support), "
+            f"typeof(vector_gen), typeof(crc) FROM classes WHERE {where_sql} AND NOT (typeof(prototype) = 'blob' "
+            f"AND length(prototype) = ? AND (adapted IS NULL OR (typeof(adapted) = 'blob' AND length(adapted) = ?)) "
+            f"AND typeof(label) = 'text' AND length(CAST(label AS BLOB)) <= 4 * 128 AND typeof(uid) = 'integer' "
+            f"AND typeof(shots) = 'integer' AND typeof(enrolled_at) = 'real' AND typeof(updated_at) = 'real' "
+            f"AND typeof(fresh) = 'integer' AND typeof(support) = 'integer' AND typeof(vector_gen) = 'integer' "
+            f"AND typeof(crc) = 'integer') LIMIT 1", (*params, nbytes, nbytes)).fetchone()
         if bad:
             raise GalleryCorruptError(f"{self.path}: class {bad[0]}: prototype {bad[1]} of {bad[2]} bytes, adapted "
                                       f"{bad[3]} of {bad[4]} bytes (expected blobs of {nbytes}), label {bad[5]} of "
-                                      f"{bad[6]} characters")
+                                      f"{bad[6]} characters, numbers of types {bad[7:]}")
 
     def load_classes(self, uids: Iterable[int] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray,
                                                                         np.ndarray | None]:
@@ -386,42 +390,58 @@ class Store:
                 raise GalleryCorruptError(f"{self.path}: a class label is not valid UTF-8 (damaged file)") from None
             raise
         n, d = len(rows), self.dim
+        uid, labels, shots, proto, enrolled, updated, ad, fresh, support, vgen, crc = (
+            [list(c) for c in zip(*rows)] if n else [[] for _ in range(11)])
+        for i in range(n):  # the checksum of every row first: a damaged row is named as such
+            if crc[i] != _class_crc(uid[i], labels[i], shots[i], enrolled[i], updated[i], fresh[i], support[i],
+                                    proto[i], ad[i]):
+                raise GalleryCorruptError(f"{self.path}: class {uid[i]} ({labels[i]!r}) fails its checksum: the file "
+                                          f"is damaged; restore a backup or forget that class")
+        for i, label in enumerate(labels):
+            if not (label.isascii() and label.isprintable() and label == label.strip() and 0 < len(label) <= 128):
+                try:  # the full check for the rest (ASCII, printable, trimmed, short: valid and NFC already)
+                    if check_label(label, "label") != label:
+                        raise ValueError("not NFC-normalised")
+                except (TypeError, ValueError) as exc:
+                    raise GalleryCorruptError(f"{self.path}: class {uid[i]}: invalid label {label!r}: {exc}") \
+                        from None
+        ids = self._column(uid, np.int64, 0, MAX_ID, "uid", uid, labels)
         rec = np.zeros(n, RECORD)
-        ids = np.zeros(n, np.int64)
-        labels: list[str] = []
-        protos = np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(n, d) if n else \
-            np.zeros((0, d), np.float32)
-        with_adapted = [r[6] is not None for r in rows]
+        rec["shots"] = self._column(shots, np.int64, 1, MAX_SHOTS, "shots", uid, labels)
+        rec["fresh"] = self._column(fresh, np.int64, 0, 1, "fresh", uid, labels)
+        rec["support"] = self._column(support, np.int64, 0, MAX_SUPPORT_CAP, "support", uid, labels)
+        over = np.flatnonzero(rec["support"] > rec["shots"])
+        if len(over):
+            i = int(over[0])
+            raise GalleryCorruptError(f"{self.path}: class {uid[i]} ({labels[i]!r}): support: {support[i]} "
+                                      f"embeddings kept of {shots[i]} shots")
+        rec["vector_gen"] = self._column(vgen, np.int64, 0, MAX_ID, "vector_gen", uid, labels)
+        rec["enrolled_at"] = self._column(enrolled, np.float64, 0.0, MAX_TIME, "enrolled_at", uid, labels)
+        rec["updated_at"] = self._column(updated, np.float64, 0.0, MAX_TIME, "updated_at", uid, labels)
+        protos = np.frombuffer(b"".join(proto), np.float32).reshape(n, d) if n else np.zeros((0, d), np.float32)
+        with_adapted = [a is not None for a in ad]
         adapted = None
         if any(with_adapted):
             if not all(with_adapted):
                 raise GalleryCorruptError(f"{self.path}: some classes have adapted weights and others not")
-            adapted = np.frombuffer(b"".join(r[6] for r in rows), np.float32).reshape(n, d)
-        for i, (uid, label, shots, proto, enrolled, updated, ad, fresh, support, vgen, crc) in enumerate(rows):
-            where = f"{self.path}: class {uid}"
-            if crc != _class_crc(uid, label, shots, enrolled, updated, fresh, support, proto, ad):
-                raise GalleryCorruptError(f"{where} ({label!r}) fails its checksum: the file is damaged; restore a "
-                                          f"backup or forget that class")
-            _int(uid, 0, MAX_ID, f"{where}: uid")
-            try:
-                if check_label(label, "label") != label:
-                    raise ValueError("not NFC-normalised")
-            except (TypeError, ValueError) as exc:
-                raise GalleryCorruptError(f"{where}: invalid label {label!r}: {exc}") from None
-            _int(shots, 1, MAX_SHOTS, f"{where} ({label!r}): shots")
-            _int(fresh, 0, 1, f"{where} ({label!r}): fresh")
-            _int(support, 0, min(shots, MAX_SUPPORT_CAP), f"{where} ({label!r}): support")
-            _int(vgen, 0, MAX_ID, f"{where} ({label!r}): vector_gen")
-            rec[i] = (shots, _time(enrolled, f"{where}: enrolled_at"), _time(updated, f"{where}: updated_at"),
-                      vgen, support, bool(fresh))
-            ids[i] = uid
-            labels.append(label)
+            adapted = np.frombuffer(b"".join(ad), np.float32).reshape(n, d)
         if n and not np.isfinite(protos).all():
             bad = int(np.argmax(~np.isfinite(protos).all(axis=1)))
             raise GalleryCorruptError(f"{self.path}: class {labels[bad]!r}: non-finite prototype")
         if adapted is not None and not np.isfinite(adapted).all():
             raise GalleryCorruptError(f"{self.path}: non-finite adapted weights")
         return labels, ids, rec, protos.copy(), None if adapted is None else adapted.copy()
+
+    def _column(self, values: list, dtype, lo, hi, what: str, uid: list, labels: list) -> np.ndarray:
+        """A column of (already type-checked) numbers as an array, every value in [lo, hi] (else the first bad
+        one is named); NaN counts as out of range."""
+        arr = np.array(values, dtype) if values else np.zeros(0, dtype)
+        bad = np.flatnonzero(~((arr >= lo) & (arr <= hi)))
+        if len(bad):
+            i = int(bad[0])
+            raise GalleryCorruptError(f"{self.path}: class {uid[i]} ({labels[i]!r}): {what}: expected a value in "
+                                      f"[{lo}, {hi}], got {values[i]!r}")
+        return arr
 
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM classes").fetchone()[0]
