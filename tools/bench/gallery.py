@@ -232,7 +232,10 @@ def main(argv=None) -> int:
     payload = {"environment": env, "dim": DIM, "support_per_class": SHOTS, "sizes": rows, "version_check": check}
     ten_k = next((r for r in rows if r["classes"] == 10_000), None)
     payload["targets"] = {
-        "change at 10,000 classes <= 1 ms p50": None if ten_k is None else ten_k["store enroll new class ms"] <= 1.0,
+        "enroll at 10,000 classes <= 1 ms p50 (wall: includes this disk's fsync)":
+            None if ten_k is None else ten_k["store enroll new class ms"] <= 1.0,
+        "what the store adds to a bare SQLite commit at 10,000 classes <= 1 ms (CPU)": None if ten_k is None
+        else ten_k["store enroll new class cpu ms"] - ten_k["sqlite commit floor cpu ms"] <= 1.0,
         "version check <= 1 us at 1,000 classes": check["added by the version check us"] <= 1.0}
     common.write_json(args.json, payload)
     cols = [("classes", "classes", "{:,}")] + [(k, k.replace(" ms", "").replace("store ", ""), "{:.2f}") for k in (
