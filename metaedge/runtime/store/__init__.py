@@ -1,11 +1,13 @@
 """The gallery store: enrolled classes shared by any number of processes, one SQLite database per gallery.
 
-Modules (each one job): ``gallery`` (the :class:`Gallery` API: changes as transactions, lock-free reads),
-``db`` (schema, checked reads and writes of rows, the audit trail), ``state`` (the immutable in-memory state
-and the class maths: running means, reservoir sampling), ``matrix`` (the :class:`ClassMatrix` scoring snapshot
-and copy-on-write rows), ``notify`` (the memory-mapped change counter), ``packs`` (class packs), ``legacy``
-(old single-file galleries), ``container`` (checked safetensors files), ``files`` (creating database files
-atomically), ``labels`` and ``errors``.
+Modules (each one job): ``gallery`` (the :class:`Gallery`: opening, lock-free reads, catching up with other
+processes, transactions), ``changes`` (enroll / forget / rename / adapt / thresholds, one transaction each),
+``transfer`` (class packs, copies, conversion of old files), ``audit`` (who changed what), ``db`` (schema,
+checked reads and writes of rows, the audit trail), ``checks`` (the range of every stored field), ``state``
+(the immutable in-memory state and the class maths: running means, reservoir sampling), ``matrix`` (the
+:class:`ClassMatrix` scoring snapshot and copy-on-write rows), ``notify`` (the memory-mapped change counter),
+``packs`` (the class pack format), ``legacy`` (old single-file galleries), ``container`` (checked safetensors
+files), ``files`` (the gallery's files on disk), ``labels`` and ``errors``. Design: docs/gallery.md.
 """
 from metaedge.runtime.store.db import FORMAT, SCHEMA_VERSION
 from metaedge.runtime.store.errors import (GalleryCorruptError, GalleryError, GalleryMismatchError,

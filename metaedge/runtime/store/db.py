@@ -21,7 +21,6 @@ object that is not ours (a trigger, a view, another table) makes the file "not a
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import zlib
@@ -30,7 +29,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from metaedge import kernels
+from metaedge.runtime.store.checks import (MAX_ID, MAX_SHOTS, MAX_SUPPORT_CAP, MAX_TIME, check_fingerprint, check_int,
+                                          check_settings, check_thresholds, check_time_field)
 from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryVersionError,
                                            from_sqlite_error)
 from metaedge.runtime.store.labels import check_label
@@ -43,12 +43,6 @@ FORMAT = "metaedge.gallery"
 SCHEMA_VERSION = 2            # 1 was the single safetensors file (runtime/store/legacy.py reads and converts it)
 APPLICATION_ID = 0x4D45474C   # "MEGL"
 SQLITE_MAGIC = b"SQLite format 3\0"
-MAX_EMBEDDING_DIM = 65536
-MAX_SUPPORT_CAP = 10_000
-MAX_SHOTS = 2 ** 48           # far beyond any enrollment; keeps running means and sums exact in int64
-MAX_ID = 2 ** 62
-MAX_TIME = 253402300799.0     # 9999-12-31T23:59:59Z
-MAX_FINGERPRINT = 256
 MAX_ACTOR = 256
 MAX_DETAIL_BYTES = 64 * 1024
 BUSY_TIMEOUT_S = 30.0
@@ -122,53 +116,6 @@ class AuditRow:
     shots: int | None
     actor: str
     detail: dict | None
-
-
-def _int(value, lo: int, hi: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise GalleryCorruptError(f"{what}: expected an integer in [{lo}, {hi}], got {value!r}")
-    return value
-
-
-def _time(value, what: str) -> float:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, float) or not math.isfinite(value) or not 0.0 <= value <= MAX_TIME:
-        raise GalleryCorruptError(f"{what}: expected a time in seconds since 1970 (0..{MAX_TIME:.0f}), "
-                                  f"got {value!r}")
-    return value
-
-
-def check_thresholds(value: Any, what: str) -> dict:
-    if not isinstance(value, dict) or set(value) - {"prototypes", "adapted"}:
-        raise GalleryCorruptError(f"{what}: expected {{'prototypes': number|null, 'adapted': number|null}}, "
-                                  f"got {value!r}")
-    out = {"prototypes": None, "adapted": None}
-    for key, v in value.items():
-        if v is not None:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise GalleryCorruptError(f"{what}: threshold {key!r} must be a finite number or null, got {v!r}")
-            v = float(v)
-        out[key] = v
-    return out
-
-
-def check_fingerprint(value: Any, what: str) -> str | None:
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str) or len(value) > MAX_FINGERPRINT or not value.isascii() or not value.isprintable():
-        raise GalleryCorruptError(f"{what}: expected a printable ASCII string of at most {MAX_FINGERPRINT} "
-                                  f"characters, got {str(value)[:80]!r}")
-    return value
-
-
-def check_settings(*, embedding_dim, metric, support_cap, seed, where: str) -> None:
-    """The construction settings of a gallery, as a load checks them (GalleryCorruptError naming the field)."""
-    _int(embedding_dim, 1, MAX_EMBEDDING_DIM, f"{where}: embedding_dim")
-    if metric not in kernels.METRICS:
-        raise GalleryCorruptError(f"{where}: metric: expected one of {kernels.METRICS}, got {metric!r}")
-    _int(support_cap, 0, MAX_SUPPORT_CAP, f"{where}: support_cap")
-    _int(seed, 0, 2 ** 63 - 1, f"{where}: seed")
 
 
 class Store:
@@ -327,9 +274,9 @@ class Store:
             raise GalleryCorruptError(f"{where}: setting 'adaptation': expected an object or null")
         meta = Meta(embedding_dim=dim, metric=metric,
                     fingerprint=check_fingerprint(get("bundle_fingerprint"), f"{where}: bundle_fingerprint"),
-                    support_cap=cap, seed=seed, created_at=_time(get("created_at"), f"{where}: created_at"),
-                    generation=_int(get("generation"), 0, MAX_ID, f"{where}: generation"),
-                    next_uid=_int(get("next_uid"), 0, MAX_ID, f"{where}: next_uid"),
+                    support_cap=cap, seed=seed, created_at=check_time_field(get("created_at"), f"{where}: created_at"),
+                    generation=check_int(get("generation"), 0, MAX_ID, f"{where}: generation"),
+                    next_uid=check_int(get("next_uid"), 0, MAX_ID, f"{where}: next_uid"),
                     thresholds=check_thresholds(get("thresholds"), f"{where}: thresholds"), adaptation=adaptation,
                     metaedge_version=str(get("metaedge_version")))
         self.dim = meta.embedding_dim
@@ -338,14 +285,14 @@ class Store:
     def generation(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         try:
-            return _int(int(row[0]), 0, MAX_ID, f"{self.path}: generation")
+            return check_int(int(row[0]), 0, MAX_ID, f"{self.path}: generation")
         except (TypeError, ValueError):
             raise GalleryCorruptError(f"{self.path}: setting 'generation' is missing or not a number") from None
 
     def take_uid(self) -> int:
         """The next class id (and reserve it)."""
         row = self.conn.execute("SELECT value FROM meta WHERE key='next_uid'").fetchone()
-        uid = _int(int(row[0]), 0, MAX_ID - 1, f"{self.path}: next_uid")
+        uid = check_int(int(row[0]), 0, MAX_ID - 1, f"{self.path}: next_uid")
         self.set_meta(next_uid=uid + 1)
         return uid
 
@@ -565,9 +512,9 @@ class Store:
                     parsed = parse_json(detail, where)
                 except ValueError:
                     parsed = {"unreadable": True}
-            out.append(AuditRow(_int(seq, 1, MAX_ID, where), _int(gen, 0, MAX_ID, where), _time(at, where), op, lab,
-                                None if uid is None else _int(uid, 0, MAX_ID, where),
-                                None if shots is None else _int(shots, 0, MAX_SHOTS, where), actor,
+            out.append(AuditRow(check_int(seq, 1, MAX_ID, where), check_int(gen, 0, MAX_ID, where), check_time_field(at, where), op, lab,
+                                None if uid is None else check_int(uid, 0, MAX_ID, where),
+                                None if shots is None else check_int(shots, 0, MAX_SHOTS, where), actor,
                                 parsed if isinstance(parsed, dict) else None))
         out.reverse()
         return out

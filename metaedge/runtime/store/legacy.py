@@ -15,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from metaedge.runtime.fileio import parse_json
+from metaedge.runtime.store.checks import (MAX_EMBEDDING_DIM, MAX_ID, MAX_SUPPORT_CAP, check_fingerprint, check_int,
+                                          check_settings, check_thresholds, check_time_field)
 from metaedge.runtime.store.container import check_schema, read_container
-from metaedge.runtime.store.db import (FORMAT, MAX_EMBEDDING_DIM, MAX_ID, MAX_SUPPORT_CAP, _int, _time,
-                                       check_fingerprint, check_settings, check_thresholds)
+from metaedge.runtime.store.db import FORMAT
 from metaedge.runtime.store.errors import GalleryCorruptError
 from metaedge.runtime.store.packs import ClassSet, check_classes, split_support
 
@@ -49,8 +50,8 @@ def _check_header(entries: dict, meta: dict, where: str) -> None:
         cap = int(state.get("support_cap"))
     except (TypeError, ValueError):
         raise GalleryCorruptError(f"{where}: damaged metadata (embedding_dim / support_cap)") from None
-    _int(dim, 1, MAX_EMBEDDING_DIM, f"{where}: embedding_dim")
-    _int(cap, 0, MAX_SUPPORT_CAP, f"{where}: support_cap")
+    check_int(dim, 1, MAX_EMBEDDING_DIM, f"{where}: embedding_dim")
+    check_int(cap, 0, MAX_SUPPORT_CAP, f"{where}: support_cap")
     for name, dtype in {**_EXPECTED, **_OPTIONAL}.items():
         e = entries.get(name)
         if e is None:
@@ -84,7 +85,7 @@ def read_legacy(path: str) -> ClassSet:
     dim, metric = int(meta["embedding_dim"]), meta.get("metric")
     seed = state.get("seed")
     check_settings(embedding_dim=dim, metric=metric, support_cap=int(state["support_cap"]), seed=seed, where=where)
-    next_uid = _int(state.get("next_uid"), 0, MAX_ID, f"{where}: next_uid")
+    next_uid = check_int(state.get("next_uid"), 0, MAX_ID, f"{where}: next_uid")
     uids = np.array(tensors["uids"])
     if len(set(uids.tolist())) != len(uids) or (len(uids) and (uids.min() < 0 or uids.max() >= next_uid)):
         raise GalleryCorruptError(f"{where}: class ids are not unique or not below next_uid ({next_uid})")
@@ -109,7 +110,7 @@ def read_legacy(path: str) -> ClassSet:
                   updated_at=np.array(tensors["updated_at"]), prototypes=np.array(tensors["prototypes"]),
                   support=split_support(tensors["support"], np.array(tensors["support_labels"]), len(names), where),
                   support_cap=int(state["support_cap"]), seed=seed,
-                  created_at=None if created is None else _time(created, f"{where}: created_at"), uids=uids,
+                  created_at=None if created is None else check_time_field(created, f"{where}: created_at"), uids=uids,
                   next_uid=next_uid, adapted=adapted, fresh=fresh, adaptation=adaptation,
                   thresholds=check_thresholds(state.get("thresholds") or {}, f"{where}: thresholds"))
     return check_classes(cs, where)

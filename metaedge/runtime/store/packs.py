@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from metaedge.runtime.fileio import parse_json
+from metaedge.runtime.store.checks import (MAX_EMBEDDING_DIM, MAX_SHOTS, MAX_SUPPORT_CAP, check_fingerprint, check_int,
+                                          check_settings, check_time_field)
 from metaedge.runtime.store.container import check_schema, read_container, write_container
-from metaedge.runtime.store.db import (MAX_EMBEDDING_DIM, MAX_SHOTS, MAX_SUPPORT_CAP, _int, _time,
-                                       check_fingerprint, check_settings)
 from metaedge.runtime.store.errors import GalleryCorruptError
 from metaedge.runtime.store.labels import check_label
 
@@ -73,9 +73,9 @@ def check_classes(cs: ClassSet, where: str) -> ClassSet:
         if label in seen:
             raise GalleryCorruptError(f"{where}: duplicate class label {label!r}")
         seen.add(label)
-        _int(int(cs.shots[i]), 1, MAX_SHOTS, f"{where}: class {label!r}: shots")
-        _time(float(cs.enrolled_at[i]), f"{where}: class {label!r}: enrolled_at")
-        _time(float(cs.updated_at[i]), f"{where}: class {label!r}: updated_at")
+        check_int(int(cs.shots[i]), 1, MAX_SHOTS, f"{where}: class {label!r}: shots")
+        check_time_field(float(cs.enrolled_at[i]), f"{where}: class {label!r}: enrolled_at")
+        check_time_field(float(cs.updated_at[i]), f"{where}: class {label!r}: updated_at")
         rows = cs.support[i]
         if rows.shape[1:] != (d,) or len(rows) > min(cs.support_cap, int(cs.shots[i])):
             raise GalleryCorruptError(f"{where}: class {label!r} has {len(rows)} support embeddings (cap "
@@ -105,8 +105,8 @@ def _check_pack_header(entries: dict, meta: dict, where: str) -> tuple[list, int
         raise GalleryCorruptError(f"{where}: damaged metadata ({exc})") from None
     if not isinstance(labels, list):
         raise GalleryCorruptError(f"{where}: damaged metadata (labels is not a list)")
-    _int(dim, 1, MAX_EMBEDDING_DIM, f"{where}: embedding_dim")
-    _int(cap, 0, MAX_SUPPORT_CAP, f"{where}: support_cap")
+    check_int(dim, 1, MAX_EMBEDDING_DIM, f"{where}: embedding_dim")
+    check_int(cap, 0, MAX_SUPPORT_CAP, f"{where}: support_cap")
     c = len(labels)
     expected = {"prototypes": ("F32", [c, dim]), "shots": ("I64", [c]), "enrolled_at": ("F64", [c]),
                 "updated_at": ("F64", [c])}
