@@ -124,6 +124,7 @@ CASES = [
     ("newer gallery schema", ["classes", "list", f"{W}/newer.metaedge"], 4, "upgrade metaedge"),
     ("gallery is a FIFO", ["classes", "list", f"{W}/fifo"], 4, "FIFO"),
     ("old-format gallery changed", ["classes", "forget", f"{W}/old.metaedge", "late"], 4, "classes migrate"),
+    ("migrate against another bundle", ["classes", "migrate", f"{W}/old.metaedge", "--bundle", B], 4, "dimension"),
     ("edited manifest", ["predict", f"{W}/edited", G, f"{W}/img0.png"], 4, "'spec.preprocess.invert'"),
     ("deep manifest", ["enroll", f"{W}/deep", G, "x", f"{W}/img0.png"], 4, "nested more than"),
     ("manifest is a FIFO", ["predict", f"{W}/fifo-manifest", G, f"{W}/img0.png"], 4, "FIFO"),

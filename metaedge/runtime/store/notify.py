@@ -99,3 +99,5 @@ class ChangeCounter:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    __del__ = close  # a gallery dropped without close() must not leak its descriptor
