@@ -84,7 +84,8 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_sdk.EXIT_CODES_HELP)
     a.add_argument("gallery", metavar="GALLERY")
     a.add_argument("pack", metavar="PACK")
-    a.add_argument("--on-conflict", choices=("fail", "skip", "replace", "merge"), default="fail")
+    from metaedge.runtime.gallery import CONFLICT_POLICIES
+    a.add_argument("--on-conflict", choices=CONFLICT_POLICIES, default="fail")
     _sdk.add_json_arg(a)
     a.set_defaults(func=run_import)
 
