@@ -88,7 +88,7 @@ def run(args) -> int:
         try:
             bundle = Bundle.load(args.bundle)
         except BundleError as exc:
-            raise CliError(str(exc), 1) from None
+            raise CliError(str(exc), 4) from None
         info["bundle"] = bundle.summary()
         info["engines"] = describe_engines(bundle.engines())
     print(json.dumps(info, indent=2) if args.json else format_info(info))

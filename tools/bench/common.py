@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -148,20 +147,9 @@ def environment() -> dict:
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Atomic write: a temporary file in the same folder, fsync, rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic write (metaedge.runtime.fileio: a temporary file in the same folder, fsync, rename)."""
+    from metaedge.runtime.fileio import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def add_ratios(rows: list[dict], group: Sequence[str], reference: str, key: str = "ms",
