@@ -122,9 +122,35 @@ def bench_backbone(name: str, bundle_dir: str, reps: int, threads: int | None, r
         result["by_classes"][str(classes)] = row
         log(f"  {name} {classes:>6} classes: predict {p['total']:.2f} ms (pre {p['preprocessing']:.2f}, backbone "
             f"{p['backbone']:.2f}, kernels {p['kernels']:.3f}); enroll5 {row['enroll5_ms']['total']:.1f} ms")
+    result["by_format"] = bench_formats(clf, backend, name, reps, rng)
     clf.close()
     backend.close()
     return result
+
+
+def bench_formats(clf, backend, name: str, reps: int, rng) -> dict:
+    """predict on the same picture delivered as RGB, BGR (OpenCV) and NV12 (Jetson cameras) frames, interleaved,
+    at the gallery's current size: the camera layouts cost what RGB costs."""
+    from tools.bench.preprocess import make_frame
+    h, w = (104, 104) if name == "conv4" else (480, 640)  # (NV12 needs even sizes)
+    frames = {fmt: make_frame(rng, fmt, h, w) for fmt in ("rgb", "bgr", "nv12")}
+    samples: dict[str, list] = {fmt: [] for fmt in frames}
+    for fmt, frame in frames.items():
+        for _ in range(3):
+            clf.predict(frame, k=5, pixel_format=fmt)
+    for _ in range(reps):
+        for fmt, frame in frames.items():
+            clf.predict(frame, k=5, pixel_format=fmt)
+            samples[fmt].append(clf.last_timings)
+    out = {}
+    for fmt, got in samples.items():
+        p = median_timings(got)
+        out[fmt] = {"frame": [h, w], "classes": len(clf), "predict_ms": p}
+        log(f"  {name} {fmt:>4} {h}x{w} frames, {len(clf)} classes: predict {p['total']:.3f} ms "
+            f"(pre {p['preprocessing']:.3f}, backbone {p['backbone']:.3f}, kernels {p['kernels']:.3f})")
+    for fmt in ("bgr", "nv12"):
+        out[fmt]["preprocess_vs_rgb"] = out[fmt]["predict_ms"]["preprocess"] / out["rgb"]["predict_ms"]["preprocess"]
+    return out
 
 
 def bench_gallery_store(sizes: list[int], reps: int, rng, workdir: str) -> dict:
@@ -225,6 +251,18 @@ def table(results: dict) -> str:
                          f"{p['backbone']:.2f} | {p['kernels']:.3f} | {100 * row['kernels_plus_preprocessing_share']:.1f}% "
                          f"| {row['bare_backbone_ms']:.2f} | {row['predict_over_bare_backbone']:.2f}x | "
                          f"{row['enroll5_ms']['total']:.1f} |")
+    if any("by_format" in r for r in results["backbones"].values()):
+        lines.append("")
+        lines.append("| backbone | frame | pixel format | classes | predict ms | pre-proc ms | backbone ms | kernels ms "
+                     "| pre-proc vs RGB |")
+        lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, r in results["backbones"].items():
+            for fmt, row in r.get("by_format", {}).items():
+                p = row["predict_ms"]
+                vs = row.get("preprocess_vs_rgb")
+                lines.append(f"| {name} | {row['frame'][0]}x{row['frame'][1]} | {fmt} | {row['classes']:,} | "
+                             f"{p['total']:.3f} | {p['preprocessing']:.3f} | {p['backbone']:.3f} | "
+                             f"{p['kernels']:.3f} | {'-' if vs is None else f'{vs:.2f}x'} |")
     store = results.get("gallery_store")
     if store:
         lines.append("")
