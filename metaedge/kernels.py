@@ -20,8 +20,8 @@ import numpy as np
 
 from metaedge._native import native
 
-__all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "PrototypeMatcher", "adapt_head",
-           "preprocess", "Preprocessor", "METRICS", "COLOR_MODES"]
+__all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "PrototypeMatcher",
+           "CompactClassMatrix", "adapt_head", "preprocess", "Preprocessor", "METRICS", "COLOR_MODES"]
 
 METRICS = ("cosine", "dot", "euclidean")
 COLOR_MODES = ("keep", "gray", "rgb")
@@ -447,3 +447,7 @@ class Preprocessor:
     def __repr__(self) -> str:
         return (f"Preprocessor(size={self.size}, mean={self.mean!r}, std={self.std!r}, color={self.color!r}, "
                 f"invert={self.invert})")
+
+
+# The class matrix with its compact copy lives in its own module (metaedge.compact); it is part of this face.
+from metaedge.compact import CompactClassMatrix  # noqa: E402 - needs the helpers above

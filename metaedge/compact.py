@@ -1,0 +1,354 @@
+"""The class matrix with a compact copy: exact top-k at a quarter of the float32 memory traffic.
+
+Top-k over the class matrix is the kernel every frame pays for, and for large galleries it only streams memory
+(100,000 x 512 float32 is 205 MB per query). :class:`CompactClassMatrix` keeps, beside the exact float32 rows,
+an int8 copy scaled per row with the quantisation error of every row, and answers :meth:`~CompactClassMatrix.topk`
+in two passes: the int8 copy (a quarter of the bytes) bounds every class's score, which rules out all classes
+but a few dozen that could still be in the top k; those are re-scored from the float32 rows by
+:func:`metaedge.kernels.topk` itself. The bound is proven, not measured, so the result is exactly the float32
+result (docs/matching.md derives it and lists the few cases that fall back to the full float32 scan).
+
+Classes are added, replaced and removed one at a time in O(d) each (the int8 copy is updated for that class
+only, never rebuilt). Small matrices, which caches hold, are scored in float32 directly; the switch point, the
+SIMD variant in use and any override are what :func:`matching_policy` reports (``metaedge info`` prints it).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from metaedge._native import native
+
+__all__ = ["CompactClassMatrix", "matching_policy", "MATCHING_METHODS", "AUTO_COMPACT_MIN_BYTES"]
+
+MATCHING_METHODS = ("auto", "compact", "fp32")
+# "auto" scores through the compact copy from this many bytes of float32 class matrix on. Measured with
+# tools/bench/kernels.py --only compact (batch 1, one thread, Zen 4): below it the float32 rows sit in the
+# caches and the plain scan is as fast; above it the compact pass wins by up to the 4x of its bytes.
+AUTO_COMPACT_MIN_BYTES = 8 << 20
+_ENV = "METAEDGE_MATCHING"
+_LANES, _STEP, _META_FIELDS = 16, 4, 4
+
+
+def _method_from_env() -> str:
+    method = os.environ.get(_ENV, "").strip().lower() or "auto"
+    if method not in MATCHING_METHODS:
+        raise ValueError(f"{_ENV}={os.environ.get(_ENV)!r}: expected one of {MATCHING_METHODS}")
+    return method
+
+
+def matching_policy() -> dict:
+    """How class matrices are matched on this machine: the CPU variant of the compact pass
+    (``avx512-vnni``, ``avx2`` or ``portable``), the default method (``METAEDGE_MATCHING`` overrides "auto")
+    and from which float32 matrix size "auto" uses the compact copy."""
+    env = os.environ.get(_ENV)
+    try:
+        default = _method_from_env()
+    except ValueError as exc:
+        default = f"invalid ({exc})"
+    return {"compact_kernel": native().compact_kernel(), "default_method": default,
+            "auto_compact_min_bytes": AUTO_COMPACT_MIN_BYTES, "override": f"{_ENV}={env}" if env else None}
+
+
+def _rows_input(rows, dim: int, what: str) -> np.ndarray:
+    from metaedge.kernels import _float_input
+    rows = _float_input(rows, what)
+    if rows.ndim == 1:
+        rows = rows[None, :]
+    if rows.ndim != 2 or rows.shape[1] != dim:
+        raise ValueError(f"`{what}`: expected shape [n, {dim}] (or [{dim}] for one row), got {list(rows.shape)}")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise ValueError(f"`{what}`: row {bad} contains NaN or Inf (of {len(rows)} rows); nothing was changed")
+    return rows
+
+
+def _groups(classes: int) -> int:
+    return (classes + _LANES - 1) // _LANES
+
+
+class CompactClassMatrix:
+    """A growable ``[C, d]`` float32 class matrix with its int8 compact copy, matched exactly.
+
+    ``CompactClassMatrix(dim, metric)`` starts empty; :meth:`from_rows` builds one from ``[C, d]`` rows.
+    ``metric``: ``"cosine"``, ``"dot"`` or ``"euclidean"``, as :func:`metaedge.kernels.topk` takes it.
+    ``method``: ``"compact"`` (always the two passes), ``"fp32"`` (always the plain float32 scan; no compact copy
+    is kept), or ``"auto"`` (the default; ``METAEDGE_MATCHING`` overrides it): the compact pass once the float32
+    rows exceed ``AUTO_COMPACT_MIN_BYTES``. ``capacity``: rows to allocate up front (growth doubles otherwise).
+
+    Changes, each O(d) per class and visible to the next :meth:`topk`: :meth:`add` appends rows (the new classes
+    get the next indices), :meth:`replace` overwrites rows in place (e.g. after adaptation), :meth:`remove`
+    deletes one class by moving the last class into its index (O(d), so indices of other classes stay put; it
+    returns which index moved). Every change increments :attr:`version`. Rows with NaN or Inf are refused and
+    change nothing.
+
+    :meth:`topk` returns exactly the float32 top-k: through the compact copy, for each query what
+    ``metaedge.kernels.topk(query[None], rows, k, metric)`` returns for that query alone (the same scores bit
+    for bit, the same tie order: lower index first); through the float32 scan, what ``kernels.topk(queries,
+    rows, k, metric)`` returns (for batches of 10 or more, its blocked-gemm route, whose scores can differ from
+    single-query ones in the last bit). Memory per class: ``4 d`` bytes of float32 rows plus ``d`` (rounded up to 4) bytes of
+    codes and 16 bytes of per-row terms (2,576 bytes at d = 512), plus the unused capacity.
+
+    Thread-safe: changes and matching take one lock, so a match sees the matrix before or after a change,
+    never half of one. CPU (numpy) arrays; the CUDA kernels behind it take device arrays through
+    ``metaedge._C`` (see docs/matching.md).
+    """
+
+    def __init__(self, dim: int, metric: str = "cosine", *, method: str | None = None, capacity: int = 0):
+        from metaedge.kernels import METRICS
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"`dim`: expected a positive int, got {dim!r}")
+        if metric not in METRICS:
+            raise ValueError(f"`metric`: expected one of {METRICS}, got {metric!r}")
+        method = _method_from_env() if method is None else method
+        if method not in MATCHING_METHODS:
+            raise ValueError(f"`method`: expected one of {MATCHING_METHODS}, got {method!r}")
+        capacity = int(capacity)
+        if capacity < 0:
+            raise ValueError(f"`capacity`: expected >= 0, got {capacity}")
+        self._dim, self._metric, self._method = int(dim), metric, method
+        self._steps = (self._dim + _STEP - 1) // _STEP
+        self._count = 0
+        self._version = 0
+        self._lock = threading.Lock()
+        self._native = native()
+        self._allocate(capacity)
+
+    @classmethod
+    def from_rows(cls, rows, metric: str = "cosine", *, method: str | None = None,
+                  capacity: int | None = None) -> "CompactClassMatrix":
+        """A matrix holding ``rows[C, d]`` as classes ``0 .. C-1``."""
+        from metaedge.kernels import _float_input
+        rows = _float_input(rows, "rows")
+        if rows.ndim != 2:
+            raise ValueError(f"`rows`: expected a 2-d array [C, d], got shape {list(rows.shape)}")
+        matrix = cls(rows.shape[1], metric, method=method, capacity=max(capacity or 0, rows.shape[0]))
+        if len(rows):
+            matrix.add(rows)
+        return matrix
+
+    # ------------------------------------------------------------------ storage
+    def _allocate(self, capacity: int) -> None:
+        capacity = _groups(capacity) * _LANES
+        self._rows = np.empty((capacity, self._dim), np.float32)
+        if self._method == "fp32":
+            self._codes = self._meta = None
+            return
+        # Empty slots hold code 0 (stored as 128) and zero terms, which is what encoding a zero row writes.
+        self._codes = np.full((_groups(capacity), self._steps, _LANES, _STEP), 128, np.uint8)
+        self._meta = np.zeros((_groups(capacity), _META_FIELDS, _LANES), np.float32)
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        old_rows, old_codes, old_meta, count = self._rows, self._codes, self._meta, self._count
+        self._allocate(max(needed, 2 * self.capacity, _LANES))
+        self._rows[:count] = old_rows[:count]
+        if old_codes is not None:
+            used = _groups(count)
+            self._codes[:used] = old_codes[:used]
+            self._meta[:used] = old_meta[:used]
+
+    def _encode(self, first: int, rows: np.ndarray) -> None:
+        if self._codes is None:
+            return
+        slots = np.arange(first, first + len(rows), dtype=np.int64)
+        self._native.compact_encode(rows, slots, self._metric, self._codes, self._meta)
+
+    def reserve(self, capacity: int) -> None:
+        """Allocate room for ``capacity`` classes now (adds up to it then never copy the matrix)."""
+        with self._lock:
+            self._ensure_capacity(int(capacity))
+
+    # ------------------------------------------------------------------ changes
+    def add(self, rows) -> np.ndarray:
+        """Append ``rows[n, d]`` (or one ``[d]`` row) as new classes; returns their indices ``[n]``."""
+        rows = _rows_input(rows, self._dim, "rows")
+        with self._lock:
+            first = self._count
+            self._ensure_capacity(first + len(rows))
+            self._rows[first:first + len(rows)] = rows
+            self._encode(first, self._rows[first:first + len(rows)])
+            self._count += len(rows)
+            self._version += 1
+            return np.arange(first, first + len(rows), dtype=np.int64)
+
+    def replace(self, indices, rows) -> None:
+        """Overwrite the rows of classes ``indices`` (an int or ``[n]`` ints) with ``rows`` (``[d]`` or
+        ``[n, d]``), e.g. a class enrolled with more shots or adapted; the compact copy follows."""
+        rows = _rows_input(rows, self._dim, "rows")
+        idx = np.atleast_1d(np.asarray(indices))
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise TypeError(f"`indices`: expected an int or a 1-d array of ints, got {indices!r}")
+        if len(idx) != len(rows):
+            raise ValueError(f"`indices`: {len(idx)} indices for {len(rows)} rows")
+        if len(np.unique(idx)) != len(idx):
+            raise ValueError("`indices`: an index appears twice")
+        with self._lock:
+            if len(idx) and (idx.min() < 0 or idx.max() >= self._count):
+                raise IndexError(f"`indices`: expected class indices in [0, {self._count}), got {idx.tolist()}")
+            idx = idx.astype(np.int64)
+            self._rows[idx] = rows
+            if self._codes is not None:
+                self._native.compact_encode(rows, idx, self._metric, self._codes, self._meta)
+            self._version += 1
+
+    def remove(self, index: int) -> int | None:
+        """Delete class ``index``: the last class moves into its place (O(d); no other index changes).
+        Returns the old index of the class that moved (``None`` when the last class itself was removed)."""
+        index = int(index)
+        with self._lock:
+            if not 0 <= index < self._count:
+                raise IndexError(f"`index`: expected a class index in [0, {self._count}), got {index}")
+            last = self._count - 1
+            moved = None
+            if index != last:
+                self._rows[index] = self._rows[last]
+                self._encode(index, self._rows[index:index + 1])
+                moved = last
+            self._encode(last, np.zeros((1, self._dim), np.float32))  # back to an empty slot
+            self._count = last
+            self._version += 1
+            return moved
+
+    def clear(self) -> None:
+        """Remove every class (the capacity is kept)."""
+        with self._lock:
+            used = _groups(self._count)
+            if self._codes is not None:
+                self._codes[:used] = 128
+                self._meta[:used] = 0
+            self._count = 0
+            self._version += 1
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def metric(self) -> str:
+        return self._metric
+
+    @property
+    def method(self) -> str:
+        """The method asked for: ``"auto"``, ``"compact"`` or ``"fp32"``."""
+        return self._method
+
+    @property
+    def active_method(self) -> str:
+        """What :meth:`topk` uses at the current size: ``"compact"`` or ``"fp32"``."""
+        return self._active(self._count)
+
+    def _active(self, count: int) -> str:
+        if self._method == "auto":
+            return "compact" if count * self._dim * 4 >= AUTO_COMPACT_MIN_BYTES else "fp32"
+        return self._method
+
+    @property
+    def version(self) -> int:
+        """Incremented by every change."""
+        return self._version
+
+    @property
+    def num_classes(self) -> int:
+        return self._count
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def capacity(self) -> int:
+        return self._rows.shape[0]
+
+    @property
+    def rows(self) -> np.ndarray:
+        """A read-only ``[C, d]`` view of the float32 rows (it stays valid, but a later change may or may not
+        show in it: copy it to keep it)."""
+        view = self._rows[:self._count]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, unused capacity included."""
+        return self._rows.nbytes + (0 if self._codes is None else self._codes.nbytes + self._meta.nbytes)
+
+    @property
+    def bytes_per_class(self) -> int:
+        """Bytes one class takes: float32 row + codes + per-row terms (capacity aside)."""
+        compact = 0 if self._codes is None else self._steps * _STEP + _META_FIELDS * 4
+        return self._dim * 4 + compact
+
+    def topk(self, queries, k: int = 1):
+        """The ``k`` best classes of each of ``queries[b, d]`` (or one ``[d]`` query): ``(scores[b, k] float32,
+        indices[b, k] int64)``, scores descending, ties to the lower index (``[k]`` each for one query).
+        ``1 <= k <= C``; NaN/Inf queries raise ValueError."""
+        scores, indices, _ = self.topk_with_stats(queries, k)
+        return scores, indices
+
+    def topk_with_stats(self, queries, k: int = 1):
+        """:meth:`topk` plus ``fp32_rows[b]`` (int64): how many float32 rows each query was scored against
+        (the candidates the compact pass could not rule out; ``C`` for a full float32 scan)."""
+        queries, squeeze = self._queries(queries)
+        k = self._k(k)
+        with self._lock:
+            result = self._topk_locked(queries, k)
+        if squeeze:
+            return tuple(a[0] for a in result)
+        return result
+
+    def topk_at_version(self, version: int, queries, k: int = 1):
+        """:meth:`topk` if the matrix is still at ``version``, else ``None`` (for a caller that pairs results
+        with labels read at that version, e.g. a gallery snapshot: it then scores its own rows instead)."""
+        queries, squeeze = self._queries(queries)
+        k = self._k(k)
+        with self._lock:
+            if self._version != version:
+                return None
+            scores, indices, _ = self._topk_locked(queries, k)
+        return (scores[0], indices[0]) if squeeze else (scores, indices)
+
+    def _queries(self, queries):
+        from metaedge.kernels import _float_input, _is_cuda
+        if type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2 \
+                and queries.flags.c_contiguous:
+            return queries, False
+        if _is_cuda(queries):
+            raise TypeError("`queries`: this CompactClassMatrix lives in host memory and takes numpy queries, got "
+                            f"a CUDA array ({type(queries).__name__})")
+        queries = _float_input(queries, "queries")
+        if queries.ndim == 1:
+            return queries[None, :], True
+        return queries, False
+
+    @staticmethod
+    def _k(k) -> int:
+        import operator
+        try:
+            return operator.index(k)
+        except TypeError:
+            raise TypeError(f"`k`: expected an integer, got {type(k).__name__} {k!r}") from None
+
+    def _topk_locked(self, queries: np.ndarray, k: int):
+        if self._count == 0:
+            raise ValueError("topk: the class matrix has no classes yet (add rows first)")
+        b = queries.shape[0] if queries.ndim == 2 else 0
+        kk = max(k, 0)  # (the native checker names a bad k; a negative one must not reach the allocation)
+        scores = np.empty((b, kk), np.float32)
+        indices = np.empty((b, kk), np.int64)
+        rows = self._rows[:self._count]
+        if self._active(self._count) == "fp32":
+            self._native.topk(queries, rows, k, self._metric, scores, indices)
+            return scores, indices, np.full(b, self._count, np.int64)
+        fp32_rows = np.empty(b, np.int64)
+        self._native.compact_topk(queries, rows, self._codes, self._meta, k, self._metric, scores, indices,
+                                  fp32_rows)
+        return scores, indices, fp32_rows
+
+    def __repr__(self) -> str:
+        return (f"CompactClassMatrix({self._count} classes x {self._dim}, metric={self._metric!r}, "
+                f"method={self._method!r} -> {self.active_method})")
