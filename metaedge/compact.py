@@ -14,11 +14,13 @@ SIMD variant in use and any override are what :func:`matching_policy` reports (`
 """
 from __future__ import annotations
 
+import operator
 import os
 import threading
 
 import numpy as np
 
+from metaedge import _compact_storage as storage
 from metaedge._native import native
 
 __all__ = ["CompactClassMatrix", "matching_policy", "MATCHING_METHODS", "AUTO_COMPACT_MIN_BYTES"]
@@ -29,7 +31,6 @@ MATCHING_METHODS = ("auto", "compact", "fp32")
 # caches and the plain scan is as fast; above it the compact pass wins by up to the 4x of its bytes.
 AUTO_COMPACT_MIN_BYTES = 8 << 20
 _ENV = "METAEDGE_MATCHING"
-_LANES, _STEP, _META_FIELDS = 16, 4, 4
 
 
 def _method_from_env() -> str:
@@ -66,10 +67,6 @@ def _rows_input(rows, dim: int, what: str) -> np.ndarray:
     return rows
 
 
-def _groups(classes: int) -> int:
-    return (classes + _LANES - 1) // _LANES
-
-
 class CompactClassMatrix:
     """A growable ``[C, d]`` float32 class matrix with its int8 compact copy, matched exactly.
 
@@ -78,6 +75,8 @@ class CompactClassMatrix:
     ``method``: ``"compact"`` (always the two passes), ``"fp32"`` (always the plain float32 scan; no compact copy
     is kept), or ``"auto"`` (the default; ``METAEDGE_MATCHING`` overrides it): the compact pass once the float32
     rows exceed ``AUTO_COMPACT_MIN_BYTES``. ``capacity``: rows to allocate up front (growth doubles otherwise).
+    ``device``: ``None`` (host memory, the CPU kernels) or a CUDA device (``"cuda"``, ``"cuda:1"`` or an index;
+    the arrays live there and the CUDA kernels match; rows still arrive as numpy arrays).
 
     Changes, each O(d) per class and visible to the next :meth:`topk`: :meth:`add` appends rows (the new classes
     get the next indices), :meth:`replace` overwrites rows in place (e.g. after adaptation), :meth:`remove`
@@ -89,15 +88,16 @@ class CompactClassMatrix:
     ``metaedge.kernels.topk(query[None], rows, k, metric)`` returns for that query alone (the same scores bit
     for bit, the same tie order: lower index first); through the float32 scan, what ``kernels.topk(queries,
     rows, k, metric)`` returns (for batches of 10 or more, its blocked-gemm route, whose scores can differ from
-    single-query ones in the last bit). Memory per class: ``4 d`` bytes of float32 rows plus ``d`` (rounded up to 4) bytes of
-    codes and 16 bytes of per-row terms (2,576 bytes at d = 512), plus the unused capacity.
+    single-query ones in the last bit). On a GPU the candidates of a batch are scored together by the CUDA
+    ``topk`` (docs/matching.md). Memory per class: ``4 d`` bytes of float32 rows plus ``d`` (rounded up to 4)
+    bytes of codes and 16 bytes of per-row terms (2,576 bytes at d = 512), plus the unused capacity.
 
     Thread-safe: changes and matching take one lock, so a match sees the matrix before or after a change,
-    never half of one. CPU (numpy) arrays; the CUDA kernels behind it take device arrays through
-    ``metaedge._C`` (see docs/matching.md).
+    never half of one.
     """
 
-    def __init__(self, dim: int, metric: str = "cosine", *, method: str | None = None, capacity: int = 0):
+    def __init__(self, dim: int, metric: str = "cosine", *, method: str | None = None, capacity: int = 0,
+                 device=None):
         from metaedge.kernels import METRICS
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"`dim`: expected a positive int, got {dim!r}")
@@ -110,53 +110,31 @@ class CompactClassMatrix:
         if capacity < 0:
             raise ValueError(f"`capacity`: expected >= 0, got {capacity}")
         self._dim, self._metric, self._method = int(dim), metric, method
-        self._steps = (self._dim + _STEP - 1) // _STEP
         self._count = 0
         self._version = 0
         self._lock = threading.Lock()
-        self._native = native()
-        self._allocate(capacity)
+        compact = method != "fp32"
+        if device is None:
+            self._store = storage.HostBuffers(self._dim, capacity, metric, compact)
+        else:
+            self._store = storage.DeviceBuffers(self._dim, capacity, metric, compact, _device_index(device))
 
     @classmethod
-    def from_rows(cls, rows, metric: str = "cosine", *, method: str | None = None,
-                  capacity: int | None = None) -> "CompactClassMatrix":
-        """A matrix holding ``rows[C, d]`` as classes ``0 .. C-1``."""
+    def from_rows(cls, rows, metric: str = "cosine", *, method: str | None = None, capacity: int | None = None,
+                  device=None) -> "CompactClassMatrix":
+        """A matrix holding ``rows[C, d]`` (a numpy array) as classes ``0 .. C-1``."""
         from metaedge.kernels import _float_input
         rows = _float_input(rows, "rows")
         if rows.ndim != 2:
             raise ValueError(f"`rows`: expected a 2-d array [C, d], got shape {list(rows.shape)}")
-        matrix = cls(rows.shape[1], metric, method=method, capacity=max(capacity or 0, rows.shape[0]))
+        matrix = cls(rows.shape[1], metric, method=method, capacity=max(capacity or 0, rows.shape[0]), device=device)
         if len(rows):
             matrix.add(rows)
         return matrix
 
-    # ------------------------------------------------------------------ storage
-    def _allocate(self, capacity: int) -> None:
-        capacity = _groups(capacity) * _LANES
-        self._rows = np.empty((capacity, self._dim), np.float32)
-        if self._method == "fp32":
-            self._codes = self._meta = None
-            return
-        # Empty slots hold code 0 (stored as 128) and zero terms, which is what encoding a zero row writes.
-        self._codes = np.full((_groups(capacity), self._steps, _LANES, _STEP), 128, np.uint8)
-        self._meta = np.zeros((_groups(capacity), _META_FIELDS, _LANES), np.float32)
-
     def _ensure_capacity(self, needed: int) -> None:
-        if needed <= self.capacity:
-            return
-        old_rows, old_codes, old_meta, count = self._rows, self._codes, self._meta, self._count
-        self._allocate(max(needed, 2 * self.capacity, _LANES))
-        self._rows[:count] = old_rows[:count]
-        if old_codes is not None:
-            used = _groups(count)
-            self._codes[:used] = old_codes[:used]
-            self._meta[:used] = old_meta[:used]
-
-    def _encode(self, first: int, rows: np.ndarray) -> None:
-        if self._codes is None:
-            return
-        slots = np.arange(first, first + len(rows), dtype=np.int64)
-        self._native.compact_encode(rows, slots, self._metric, self._codes, self._meta)
+        if needed > self._store.capacity:
+            self._store = self._store.grown(max(needed, 2 * self._store.capacity, storage.LANES), self._count)
 
     def reserve(self, capacity: int) -> None:
         """Allocate room for ``capacity`` classes now (adds up to it then never copy the matrix)."""
@@ -170,8 +148,7 @@ class CompactClassMatrix:
         with self._lock:
             first = self._count
             self._ensure_capacity(first + len(rows))
-            self._rows[first:first + len(rows)] = rows
-            self._encode(first, self._rows[first:first + len(rows)])
+            self._store.write(np.arange(first, first + len(rows), dtype=np.int64), rows)
             self._count += len(rows)
             self._version += 1
             return np.arange(first, first + len(rows), dtype=np.int64)
@@ -190,10 +167,7 @@ class CompactClassMatrix:
         with self._lock:
             if len(idx) and (idx.min() < 0 or idx.max() >= self._count):
                 raise IndexError(f"`indices`: expected class indices in [0, {self._count}), got {idx.tolist()}")
-            idx = idx.astype(np.int64)
-            self._rows[idx] = rows
-            if self._codes is not None:
-                self._native.compact_encode(rows, idx, self._metric, self._codes, self._meta)
+            self._store.write(idx.astype(np.int64), rows)
             self._version += 1
 
     def remove(self, index: int) -> int | None:
@@ -206,10 +180,9 @@ class CompactClassMatrix:
             last = self._count - 1
             moved = None
             if index != last:
-                self._rows[index] = self._rows[last]
-                self._encode(index, self._rows[index:index + 1])
+                self._store.move(last, index)
                 moved = last
-            self._encode(last, np.zeros((1, self._dim), np.float32))  # back to an empty slot
+            self._store.clear(np.array([last], np.int64))  # back to an empty slot
             self._count = last
             self._version += 1
             return moved
@@ -217,10 +190,7 @@ class CompactClassMatrix:
     def clear(self) -> None:
         """Remove every class (the capacity is kept)."""
         with self._lock:
-            used = _groups(self._count)
-            if self._codes is not None:
-                self._codes[:used] = 128
-                self._meta[:used] = 0
+            self._store.clear(np.arange(self._count, dtype=np.int64))
             self._count = 0
             self._version += 1
 
@@ -237,6 +207,11 @@ class CompactClassMatrix:
     def method(self) -> str:
         """The method asked for: ``"auto"``, ``"compact"`` or ``"fp32"``."""
         return self._method
+
+    @property
+    def device(self) -> int | None:
+        """The CUDA device index holding the arrays, or ``None`` for host memory."""
+        return self._store.device
 
     @property
     def active_method(self) -> str:
@@ -262,93 +237,79 @@ class CompactClassMatrix:
 
     @property
     def capacity(self) -> int:
-        return self._rows.shape[0]
+        return self._store.capacity
 
     @property
-    def rows(self) -> np.ndarray:
-        """A read-only ``[C, d]`` view of the float32 rows (it stays valid, but a later change may or may not
-        show in it: copy it to keep it)."""
-        view = self._rows[:self._count]
-        view.flags.writeable = False
-        return view
+    def rows(self):
+        """The ``[C, d]`` float32 rows: a read-only numpy view (host) or a DeviceArray view (GPU). It stays
+        valid, but a later change may or may not show in it: copy it to keep it."""
+        return self._store.view(self._count)
 
     @property
     def nbytes(self) -> int:
         """Bytes held, unused capacity included."""
-        return self._rows.nbytes + (0 if self._codes is None else self._codes.nbytes + self._meta.nbytes)
+        return self._store.nbytes
 
     @property
     def bytes_per_class(self) -> int:
         """Bytes one class takes: float32 row + codes + per-row terms (capacity aside)."""
-        compact = 0 if self._codes is None else self._steps * _STEP + _META_FIELDS * 4
+        compact = self._store.steps * storage.STEP + storage.META_FIELDS * 4 if self._store.compact else 0
         return self._dim * 4 + compact
 
     def topk(self, queries, k: int = 1):
         """The ``k`` best classes of each of ``queries[b, d]`` (or one ``[d]`` query): ``(scores[b, k] float32,
         indices[b, k] int64)``, scores descending, ties to the lower index (``[k]`` each for one query).
-        ``1 <= k <= C``; NaN/Inf queries raise ValueError."""
+        ``1 <= k <= C``; NaN/Inf queries raise ValueError. On a GPU matrix, CUDA queries give DeviceArrays."""
         scores, indices, _ = self.topk_with_stats(queries, k)
         return scores, indices
 
     def topk_with_stats(self, queries, k: int = 1):
         """:meth:`topk` plus ``fp32_rows[b]`` (int64): how many float32 rows each query was scored against
         (the candidates the compact pass could not rule out; ``C`` for a full float32 scan)."""
-        queries, squeeze = self._queries(queries)
-        k = self._k(k)
+        queries, single, to_host = self._store.queries(queries)
+        k = _integer_k(k)
         with self._lock:
-            result = self._topk_locked(queries, k)
-        if squeeze:
-            return tuple(a[0] for a in result)
-        return result
+            result = self._topk_locked(queries, k, to_host)
+        return tuple(a[0] for a in result) if single else result
 
     def topk_at_version(self, version: int, queries, k: int = 1):
         """:meth:`topk` if the matrix is still at ``version``, else ``None`` (for a caller that pairs results
         with labels read at that version, e.g. a gallery snapshot: it then scores its own rows instead)."""
-        queries, squeeze = self._queries(queries)
-        k = self._k(k)
+        queries, single, to_host = self._store.queries(queries)
+        k = _integer_k(k)
         with self._lock:
             if self._version != version:
                 return None
-            scores, indices, _ = self._topk_locked(queries, k)
-        return (scores[0], indices[0]) if squeeze else (scores, indices)
+            scores, indices, _ = self._topk_locked(queries, k, to_host)
+        return (scores[0], indices[0]) if single else (scores, indices)
 
-    def _queries(self, queries):
-        from metaedge.kernels import _float_input, _is_cuda
-        if type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2 \
-                and queries.flags.c_contiguous:
-            return queries, False
-        if _is_cuda(queries):
-            raise TypeError("`queries`: this CompactClassMatrix lives in host memory and takes numpy queries, got "
-                            f"a CUDA array ({type(queries).__name__})")
-        queries = _float_input(queries, "queries")
-        if queries.ndim == 1:
-            return queries[None, :], True
-        return queries, False
-
-    @staticmethod
-    def _k(k) -> int:
-        import operator
-        try:
-            return operator.index(k)
-        except TypeError:
-            raise TypeError(f"`k`: expected an integer, got {type(k).__name__} {k!r}") from None
-
-    def _topk_locked(self, queries: np.ndarray, k: int):
+    def _topk_locked(self, queries, k: int, to_host: bool):
         if self._count == 0:
             raise ValueError("topk: the class matrix has no classes yet (add rows first)")
-        b = queries.shape[0] if queries.ndim == 2 else 0
-        kk = max(k, 0)  # (the native checker names a bad k; a negative one must not reach the allocation)
-        scores = np.empty((b, kk), np.float32)
-        indices = np.empty((b, kk), np.int64)
-        rows = self._rows[:self._count]
-        if self._active(self._count) == "fp32":
-            self._native.topk(queries, rows, k, self._metric, scores, indices)
-            return scores, indices, np.full(b, self._count, np.int64)
-        fp32_rows = np.empty(b, np.int64)
-        self._native.compact_topk(queries, rows, self._codes, self._meta, k, self._metric, scores, indices,
-                                  fp32_rows)
-        return scores, indices, fp32_rows
+        use_compact = self._active(self._count) == "compact"
+        return self._store.topk(queries, self._count, k, use_compact, to_host)
 
     def __repr__(self) -> str:
+        where = "" if self.device is None else f", device=cuda:{self.device}"
         return (f"CompactClassMatrix({self._count} classes x {self._dim}, metric={self._metric!r}, "
-                f"method={self._method!r} -> {self.active_method})")
+                f"method={self._method!r} -> {self.active_method}{where})")
+
+
+def _integer_k(k) -> int:
+    try:
+        return operator.index(k)
+    except TypeError:
+        raise TypeError(f"`k`: expected an integer, got {type(k).__name__} {k!r}") from None
+
+
+def _device_index(device) -> int:
+    """"cuda", "cuda:N" or N -> N (CUDA must be usable: the error says why not)."""
+    from metaedge import cuda
+    named = isinstance(device, str) and (device == "cuda" or device.startswith("cuda:"))
+    if not named and not (isinstance(device, (int, np.integer)) and not isinstance(device, bool)):
+        raise ValueError(f"`device`: expected None (host memory), 'cuda', 'cuda:N' or a device index, got {device!r}")
+    if not cuda.is_available():
+        raise cuda.CudaUnavailableError(f"`device`: {device!r} asked for, but {cuda.why_unavailable()}")
+    if named:
+        return cuda.current_device() if device == "cuda" else int(device.split(":", 1)[1])
+    return int(device)

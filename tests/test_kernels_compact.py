@@ -51,7 +51,7 @@ def test_encoding_matches_the_reference_and_the_layout(rng, metric, c, d):
     rows = (rng.standard_normal((c, d)) * rng.uniform(0.01, 100, (c, 1))).astype(np.float32)
     rows[0] = 0.0 if c > 2 else rows[0]  # an all-zero row encodes as an empty slot
     m = compact_matrix(rows, metric, capacity=c + 20)
-    got = ref.unpack_codes(m._codes, m._meta, c, d)
+    got = ref.unpack_codes(m._store.codes, m._store.meta, c, d)
     want = ref.quantise(rows, metric)
     np.testing.assert_array_equal(got["codes"], want["codes"])
     assert np.all(got["padding"] == 0) and np.all(got["empty_codes"] == 0) and np.all(got["empty_terms"] == 0)
@@ -72,7 +72,7 @@ def test_encoding_keeps_tiny_and_huge_cosine_rows_exact(rng):
     rows[4, :] = 0.0
     rows[4, 7] = 3e-38
     m = compact_matrix(rows, "cosine")
-    got = ref.unpack_codes(m._codes, m._meta, 6, 40)
+    got = ref.unpack_codes(m._store.codes, m._store.meta, 6, 40)
     want = ref.quantise(rows, "cosine")
     np.testing.assert_array_equal(got["codes"], want["codes"])
     np.testing.assert_allclose(got["norm"], [1, 1, 1, 0, 1, 1], rtol=1e-6)
@@ -266,13 +266,13 @@ def test_compact_topk_checks_its_arguments(rng):
     q = rng.standard_normal((2, 8)).astype(np.float32)
     s, i, f = np.empty((2, 3), np.float32), np.empty((2, 3), np.int64), np.empty(2, np.int64)
     with pytest.raises(ValueError, match="at least 3 groups"):
-        C.compact_topk(q, rows, m._codes[:2], m._meta[:2], 3, "dot", s, i, f)
+        C.compact_topk(q, rows, m._store.codes[:2], m._store.meta[:2], 3, "dot", s, i, f)
     with pytest.raises(ValueError, match="fp32_rows"):
-        C.compact_topk(q, rows, m._codes, m._meta, 3, "dot", s, i, np.empty(3, np.int64))
+        C.compact_topk(q, rows, m._store.codes, m._store.meta, 3, "dot", s, i, np.empty(3, np.int64))
     with pytest.raises(ValueError, match="scores"):
-        C.compact_topk(q, rows, m._codes, m._meta, 3, "dot", np.empty((2, 4), np.float32), i, f)
+        C.compact_topk(q, rows, m._store.codes, m._store.meta, 3, "dot", np.empty((2, 4), np.float32), i, f)
     with pytest.raises(ValueError, match="meta.*groups"):
-        C.compact_topk(q, rows, m._codes, m._meta[:1], 3, "dot", s, i, f)
+        C.compact_topk(q, rows, m._store.codes, m._store.meta[:1], 3, "dot", s, i, f)
 
 
 # ---------------------------------------------------------------------------------------------- changes
@@ -281,12 +281,12 @@ def assert_same_as_rebuilt(m, mirror):
     rebuilt = compact_matrix(mirror, m.metric)
     used = (len(mirror) + 15) // 16
     np.testing.assert_array_equal(m.rows, mirror)
-    np.testing.assert_array_equal(m._codes[:used], rebuilt._codes[:used])
-    np.testing.assert_array_equal(m._meta[:used], rebuilt._meta[:used])
+    np.testing.assert_array_equal(m._store.codes[:used], rebuilt._store.codes[:used])
+    np.testing.assert_array_equal(m._store.meta[:used], rebuilt._store.meta[:used])
     # slots past the end are empty (a removed class leaves nothing behind)
-    assert np.all(m._codes[used:] == 128) and np.all(m._meta[used:] == 0)
+    assert np.all(m._store.codes[used:] == 128) and np.all(m._store.meta[used:] == 0)
     if used:
-        tail = ref.unpack_codes(m._codes[:used], m._meta[:used], len(mirror), m.dim)
+        tail = ref.unpack_codes(m._store.codes[:used], m._store.meta[:used], len(mirror), m.dim)
         assert np.all(tail["empty_codes"] == 0) and np.all(tail["empty_terms"] == 0)
 
 
@@ -345,7 +345,7 @@ def test_forget_and_adapt_keep_results_exact(rng):
 def test_bad_changes_change_nothing(rng):
     rows = rng.standard_normal((50, 8)).astype(np.float32)
     m = compact_matrix(rows, "dot")
-    before = (m.version, m._codes.copy(), m._meta.copy(), m.rows.copy())
+    before = (m.version, m._store.codes.copy(), m._store.meta.copy(), m.rows.copy())
     bad = rng.standard_normal((3, 8)).astype(np.float32)
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="row 2 contains NaN"):
@@ -363,8 +363,8 @@ def test_bad_changes_change_nothing(rng):
     with pytest.raises(ValueError, match="2 indices for 3 rows"):
         m.replace([1, 2], rows[:3])
     assert m.version == before[0]
-    np.testing.assert_array_equal(m._codes, before[1])
-    np.testing.assert_array_equal(m._meta, before[2])
+    np.testing.assert_array_equal(m._store.codes, before[1])
+    np.testing.assert_array_equal(m._store.meta, before[2])
     np.testing.assert_array_equal(m.rows, before[3])
 
 
@@ -382,7 +382,7 @@ def test_growth_reserve_and_memory_accounting(rng):
     fp32 = kernels.CompactClassMatrix.from_rows(m.rows, "cosine", method="fp32")
     assert fp32.bytes_per_class == 2048 and fp32.nbytes == fp32.capacity * 2048
     m.clear()
-    assert len(m) == 0 and np.all(m._codes == 128) and np.all(m._meta == 0)
+    assert len(m) == 0 and np.all(m._store.codes == 128) and np.all(m._store.meta == 0)
 
 
 def test_auto_method_scores_small_matrices_in_float32_and_large_ones_compactly(rng, monkeypatch):
@@ -513,3 +513,13 @@ def test_every_simd_variant_threading_and_topk_route(env, kernel):
         pytest.skip("this CPU has no AVX2")
     if kernel:
         assert proc.stdout.strip() == kernel
+
+
+def test_a_gpu_matrix_without_a_usable_gpu_says_why():
+    from metaedge import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU is usable here (tests/gpu/test_gpu_compact.py covers it)")
+    with pytest.raises(cuda.CudaUnavailableError, match="'cuda' asked for, but"):
+        kernels.CompactClassMatrix(8, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        kernels.CompactClassMatrix(8, device="tpu")
