@@ -1,8 +1,9 @@
 """Where a CompactClassMatrix keeps its arrays: host memory (numpy) or one CUDA device (DeviceArrays).
 
-Both hold the same three arrays with room for ``capacity`` classes (a multiple of 16): the float32 rows
-``[capacity, d]``, the int8 codes ``[capacity / 16, ceil(d / 4), 16, 4]`` (stored as code + 128) and the per-row
-terms ``[capacity / 16, 4, 16]`` (layout: csrc/include/metaedge/ops.h), and offer the few operations the
+Both hold the same arrays with room for ``capacity`` classes (a multiple of 16): the float32 rows
+``[capacity, d]``, the int8 codes ``[capacity / 16, ceil(d / 4), 16, 4]`` (stored as code + 128), the per-row
+terms ``[capacity / 16, 4, 16]`` (layout: csrc/include/metaedge/ops.h) and the ``[d]`` center the codes are
+taken relative to, and offer the few operations the
 matrix needs, each touching only the classes it changes. The codes are kept only when ``compact`` is set (the
 "fp32" method needs none). Callers hold the matrix's lock.
 """
@@ -29,6 +30,7 @@ class HostBuffers:
         self.steps = (dim + STEP - 1) // STEP
         self.capacity = groups(capacity) * LANES
         self.rows = np.empty((self.capacity, dim), np.float32)
+        self.center = np.zeros(dim, np.float32)
         self.codes = self.meta = None
         if compact:  # empty slots: code 0 (stored as 128) and zero terms, what encoding a zero row writes
             self.codes = np.full((groups(self.capacity), self.steps, LANES, STEP), 128, np.uint8)
@@ -40,15 +42,26 @@ class HostBuffers:
 
     def grown(self, capacity: int, count: int) -> "HostBuffers":
         new = type(self)(self.dim, capacity, self.metric, self.compact)
+        new.center = self.center
         new.rows[:count] = self.rows[:count]
         if self.compact:
             new.codes[:groups(count)] = self.codes[:groups(count)]
             new.meta[:groups(count)] = self.meta[:groups(count)]
         return new
 
-    def _encode(self, rows: np.ndarray, slots: np.ndarray) -> None:
+    def _encode(self, rows: np.ndarray, slots: np.ndarray, center=None) -> None:
         if self.compact:
-            native().compact_encode(rows, slots, self.metric, self.codes, self.meta)
+            center = self.center if center is None else center
+            native().compact_encode(rows, slots, self.metric, center, self.codes, self.meta)
+
+    def set_center(self, center: np.ndarray, count: int) -> None:
+        """A new center (checked float32 [d]) and classes 0..count-1 re-encoded with it."""
+        self.center = np.ascontiguousarray(center, np.float32)
+        if count:
+            self._encode(self.rows[:count], np.arange(count, dtype=np.int64))
+
+    def host_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.rows[start:stop]
 
     def write(self, slots: np.ndarray, rows: np.ndarray) -> None:
         """Rows ``rows[n, d]`` (checked, float32) into classes ``slots[n]`` (int64, distinct)."""
@@ -63,8 +76,9 @@ class HostBuffers:
         self._encode(self.rows[dst:dst + 1], np.array([dst], np.int64))
 
     def clear(self, slots: np.ndarray) -> None:
+        """Slots back to empty: what a zero row with a zero center encodes to (codes 128, zero terms)."""
         if self.compact and len(slots):
-            self._encode(np.zeros((len(slots), self.dim), np.float32), slots)
+            self._encode(np.zeros((len(slots), self.dim), np.float32), slots, np.zeros(self.dim, np.float32))
 
     def view(self, count: int) -> np.ndarray:
         rows = self.rows[:count]
@@ -95,7 +109,8 @@ class HostBuffers:
             native().topk(queries, rows, k, self.metric, scores, indices)
             return scores, indices, np.full(b, count, np.int64)
         fp32_rows = np.empty(b, np.int64)
-        native().compact_topk(queries, rows, self.codes, self.meta, k, self.metric, scores, indices, fp32_rows)
+        native().compact_topk(queries, rows, self.codes, self.meta, self.center, k, self.metric, scores, indices,
+                              fp32_rows)
         return scores, indices, fp32_rows
 
 
@@ -113,6 +128,7 @@ class DeviceBuffers:
         self.capacity = groups(capacity) * LANES
         place = {"device": device, "stream": stream}
         self.rows = cuda.DeviceArray.empty((self.capacity, dim), np.float32, **place)
+        self.center = cuda.DeviceArray.zeros((dim,), np.float32, **place)
         self.codes = self.meta = None
         if compact:
             self.codes = cuda.DeviceArray.empty((groups(self.capacity), self.steps, LANES, STEP), np.uint8, **place)
@@ -130,6 +146,7 @@ class DeviceBuffers:
 
     def grown(self, capacity: int, count: int) -> "DeviceBuffers":
         new = type(self)(self.dim, capacity, self.metric, self.compact, self.device, self.stream)
+        new.center = self.center
         new._copy(new.rows.ptr, self.rows.ptr, count * self.dim * 4, "d2d")
         if self.compact:
             used = groups(count)
@@ -137,12 +154,22 @@ class DeviceBuffers:
             new._copy(new.meta.ptr, self.meta.ptr, used * META_FIELDS * LANES * 4, "d2d")
         return new
 
-    def _encode(self, first_row, slots: np.ndarray) -> None:
+    def _encode(self, first_row, slots: np.ndarray, center=None) -> None:
         if self.compact:
             dev_slots = self._cuda.DeviceArray.from_numpy(np.ascontiguousarray(slots, np.int64), device=self.device,
                                                           stream=self.rows.stream)
-            native().compact_encode(first_row, dev_slots, self.metric, self.codes, self.meta)
+            center = self.center if center is None else center
+            native().compact_encode(first_row, dev_slots, self.metric, center, self.codes, self.meta)
             dev_slots.synchronize()  # (the host copy of the slots must outlive the upload)
+
+    def set_center(self, center: np.ndarray, count: int) -> None:
+        self.center = self._cuda.DeviceArray.from_numpy(np.ascontiguousarray(center, np.float32), device=self.device,
+                                                        stream=self.rows.stream)
+        if count:
+            self._encode(self.rows[:count], np.arange(count, dtype=np.int64))
+
+    def host_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.rows[start:stop].to_numpy()
 
     def write(self, slots: np.ndarray, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, np.float32)
@@ -164,7 +191,8 @@ class DeviceBuffers:
         if self.compact and len(slots):
             zeros = self._cuda.DeviceArray.zeros((len(slots), self.dim), np.float32, device=self.device,
                                                  stream=self.rows.stream)
-            self._encode(zeros, slots)
+            self._encode(zeros, slots, self._cuda.DeviceArray.zeros((self.dim,), np.float32, device=self.device,
+                                                                    stream=self.rows.stream))
 
     def view(self, count: int):
         return self.rows[:count]
@@ -195,7 +223,8 @@ class DeviceBuffers:
         fp32_rows = cuda.DeviceArray.empty((b,), np.int64, **place)
         rows = self.rows[:count]
         if use_compact:
-            native().compact_topk(queries, rows, self.codes, self.meta, k, self.metric, scores, indices, fp32_rows)
+            native().compact_topk(queries, rows, self.codes, self.meta, self.center, k, self.metric, scores, indices,
+                                  fp32_rows)
         else:
             native().topk(queries, rows, k, self.metric, scores, indices)
             fp32_rows = cuda.DeviceArray.from_numpy(np.full(b, count, np.int64), device=self.device,

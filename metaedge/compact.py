@@ -23,13 +23,18 @@ import numpy as np
 from metaedge import _compact_storage as storage
 from metaedge._native import native
 
-__all__ = ["CompactClassMatrix", "matching_policy", "MATCHING_METHODS", "AUTO_COMPACT_MIN_BYTES"]
+__all__ = ["CompactClassMatrix", "matching_policy", "MATCHING_METHODS", "AUTO_COMPACT_MIN_BYTES", "AUTO_CENTER_ROWS"]
 
 MATCHING_METHODS = ("auto", "compact", "fp32")
 # "auto" scores through the compact copy from this many bytes of float32 class matrix on. Measured with
 # tools/bench/kernels.py --only compact (batch 1, one thread, Zen 4): below it the float32 rows sit in the
 # caches and the plain scan is as fast; above it the compact pass wins by up to the 4x of its bytes.
 AUTO_COMPACT_MIN_BYTES = 8 << 20
+# center="auto": the codes quantise each row minus the mean of the first this many classes (before that: minus 0).
+# Embeddings of one network share a large common part; taking it out shrinks what is quantised, its error and
+# the bound (trained Omniglot embeddings, tools/bench/compact_recall.py: 18-65x fewer float32 re-scores for
+# cosine and euclidean, no whole-matrix fallback left).
+AUTO_CENTER_ROWS = 1024
 _ENV = "METAEDGE_MATCHING"
 
 
@@ -75,6 +80,10 @@ class CompactClassMatrix:
     ``method``: ``"compact"`` (always the two passes), ``"fp32"`` (always the plain float32 scan; no compact copy
     is kept), or ``"auto"`` (the default; ``METAEDGE_MATCHING`` overrides it): the compact pass once the float32
     rows exceed ``AUTO_COMPACT_MIN_BYTES``. ``capacity``: rows to allocate up front (growth doubles otherwise).
+    ``center``: what the codes quantise is each row minus this ``[d]`` vector (for cosine, the unit row minus
+    it); results never depend on it, the speed does (a center near the rows' mean leaves little to quantise).
+    ``"auto"`` (default): zero until ``AUTO_CENTER_ROWS`` classes exist, then the mean of those first classes
+    (the classes so far are re-encoded once); :meth:`recenter` re-estimates it from all classes.
     ``device``: ``None`` (host memory, the CPU kernels) or a CUDA device (``"cuda"``, ``"cuda:1"`` or an index;
     the arrays live there and the CUDA kernels match; rows still arrive as numpy arrays).
 
@@ -97,7 +106,7 @@ class CompactClassMatrix:
     """
 
     def __init__(self, dim: int, metric: str = "cosine", *, method: str | None = None, capacity: int = 0,
-                 device=None):
+                 center="auto", device=None):
         from metaedge.kernels import METRICS
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"`dim`: expected a positive int, got {dim!r}")
@@ -114,20 +123,49 @@ class CompactClassMatrix:
         self._version = 0
         self._lock = threading.Lock()
         compact = method != "fp32"
+        auto_center = isinstance(center, str) and center == "auto"
+        fixed = None if auto_center else self._center_input(center)
         if device is None:
             self._store = storage.HostBuffers(self._dim, capacity, metric, compact)
         else:
             self._store = storage.DeviceBuffers(self._dim, capacity, metric, compact, _device_index(device))
+        self._center = np.zeros(self._dim, np.float32)
+        self._center_pending = auto_center and compact  # waiting for AUTO_CENTER_ROWS classes
+        if fixed is not None:
+            self._set_center(fixed)
+
+    def _center_input(self, center) -> np.ndarray:
+        from metaedge.kernels import _float_input
+        center = _float_input(center, "center")
+        if center.shape != (self._dim,):
+            raise ValueError(f"`center`: expected \"auto\" or shape [{self._dim}], got {list(center.shape)}")
+        if not np.isfinite(center).all():
+            raise ValueError("`center`: contains NaN or Inf")
+        return center.copy()
+
+    def _set_center(self, center: np.ndarray) -> None:
+        self._center = center
+        if self._store.compact:
+            self._store.set_center(center, self._count)
+
+    def _scored_mean(self, rows: np.ndarray) -> np.ndarray:
+        """Mean of the rows the codes approximate: the rows, or for cosine the unit rows."""
+        x = np.asarray(rows, np.float64)
+        if self._metric == "cosine":
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+        return x.mean(axis=0).astype(np.float32)
 
     @classmethod
     def from_rows(cls, rows, metric: str = "cosine", *, method: str | None = None, capacity: int | None = None,
-                  device=None) -> "CompactClassMatrix":
-        """A matrix holding ``rows[C, d]`` (a numpy array) as classes ``0 .. C-1``."""
+                  center="auto", device=None) -> "CompactClassMatrix":
+        """A matrix holding ``rows[C, d]`` (a numpy array) as classes ``0 .. C-1`` (the same as adding them)."""
         from metaedge.kernels import _float_input
         rows = _float_input(rows, "rows")
         if rows.ndim != 2:
             raise ValueError(f"`rows`: expected a 2-d array [C, d], got shape {list(rows.shape)}")
-        matrix = cls(rows.shape[1], metric, method=method, capacity=max(capacity or 0, rows.shape[0]), device=device)
+        matrix = cls(rows.shape[1], metric, method=method, capacity=max(capacity or 0, rows.shape[0]), center=center,
+                     device=device)
         if len(rows):
             matrix.add(rows)
         return matrix
@@ -148,6 +186,13 @@ class CompactClassMatrix:
         with self._lock:
             first = self._count
             self._ensure_capacity(first + len(rows))
+            if self._center_pending and first + len(rows) >= AUTO_CENTER_ROWS:
+                # The center from the first AUTO_CENTER_ROWS classes; only the classes already there are
+                # re-encoded (the new ones are encoded once, with it).
+                need = AUTO_CENTER_ROWS - first
+                sample = rows[:need] if first == 0 else np.concatenate([self._store.host_rows(0, first), rows[:need]])
+                self._set_center(self._scored_mean(sample))
+                self._center_pending = False
             self._store.write(np.arange(first, first + len(rows), dtype=np.int64), rows)
             self._count += len(rows)
             self._version += 1
@@ -187,8 +232,31 @@ class CompactClassMatrix:
             self._version += 1
             return moved
 
+    def recenter(self, center=None) -> None:
+        """Set the center to ``center`` (a ``[d]`` array), or by default to the mean of all current classes, and
+        re-encode every class with it: O(C d), for a gallery whose classes drifted far from the first ones."""
+        with self._lock:
+            if center is None:
+                if self._count == 0:
+                    raise ValueError("recenter(): no classes to take the mean of (pass a center)")
+                total = np.zeros(self._dim, np.float64)
+                for start in range(0, self._count, 65536):  # (bounded temporary memory)
+                    stop = min(self._count, start + 65536)
+                    total += self._scored_mean(self._store.host_rows(start, stop)) * (stop - start)
+                center = (total / self._count).astype(np.float32)
+            else:
+                center = self._center_input(center)
+            self._set_center(center)
+            self._center_pending = False
+            self._version += 1
+
+    @property
+    def center(self) -> np.ndarray:
+        """The ``[d]`` center the codes are taken relative to (a copy; zeros until one is set)."""
+        return self._center.copy()
+
     def clear(self) -> None:
-        """Remove every class (the capacity is kept)."""
+        """Remove every class (the capacity and the center are kept)."""
         with self._lock:
             self._store.clear(np.arange(self._count, dtype=np.int64))
             self._count = 0

@@ -47,12 +47,15 @@ def compact_matrix(rows, metric, **kw):
 # ---------------------------------------------------------------------------------------------- encoding
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("c,d", [(1, 1), (5, 3), (16, 4), (37, 33), (200, 64), (50, 512)])
-def test_encoding_matches_the_reference_and_the_layout(rng, metric, c, d):
+@pytest.mark.parametrize("centered", [False, True], ids=["no-center", "center"])
+def test_encoding_matches_the_reference_and_the_layout(rng, metric, c, d, centered):
     rows = (rng.standard_normal((c, d)) * rng.uniform(0.01, 100, (c, 1))).astype(np.float32)
-    rows[0] = 0.0 if c > 2 else rows[0]  # an all-zero row encodes as an empty slot
-    m = compact_matrix(rows, metric, capacity=c + 20)
+    rows[0] = 0.0 if c > 2 else rows[0]  # an all-zero row (with no center: encodes as an empty slot)
+    center = (0.3 * rng.standard_normal(d)).astype(np.float32) if centered else np.zeros(d, np.float32)
+    m = compact_matrix(rows, metric, capacity=c + 20, center=center)
+    np.testing.assert_array_equal(m.center, center)
     got = ref.unpack_codes(m._store.codes, m._store.meta, c, d)
-    want = ref.quantise(rows, metric)
+    want = ref.quantise(rows, metric, center=center)
     np.testing.assert_array_equal(got["codes"], want["codes"])
     assert np.all(got["padding"] == 0) and np.all(got["empty_codes"] == 0) and np.all(got["empty_terms"] == 0)
     np.testing.assert_array_equal(got["scale"], want["scale"])
@@ -80,16 +83,16 @@ def test_encoding_keeps_tiny_and_huge_cosine_rows_exact(rng):
 
 def test_the_bound_holds_in_float64_on_random_and_adversarial_data(rng):
     """The theorem the search rests on, checked in exact arithmetic: every class's true score lies in
-    [approx - radius, approx + radius], and the candidates {upper >= L} contain the true top-k."""
+    [approx - radius, approx + radius], and the candidates {upper >= L} contain the true top-k, for any center."""
     base = rng.standard_normal((1, 48))
-    rows = np.concatenate([rng.standard_normal((300, 48)), base + 1e-4 * rng.standard_normal((40, 48)),
+    rows = np.concatenate([rng.standard_normal((300, 48)) + 2, base + 1e-4 * rng.standard_normal((40, 48)),
                            np.repeat(base, 5, axis=0), np.zeros((2, 48))]).astype(np.float32)
     queries = np.concatenate([rng.standard_normal((6, 48)), base, np.zeros((1, 48))]).astype(np.float32)
     for metric in METRICS:
-        for qmax in (127, 64):
-            approx, radius, exact = ref.bounds(queries, rows, metric, qmax)
-            assert np.all(np.abs(exact - approx) <= radius * (1 + 1e-9) + 1e-12)
-            s, i, cands, full = ref.two_pass_topk(queries, rows, 5, metric, qmax)
+        for qmax, center in ((127, None), (64, None), (127, rows[:100].mean(0)), (127, 5 * rng.standard_normal(48))):
+            approx, radius, exact = ref.bounds(queries, rows, metric, qmax, center)
+            assert np.all(np.abs(exact - approx) <= radius * (1 + 1e-9) + 1e-9)
+            s, i, cands, full = ref.two_pass_topk(queries, rows, 5, metric, qmax, center)
             for row, cand, idx in zip(full, cands, i):
                 true_top = np.argsort(-row, kind="stable")[:5]
                 assert set(true_top) <= set(cand)
@@ -102,20 +105,25 @@ def test_encode_checks_its_arguments(rng):
     codes = np.full((1, 3, 16, 4), 128, np.uint8)
     meta = np.zeros((1, 4, 16), np.float32)
     slots = np.arange(3, dtype=np.int64)
+    mu = np.zeros(10, np.float32)
     with pytest.raises(ValueError, match="slots"):
-        C.compact_encode(rows, np.array([0, 1, 16], np.int64), "dot", codes, meta)
+        C.compact_encode(rows, np.array([0, 1, 16], np.int64), "dot", mu, codes, meta)
     with pytest.raises(ValueError, match="codes.*ceil"):
-        C.compact_encode(rows, slots, "dot", np.full((1, 2, 16, 4), 128, np.uint8), meta)
+        C.compact_encode(rows, slots, "dot", mu, np.full((1, 2, 16, 4), 128, np.uint8), meta)
     with pytest.raises(ValueError, match="meta"):
-        C.compact_encode(rows, slots, "dot", codes, np.zeros((2, 4, 16), np.float32))
+        C.compact_encode(rows, slots, "dot", mu, codes, np.zeros((2, 4, 16), np.float32))
     with pytest.raises(TypeError, match="codes"):
-        C.compact_encode(rows, slots, "dot", codes.astype(np.int32), meta)
+        C.compact_encode(rows, slots, "dot", mu, codes.astype(np.int32), meta)
+    with pytest.raises(ValueError, match="center.*embedding dim"):
+        C.compact_encode(rows, slots, "dot", np.zeros(9, np.float32), codes, meta)
+    with pytest.raises(ValueError, match="center.*finite"):
+        C.compact_encode(rows, slots, "dot", np.full(10, np.inf, np.float32), codes, meta)
     bad = rows.copy()
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match="rows.*finite"):
-        C.compact_encode(bad, slots, "dot", codes, meta)
+        C.compact_encode(bad, slots, "dot", mu, codes, meta)
     with pytest.raises(ValueError, match="metric"):
-        C.compact_encode(rows, slots, "hamming", codes, meta)
+        C.compact_encode(rows, slots, "hamming", mu, codes, meta)
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -135,8 +143,10 @@ def test_topk_is_exactly_the_float32_topk(rng, metric, b, c, d, k):
 def test_topk_agrees_with_the_float64_two_pass_reference(rng, metric):
     rows = rng.standard_normal((4000, 64)).astype(np.float32)
     queries = rng.standard_normal((4, 64)).astype(np.float32)
-    scores, indices, fp32_rows = compact_matrix(rows, metric).topk_with_stats(queries, 5)
-    want_s, want_i, cands, full = ref.two_pass_topk(queries, rows, 5, metric)
+    m = compact_matrix(rows, metric)
+    assert np.any(m.center != 0)  # 4000 classes: centered on the mean of the first 1,024
+    scores, indices, fp32_rows = m.topk_with_stats(queries, 5)
+    want_s, want_i, cands, full = ref.two_pass_topk(queries, rows, 5, metric, center=m.center)
     np.testing.assert_allclose(scores, want_s, rtol=1e-5, atol=1e-5 * (1 if metric == "cosine" else 64))
     np.testing.assert_allclose(np.take_along_axis(full, indices, 1), want_s, rtol=1e-5,
                                atol=1e-5 * (1 if metric == "cosine" else 64))
@@ -265,20 +275,23 @@ def test_compact_topk_checks_its_arguments(rng):
     m = compact_matrix(rows, "dot")
     q = rng.standard_normal((2, 8)).astype(np.float32)
     s, i, f = np.empty((2, 3), np.float32), np.empty((2, 3), np.int64), np.empty(2, np.int64)
+    codes, meta, mu = m._store.codes, m._store.meta, m._store.center
     with pytest.raises(ValueError, match="at least 3 groups"):
-        C.compact_topk(q, rows, m._store.codes[:2], m._store.meta[:2], 3, "dot", s, i, f)
+        C.compact_topk(q, rows, codes[:2], meta[:2], mu, 3, "dot", s, i, f)
     with pytest.raises(ValueError, match="fp32_rows"):
-        C.compact_topk(q, rows, m._store.codes, m._store.meta, 3, "dot", s, i, np.empty(3, np.int64))
+        C.compact_topk(q, rows, codes, meta, mu, 3, "dot", s, i, np.empty(3, np.int64))
     with pytest.raises(ValueError, match="scores"):
-        C.compact_topk(q, rows, m._store.codes, m._store.meta, 3, "dot", np.empty((2, 4), np.float32), i, f)
+        C.compact_topk(q, rows, codes, meta, mu, 3, "dot", np.empty((2, 4), np.float32), i, f)
     with pytest.raises(ValueError, match="meta.*groups"):
-        C.compact_topk(q, rows, m._store.codes, m._store.meta[:1], 3, "dot", s, i, f)
+        C.compact_topk(q, rows, codes, meta[:1], mu, 3, "dot", s, i, f)
+    with pytest.raises(ValueError, match="center"):
+        C.compact_topk(q, rows, codes, meta, mu[:4], 3, "dot", s, i, f)
 
 
 # ---------------------------------------------------------------------------------------------- changes
 def assert_same_as_rebuilt(m, mirror):
     """The incrementally kept copy is byte for byte what encoding the current rows from scratch gives."""
-    rebuilt = compact_matrix(mirror, m.metric)
+    rebuilt = compact_matrix(mirror, m.metric, center=m.center)
     used = (len(mirror) + 15) // 16
     np.testing.assert_array_equal(m.rows, mirror)
     np.testing.assert_array_equal(m._store.codes[:used], rebuilt._store.codes[:used])
@@ -523,3 +536,46 @@ def test_a_gpu_matrix_without_a_usable_gpu_says_why():
         kernels.CompactClassMatrix(8, device="cuda")
     with pytest.raises(ValueError, match="device"):
         kernels.CompactClassMatrix(8, device="tpu")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_automatic_center_is_the_mean_of_the_first_classes_and_recenter_moves_it(rng, metric):
+    d = 24
+    rows = (rng.standard_normal((3000, d)) + 3).astype(np.float32)  # a large common part, as embeddings have
+    m = kernels.CompactClassMatrix(d, metric, method="compact")
+    m.add(rows[:1000])
+    assert np.all(m.center == 0)
+    m.add(rows[1000:1500])  # passes AUTO_CENTER_ROWS: the first 1,024 classes give the center
+    want = ref.scored_rows(rows[:compact.AUTO_CENTER_ROWS], metric).mean(0)
+    np.testing.assert_allclose(m.center, want, rtol=1e-5, atol=1e-6)
+    m.add(rows[1500:])
+    assert_same_as_rebuilt(m, rows)  # the first 1,000 were re-encoded with it, the rest encoded once
+    assert_exact(m, rng.standard_normal((4, d)) + 3, rows, 5)
+    v = m.version
+    m.recenter()
+    assert m.version == v + 1
+    np.testing.assert_allclose(m.center, ref.scored_rows(rows, metric).mean(0), rtol=1e-5, atol=1e-6)
+    assert_same_as_rebuilt(m, rows)
+    assert_exact(m, rng.standard_normal((4, d)) + 3, rows, 5)
+    m.recenter(np.zeros(d))
+    assert np.all(m.center == 0)
+    assert_exact(m, rng.standard_normal((4, d)) + 3, rows, 5)
+    with pytest.raises(ValueError, match="center"):
+        m.recenter(np.zeros(d + 1))
+    with pytest.raises(ValueError, match="NaN"):
+        kernels.CompactClassMatrix(d, metric, center=np.full(d, np.nan))
+    with pytest.raises(ValueError, match="no classes"):
+        kernels.CompactClassMatrix(d, metric).recenter()
+
+
+def test_centering_shrinks_the_candidates_of_embeddings_with_a_common_part(rng):
+    """Not exactness (that holds for any center) but why the center exists: rows sharing a large common
+    component leave little to rule out without it."""
+    d = 128
+    common = 5 * rng.standard_normal(d)
+    rows = (common + rng.standard_normal((20000, d))).astype(np.float32)
+    queries = (common + rng.standard_normal((8, d))).astype(np.float32)
+    for metric in ("cosine", "euclidean"):
+        plain = assert_exact(compact_matrix(rows, metric, center=np.zeros(d)), queries, rows, 5)
+        centered = assert_exact(compact_matrix(rows, metric), queries, rows, 5)
+        assert np.median(centered) * 4 < np.median(plain), (metric, centered, plain)

@@ -1,19 +1,21 @@
 // The compact class matrix on the CPU (ops.h; docs/matching.md has the derivation in full).
 //
-// compact_encode quantises each row v (the row for dot/euclidean, the unit row for cosine) to int8 codes with
-// one scale per row, s = max|v| / 127, and records what the bound needs: the error norm ||v - s c||, the code
-// norm ||s c|| (both rounded up) and ||v||. Rows are encoded one by one, so adding, replacing or removing a class
-// re-encodes that class only.
+// compact_encode quantises each row's v = x - center (x: the row for dot/euclidean, the unit row for cosine)
+// to int8 codes with one scale per row, s = max|v| / 127, and records what the bound needs: the error norm
+// ||v - s c||, the code norm ||s c|| (both rounded up) and a norm for the round-off slack. Rows are encoded one by
+// one, so adding, replacing or removing a class re-encodes that class only.
 //
-// compact_topk, per query q (v_q: q, or the unit query for cosine):
-//   1. v_q is quantised the same way (s_q, codes c_q, error e_q = ||v_q - s_q c_q||).
+// compact_topk, per query q. Let w = q (dot), the unit query (cosine) or q - center (euclidean); the true score
+// is S = w . v + w . center (dot, cosine) or 2 w . v - ||v||^2 - ||w||^2 (euclidean: -||q - x||^2 with both
+// sides shifted by the center, which changes nothing).
+//   1. w is quantised the same way (s_q, codes c_q, error e_q = ||w - s_q c_q||).
 //   2. First pass, over the codes only (a quarter of the float32 bytes): the exact integer dot c . c_q gives
-//      a = s s_q (c . c_q), and for the true score S = v_q . v
-//          |S - a| <= ||v_q|| ||v - s c|| + ||v_q - s_q c_q|| ||s c||           (Cauchy-Schwarz, twice)
-//      (euclidean: S = -||q - x||^2 = 2 q.x - ||x||^2 - ||q||^2, twice the bound). The float32 score topk
-//      computes differs from S by at most rho ||v_q|| ||v|| with rho = (2d + 64) 2^-24 (its summation and
-//      normalisation round-off, bounded generously), and the float arithmetic here by less than that slack plus
-//      `abs_eps` (underflow), so every class's float32 score lies in [lower, upper] = a -+ r.
+//      the approximation of w . v, s s_q (c . c_q), and
+//          |w . v - s s_q (c . c_q)| <= ||w|| ||v - s c|| + ||w - s_q c_q|| ||s c||       (Cauchy-Schwarz, twice)
+//      (twice that for euclidean). The float32 score topk computes differs from S by at most
+//      rho ||w|| ||x|| (dot, cosine) or rho (||w|| + ||v||)^2 (euclidean), rho = (2d + 64) 2^-24 (its summation
+//      and normalisation round-off, bounded generously), and the float arithmetic here by less than that slack
+//      plus `abs_eps` (underflow), so every class's float32 score lies in [lower, upper] = a -+ r.
 //   3. L = the k-th largest lower bound. A class with upper < L is beaten by k classes whatever its exact score,
 //      so the candidates {upper >= L} hold the exact top-k (ties included: an excluded class is strictly worse).
 //      One pass finds them: L only grows while the pass runs, and candidates found under a smaller L are filtered
@@ -52,9 +54,10 @@ namespace metaedge::cpu {
 struct CompactQuery {
   const int8_t* codes;  // 4 * steps codes, zero padded
   float scale;          // s_q
-  float norm;           // ||v_q||, rounded up
-  float err;            // ||v_q - s_q c_q||, rounded up
-  float sq_norm;        // euclidean: ||q||^2
+  float norm;           // ||w||, rounded up (w: the quantised query, see the file comment)
+  float err;            // ||w - s_q c_q||, rounded up
+  float sq_norm;        // euclidean: ||q - center||^2
+  float shift;          // dot, cosine: w . center (the part of every score the codes leave out)
   int32_t offset;       // 128 * sum of the codes (the stored codes carry +128)
 };
 
@@ -144,19 +147,22 @@ void scored_vector(const float* x, int64_t d, Metric metric, double* v) {
   for (int64_t t = 0; t < d; ++t) v[t] *= inv;
 }
 
+double norm_of(const double* v, int64_t d) {
+  double sq = 0.0;
+  for (int64_t t = 0; t < d; ++t) sq += v[t] * v[t];
+  return std::sqrt(sq);
+}
+
 struct Quantised {
-  float scale, err, code_norm, norm;
+  float scale, err, code_norm;
   int64_t code_sum;
 };
 
 // codes[t] = round(v_t / scale) in [-code_max, code_max] for t < padded (0 past d), scale = max|v| / code_max.
 Quantised quantise(const double* v, int64_t d, int64_t padded, int code_max, int8_t* codes) {
-  double peak = 0.0, norm_sq = 0.0;
-  for (int64_t t = 0; t < d; ++t) {
-    peak = std::max(peak, std::fabs(v[t]));
-    norm_sq += v[t] * v[t];
-  }
-  Quantised out{static_cast<float>(peak / code_max), 0.f, 0.f, 0.f, 0};
+  double peak = 0.0;
+  for (int64_t t = 0; t < d; ++t) peak = std::max(peak, std::fabs(v[t]));
+  Quantised out{static_cast<float>(peak / code_max), 0.f, 0.f, 0};
   const double scale = out.scale;  // the float scale is the one the first pass multiplies by
   double err_sq = 0.0, code_sq = 0.0;
   for (int64_t t = 0; t < padded; ++t) {
@@ -173,7 +179,6 @@ Quantised quantise(const double* v, int64_t d, int64_t padded, int code_max, int
   }
   out.err = round_up(std::sqrt(err_sq));
   out.code_norm = round_up(std::sqrt(code_sq));
-  out.norm = static_cast<float>(std::sqrt(norm_sq));
   return out;
 }
 
@@ -201,9 +206,11 @@ constexpr int64_t kQueryBlock = 32;
 
 std::string compact_kernel_name_cpu() { return compact_loops().name; }
 
-void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& codes, const Tensor& meta) {
+void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& center, const Tensor& codes,
+                    const Tensor& meta) {
   const int64_t n = rows.size(0), d = rows.size(1), steps = codes.size(1), padded = steps * kCompactStep;
   const float* x = rows.ptr<float>();
+  const float* mu = center.ptr<float>();
   const int64_t* slot = slots.ptr<int64_t>();
   uint8_t* code_groups = codes.ptr<uint8_t>();
   float* meta_groups = meta.ptr<float>();
@@ -213,6 +220,10 @@ void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, cons
     v.resize(static_cast<size_t>(d));
     c.resize(static_cast<size_t>(padded));
     scored_vector(x + i * d, d, metric, v.data());
+    // The slack needs ||x|| (dot, cosine), euclidean's score ||v|| (the residual's own norm).
+    const double x_norm = norm_of(v.data(), d);
+    for (int64_t t = 0; t < d; ++t) v[t] -= mu[t];
+    const float norm = static_cast<float>(metric == Metric::kEuclidean ? norm_of(v.data(), d) : x_norm);
     const Quantised qz = quantise(v.data(), d, padded, kCompactCodeMax, c.data());
     const int64_t g = slot[i] / kCompactLanes, lane = slot[i] % kCompactLanes;
     uint8_t* group = code_groups + g * steps * 64;
@@ -222,7 +233,7 @@ void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, cons
     m[lane] = qz.scale;
     m[16 + lane] = qz.err;
     m[32 + lane] = qz.code_norm;
-    m[48 + lane] = qz.norm;
+    m[48 + lane] = norm;
   };
   // Rows may share a group, but never a lane: parallel writes touch disjoint bytes.
   if (n >= 64 && n * d >= (1 << 16)) {
@@ -233,8 +244,9 @@ void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, cons
   }
 }
 
-void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta, int64_t k,
-                  Metric metric, const Tensor& scores, const Tensor& indices, const Tensor& fp32_rows) {
+void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta,
+                  const Tensor& center, int64_t k, Metric metric, const Tensor& scores, const Tensor& indices,
+                  const Tensor& fp32_rows) {
   const int64_t b = queries.size(0), C = rows.size(0), d = rows.size(1), steps = codes.size(1);
   const int64_t padded = steps * kCompactStep, groups = (C + kCompactLanes - 1) / kCompactLanes;
   const CompactLoops loops = compact_loops();
@@ -245,15 +257,21 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
   std::vector<int8_t> query_codes(static_cast<size_t>(b * padded));
   std::vector<CompactQuery> prepared(static_cast<size_t>(b));
   {
-    std::vector<double> v(static_cast<size_t>(d));
+    std::vector<double> w(static_cast<size_t>(d));
+    const float* mu = center.ptr<float>();
     for (int64_t i = 0; i < b; ++i) {
-      const float* q = Q + i * d;
-      scored_vector(q, d, metric, v.data());
+      scored_vector(Q + i * d, d, metric, w.data());
+      double shift = 0.0;
+      if (metric == Metric::kEuclidean) {
+        for (int64_t t = 0; t < d; ++t) w[t] -= mu[t];
+      } else {
+        for (int64_t t = 0; t < d; ++t) shift += w[t] * mu[t];
+      }
+      const double norm = norm_of(w.data(), d);
       int8_t* c = query_codes.data() + i * padded;
-      const Quantised qz = quantise(v.data(), d, padded, loops.query_code_max, c);
-      double sq = 0.0;
-      for (int64_t t = 0; t < d; ++t) sq += static_cast<double>(q[t]) * q[t];
-      prepared[i] = {c, qz.scale, round_up(qz.norm), qz.err, metric == Metric::kEuclidean ? static_cast<float>(sq) : 0.f,
+      const Quantised qz = quantise(w.data(), d, padded, loops.query_code_max, c);
+      prepared[i] = {c, qz.scale, round_up(norm), qz.err,
+                     metric == Metric::kEuclidean ? static_cast<float>(norm * norm) : 0.f, static_cast<float>(shift),
                      static_cast<int32_t>(128 * qz.code_sum)};
     }
   }

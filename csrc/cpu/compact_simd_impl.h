@@ -84,8 +84,9 @@ static inline void group_dots(const uint8_t* __restrict group, int64_t steps, co
 }
 
 // Approximate scores and their error bounds from the dot products of one group (compact.cpp derives them):
-//   dot, cosine:  a = dot * s_c * s_q                     r = (|q| e_c + e_q |c^|) (1 + 2^-10) + rho |q| |x| + eps
-//   euclidean:    a = 2 dot s_c s_q - |x|^2 - |q|^2         r = 2 (|q| e_c + e_q |c^|) (1 + 2^-10) + rho (|q| + |x|)^2 + eps
+//   dot, cosine:  a = dot s_c s_q + w.center    r = (|w| e_c + e_q |c^|) (1 + 2^-10) + rho |w| |x| + eps
+//   euclidean:    a = 2 dot s_c s_q - |v|^2 - |w|^2
+//                                               r = 2 (|w| e_c + e_q |c^|) (1 + 2^-10) + rho (|w| + |v|)^2 + eps
 // lower = a - r, upper = a + r, so the float32 score of the class lies in [lower, upper].
 static inline void group_bounds(const int32_t* __restrict dots, const float* __restrict meta, const CompactQuery& q,
                                 const CompactBoundTerms& terms, float* __restrict lower, float* __restrict upper) {
@@ -103,6 +104,7 @@ static inline void group_bounds(const int32_t* __restrict dots, const float* __r
       a = (a + a) - norm * norm - q.sq_norm;
       r = (quantisation + quantisation) + terms.rho * (reach * reach) + terms.abs_eps;
     } else {
+      a += q.shift;
       r = quantisation + terms.rho * q.norm * norm + terms.abs_eps;
     }
     store_unaligned(lower + off, a - r);

@@ -43,7 +43,7 @@ constexpr int kFusedMaxK = 32;
 constexpr int kLanes = static_cast<int>(kCompactLanes);
 
 struct QueryTerms {
-  float scale, norm, err, sq_norm;
+  float scale, norm, err, sq_norm, shift;  // as CompactQuery in csrc/cpu/compact.cpp
 };
 
 // Per-query status words, read back in one copy: [0, b) first bad element of the query (or ULLONG_MAX),
@@ -60,6 +60,18 @@ __device__ __forceinline__ double warp_max_double(double v) {
   return v;
 }
 
+// Block-wide maximum in double (every thread gets it); `scratch` holds blockDim.x / 32 values.
+__device__ double block_max_double(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_max_double(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double m = scratch[0];
+  for (int w = 1; w < warps; ++w) m = fmax(m, scratch[w]);
+  return m;
+}
+
 __device__ __forceinline__ float round_up(double x) { return __double2float_ru(x * (1.0 + 1e-12)); }
 
 // Floats as ints whose signed order is the float order (for atomicMax).
@@ -72,7 +84,8 @@ __device__ __forceinline__ float from_ordered(int o) { return __int_as_float(o >
 // ---- encode --------------------------------------------------------------------------------------------
 
 __global__ void compact_encode_kernel(const float* __restrict__ rows, const int64_t* __restrict__ slots, int64_t n,
-                                      int64_t d, int64_t steps, int cosine, uint8_t* codes, float* meta) {
+                                      int64_t d, int64_t steps, int cosine, int euclidean,
+                                      const float* __restrict__ center, uint8_t* codes, float* meta) {
   const int lane = threadIdx.x & 31;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kEncodeWarps + (threadIdx.x >> 5);
   if (i >= n) return;  // (whole warps)
@@ -80,22 +93,30 @@ __global__ void compact_encode_kernel(const float* __restrict__ rows, const int6
   double peak = 0.0;
   for (int64_t t = lane; t < d; t += 32) peak = fmax(peak, fabs(static_cast<double>(x[t])));
   peak = warp_max_double(peak);
-  // v_t = x_t (dot, euclidean) or (x_t / peak) * inv (cosine), as csrc/cpu/compact.cpp computes it.
-  double inv = 1.0, vmax = peak;
+  // x_t: the row (dot, euclidean) or (x_t / peak) * inv (cosine); v_t = x_t - center_t, as csrc/cpu/compact.cpp
+  // computes them.
+  double inv = 1.0;
   if (cosine) {
     double sq = 0.0;
-    if (peak > 0.0) {
+    if (peak > 0.0)
       for (int64_t t = lane; t < d; t += 32) {
         const double s = x[t] / peak;
         sq += s * s;
       }
-      sq = warp_sum(sq);
-      inv = 1.0 / sqrt(sq);
-      vmax = inv;
-    } else {
-      vmax = 0.0;
-    }
+    sq = warp_sum(sq);
+    inv = peak > 0.0 ? 1.0 / sqrt(sq) : 0.0;
   }
+  auto scored = [&](int64_t t) {
+    return cosine ? (peak > 0.0 ? (x[t] / peak) * inv : 0.0) : static_cast<double>(x[t]);
+  };
+  double vmax = 0.0, x_sq = 0.0;
+  for (int64_t t = lane; t < d; t += 32) {
+    const double xt = scored(t);
+    x_sq += xt * xt;
+    vmax = fmax(vmax, fabs(xt - center[t]));
+  }
+  vmax = warp_max_double(vmax);
+  x_sq = warp_sum(x_sq);
   const float scale_f = static_cast<float>(vmax / kCompactCodeMax);
   const double scale = scale_f;
   const int64_t g = slots[i] / kLanes, l = slots[i] % kLanes;
@@ -104,7 +125,7 @@ __global__ void compact_encode_kernel(const float* __restrict__ rows, const int6
   for (int64_t t = lane; t < steps * kCompactStep; t += 32) {
     int code = 0;
     if (t < d) {
-      const double v = cosine ? (peak > 0.0 ? (x[t] / peak) * inv : 0.0) : static_cast<double>(x[t]);
+      const double v = scored(t) - center[t];
       if (scale > 0.0) code = static_cast<int>(fmin(fmax(rint(v / scale), -1.0 * kCompactCodeMax), 1.0 * kCompactCodeMax));
       const double approx = scale * code;
       err += (v - approx) * (v - approx);
@@ -121,15 +142,15 @@ __global__ void compact_encode_kernel(const float* __restrict__ rows, const int6
     m[l] = scale_f;
     m[16 + l] = round_up(sqrt(err));
     m[32 + l] = round_up(sqrt(code_sq));
-    m[48 + l] = static_cast<float>(sqrt(norm_sq));
+    m[48 + l] = static_cast<float>(sqrt(euclidean ? norm_sq : x_sq));
   }
 }
 
 // ---- prep ----------------------------------------------------------------------------------------------
 
-__global__ void compact_prep_kernel(const float* __restrict__ queries, int64_t d, int64_t steps, int cosine,
-                                    int euclidean, int code_max, int32_t* qcodes, QueryTerms* terms, Status st,
-                                    int* l_global) {
+__global__ void compact_prep_kernel(const float* __restrict__ queries, const float* __restrict__ center, int64_t d,
+                                    int64_t steps, int cosine, int euclidean, int code_max, int32_t* qcodes,
+                                    QueryTerms* terms, Status st, int* l_global) {
   __shared__ double scratch[32];
   __shared__ float scratch_f[32];
   __shared__ unsigned long long first_bad;
@@ -138,7 +159,6 @@ __global__ void compact_prep_kernel(const float* __restrict__ queries, int64_t d
   if (threadIdx.x == 0) first_bad = ULLONG_MAX;
   __syncthreads();
   float peak_f = 0.f;
-  double sq = 0.0;
   bool reported = false;
   for (int64_t t = threadIdx.x; t < d; t += blockDim.x) {
     const float x = q[t];
@@ -147,11 +167,9 @@ __global__ void compact_prep_kernel(const float* __restrict__ queries, int64_t d
       reported = true;
     }
     peak_f = fmaxf(peak_f, fabsf(x));
-    sq += static_cast<double>(x) * x;
   }
   const double peak = block_max(peak_f, scratch_f);  // (float max of float values: exact)
-  sq = block_sum(sq, scratch);
-  double inv = 1.0, vmax = peak;
+  double inv = 1.0;
   if (cosine) {
     double s2 = 0.0;
     if (peak > 0.0)
@@ -161,8 +179,20 @@ __global__ void compact_prep_kernel(const float* __restrict__ queries, int64_t d
       }
     s2 = block_sum(s2, scratch);
     inv = peak > 0.0 ? 1.0 / sqrt(s2) : 0.0;
-    vmax = peak > 0.0 ? inv : 0.0;
   }
+  // w_t: q_t (dot), the unit query (cosine) or q_t - center_t (euclidean), as csrc/cpu/compact.cpp.
+  auto w_of = [&](int64_t t) {
+    const double scored = cosine ? (peak > 0.0 ? (q[t] / peak) * inv : 0.0) : static_cast<double>(q[t]);
+    return euclidean ? scored - center[t] : scored;
+  };
+  double wmax_local = 0.0, shift = 0.0;
+  for (int64_t t = threadIdx.x; t < d; t += blockDim.x) {
+    const double w = w_of(t);
+    wmax_local = fmax(wmax_local, fabs(w));
+    if (!euclidean) shift += w * center[t];
+  }
+  const double vmax = block_max_double(wmax_local, scratch);
+  shift = block_sum(shift, scratch);
   const float scale_f = static_cast<float>(vmax / code_max);
   const double scale = scale_f;
   double err = 0.0, norm_sq = 0.0;
@@ -172,7 +202,7 @@ __global__ void compact_prep_kernel(const float* __restrict__ queries, int64_t d
       const int64_t t = s * kCompactStep + e;
       int code = 0;
       if (t < d) {
-        const double v = cosine ? (peak > 0.0 ? (q[t] / peak) * inv : 0.0) : static_cast<double>(q[t]);
+        const double v = w_of(t);
         if (scale > 0.0) code = static_cast<int>(fmin(fmax(rint(v / scale), -1.0 * code_max), 1.0 * code_max));
         const double approx = scale * code;
         err += (v - approx) * (v - approx);
@@ -186,7 +216,7 @@ __global__ void compact_prep_kernel(const float* __restrict__ queries, int64_t d
   norm_sq = block_sum(norm_sq, scratch);
   if (threadIdx.x == 0) {
     terms[row] = QueryTerms{scale_f, round_up(sqrt(norm_sq)), round_up(sqrt(err)),
-                            euclidean ? static_cast<float>(sq) : 0.f};
+                            euclidean ? static_cast<float>(norm_sq) : 0.f, static_cast<float>(shift)};
     st.bad[row] = first_bad;
     st.count[row] = 0;
     st.flag[row] = 0;
@@ -291,6 +321,7 @@ __global__ void __launch_bounds__(kPassWarps * 32) compact_pass_kernel(const Pas
         a = (a + a) - norm * norm - qt[j].sq_norm;
         r = (quantisation + quantisation) + p.rho * (reach * reach) + p.abs_eps;
       } else {
+        a += qt[j].shift;
         r = quantisation + p.rho * qt[j].norm * norm + p.abs_eps;
       }
       const float lower = a - r, upper = a + r;
@@ -385,18 +416,20 @@ void launch_pass(PassParams p, int64_t grid, size_t smem, cudaStream_t stream) {
 
 }  // namespace
 
-void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& codes, const Tensor& meta) {
+void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& center, const Tensor& codes,
+                    const Tensor& meta) {
   const int64_t n = rows.size(0), d = rows.size(1), steps = codes.size(1);
   DeviceGuard guard(rows.device_index);
   const cudaStream_t stream = stream_of(rows);
   compact_encode_kernel<<<static_cast<unsigned>(ceil_div(n, kEncodeWarps)), kEncodeWarps * 32, 0, stream>>>(
       rows.ptr<float>(), slots.ptr<int64_t>(), n, d, steps, metric == Metric::kCosine ? 1 : 0,
-      codes.ptr<uint8_t>(), meta.ptr<float>());
+      metric == Metric::kEuclidean ? 1 : 0, center.ptr<float>(), codes.ptr<uint8_t>(), meta.ptr<float>());
   METAEDGE_CUDA_CHECK_LAUNCH("compact_encode");
 }
 
-void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta, int64_t k,
-                  Metric metric, const Tensor& scores, const Tensor& indices, const Tensor& fp32_rows) {
+void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta,
+                  const Tensor& center, int64_t k, Metric metric, const Tensor& scores, const Tensor& indices,
+                  const Tensor& fp32_rows) {
   const int64_t b = queries.size(0), d = queries.size(1), C = rows.size(0), steps = codes.size(1);
   const int device = queries.device_index;
   DeviceGuard guard(device);
@@ -440,7 +473,8 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
 
   // The query code range of the CPU's VNNI path; dp4a has no saturation to avoid.
   compact_prep_kernel<<<static_cast<unsigned>(b), 256, 0, stream>>>(
-      queries.ptr<float>(), d, steps, metric == Metric::kCosine, metric == Metric::kEuclidean, kCompactCodeMax,
+      queries.ptr<float>(), center.ptr<float>(), d, steps, metric == Metric::kCosine, metric == Metric::kEuclidean,
+      kCompactCodeMax,
       qcodes, terms, st, l_global);
   METAEDGE_CUDA_CHECK_LAUNCH("compact_prep");
 

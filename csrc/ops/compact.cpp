@@ -25,9 +25,17 @@ int64_t check_compact_layout(const Tensor& codes, const Tensor& meta, int64_t d)
   return codes.size(0);
 }
 
+void check_center(const Tensor& center, int64_t d, const Tensor& like) {
+  check_ndim(center, "center", 1, "[d]");
+  check_dtype(center, "center", {DType::kFloat32});
+  check_dim(center, "center", 0, d, "the embedding dim");
+  check_same_device(like, "rows", center, "center");
+  if (!center.is_cuda()) check_finite(center, "center");  // (CompactClassMatrix checks its center when set)
+}
+
 }  // namespace
 
-void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& codes,
+void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& center, const Tensor& codes,
                     const Tensor& meta) {
   check_ndim(rows, "rows", 2, "[n, d]");
   check_dtype(rows, "rows", {DType::kFloat32});
@@ -38,13 +46,15 @@ void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, cons
   check_same_device(rows, "rows", slots, "slots");
   check_same_device(rows, "rows", codes, "codes");
   check_labels(slots, "slots", groups * kCompactLanes);
+  check_center(center, rows.size(1), rows);
   check_finite(rows, "rows");
   if (rows.size(0) == 0) return;
-  METAEDGE_DISPATCH(compact_encode, rows, rows, slots, metric, codes, meta);
+  METAEDGE_DISPATCH(compact_encode, rows, rows, slots, metric, center, codes, meta);
 }
 
-void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta, int64_t k,
-                  Metric metric, const Tensor& scores, const Tensor& indices, const Tensor& fp32_rows) {
+void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta,
+                  const Tensor& center, int64_t k, Metric metric, const Tensor& scores, const Tensor& indices,
+                  const Tensor& fp32_rows) {
   check_ndim(queries, "queries", 2, "[b, d]");
   check_dtype(queries, "queries", {DType::kFloat32});
   check_ndim(rows, "rows", 2, "[C, d]");
@@ -56,6 +66,7 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
   if (groups < groups_for(C))
     throw ArgumentError("`codes`: expected at least " + std::to_string(groups_for(C)) + " groups of 16 classes (for " +
                         std::to_string(C) + " rows), got shape " + shape_str(codes.shape));
+  check_center(center, rows.size(1), rows);
   check_topk_k(k, C);
   const int64_t b = queries.size(0);
   check_ndim(scores, "scores", 2, "[b, k]");
@@ -75,7 +86,7 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
   // As in topk: on the GPU the queries are checked inside the kernels (no blocking round trip here).
   if (!queries.is_cuda()) check_finite(queries, "queries");
   if (b == 0) return;
-  METAEDGE_DISPATCH(compact_topk, queries, queries, rows, codes, meta, k, metric, scores, indices, fp32_rows);
+  METAEDGE_DISPATCH(compact_topk, queries, queries, rows, codes, meta, center, k, metric, scores, indices, fp32_rows);
 }
 
 }  // namespace metaedge

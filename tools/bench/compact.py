@@ -233,7 +233,7 @@ def bench_scale(args, timer) -> tuple[list[dict], dict]:
     started = time.perf_counter()
     rebuilt = kernels.CompactClassMatrix.from_rows(matrix.rows, "cosine", method="compact")
     rebuild_s = time.perf_counter() - started
-    same = np.array_equal(rebuilt._codes[:(len(matrix) + 15) // 16], matrix._codes[:(len(matrix) + 15) // 16])
+    same = np.array_equal(rebuilt._store.codes[:(len(matrix) + 15) // 16], matrix._store.codes[:(len(matrix) + 15) // 16])
     del rebuilt
     common.print_table(rows, [("classes", "classes", "{}"), ("add_mean_us", "add mean us", "{:.1f}"),
                               ("add_median_us", "add median us", "{:.1f}"), ("add_max_ms", "add max ms", "{:.1f}"),
