@@ -48,7 +48,8 @@ def _cuda_status(native, config: dict) -> dict:
 
 def build_info(backends: bool = True) -> dict:
     """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not),
-    the optional packages present and (``backends``) which inference backends could run here, with versions.
+    how class matrices are matched (``matching``: see ``metaedge.compact.matching_policy``), the optional
+    packages present and (``backends``) which inference backends could run here, with versions.
     Never raises for a missing optional piece."""
     from metaedge import __version__
     info: dict = {"version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
@@ -65,6 +66,8 @@ def build_info(backends: bool = True) -> dict:
                           "simd": C.simd_level(), "openmp_threads": C.openmp_max_threads(),
                           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
         info["cuda"] = _cuda_status(C, config)
+        from metaedge.compact import matching_policy
+        info["matching"] = matching_policy()
     info["packages"] = {name: version_of(name) for name in OPTIONAL_PACKAGES}
     if backends:
         try:

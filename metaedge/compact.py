@@ -23,18 +23,20 @@ import numpy as np
 from metaedge import _compact_storage as storage
 from metaedge._native import native
 
-__all__ = ["CompactClassMatrix", "matching_policy", "MATCHING_METHODS", "AUTO_COMPACT_MIN_BYTES", "AUTO_CENTER_ROWS"]
+__all__ = ["CompactClassMatrix", "matching_policy", "MATCHING_METHODS", "AUTO_COMPACT_MIN_BYTES", "AUTO_CENTER_AT"]
 
 MATCHING_METHODS = ("auto", "compact", "fp32")
-# "auto" scores through the compact copy from this many bytes of float32 class matrix on. Measured with
-# tools/bench/kernels.py --only compact (batch 1, one thread, Zen 4): below it the float32 rows sit in the
-# caches and the plain scan is as fast; above it the compact pass wins by up to the 4x of its bytes.
-AUTO_COMPACT_MIN_BYTES = 8 << 20
-# center="auto": the codes quantise each row minus the mean of the first this many classes (before that: minus 0).
-# Embeddings of one network share a large common part; taking it out shrinks what is quantised, its error and
-# the bound (trained Omniglot embeddings, tools/bench/compact_recall.py: 18-65x fewer float32 re-scores for
-# cosine and euclidean, no whole-matrix fallback left).
-AUTO_CENTER_ROWS = 1024
+# "auto" scores through the compact copy from this many bytes of float32 class matrix on (512 x 512 or
+# 4,096 x 64 classes). Measured (batch 1, top-5, one thread, Zen 4, kernels.topk vs the compact path):
+# the compact path is 1.2-2x faster already at 1,024 classes and 2.5-7x from 4 MiB on; only metaedge's
+# packed PrototypeMatcher is a little faster below 1 MiB (1,024 x 64: 5 vs 7 us).
+AUTO_COMPACT_MIN_BYTES = 1 << 20
+# center="auto": the codes quantise each row minus the mean of the classes; the mean is taken when the matrix
+# first reaches each of these sizes (minus 0 before the first), re-encoding the classes there are: at most a
+# third more encoding in all, and a fixed center from 65,536 classes on. Embeddings of one network share a
+# large common part; taking it out shrinks what is quantised, its error and the bound (trained Omniglot
+# embeddings, tools/bench/compact_recall.py: 18-65x fewer float32 re-scores for cosine and euclidean).
+AUTO_CENTER_AT = (256, 1024, 4096, 16384, 65536)
 _ENV = "METAEDGE_MATCHING"
 
 
@@ -82,8 +84,9 @@ class CompactClassMatrix:
     rows exceed ``AUTO_COMPACT_MIN_BYTES``. ``capacity``: rows to allocate up front (growth doubles otherwise).
     ``center``: what the codes quantise is each row minus this ``[d]`` vector (for cosine, the unit row minus
     it); results never depend on it, the speed does (a center near the rows' mean leaves little to quantise).
-    ``"auto"`` (default): zero until ``AUTO_CENTER_ROWS`` classes exist, then the mean of those first classes
-    (the classes so far are re-encoded once); :meth:`recenter` re-estimates it from all classes.
+    ``"auto"`` (default): the mean of the classes, taken when their number first reaches 256, 1,024, 4,096,
+    16,384 and 65,536 (``AUTO_CENTER_AT``; each time the classes so far are re-encoded, a third more encoding in
+    all) and fixed from then on; :meth:`recenter` re-estimates it from all classes at any time.
     ``device``: ``None`` (host memory, the CPU kernels) or a CUDA device (``"cuda"``, ``"cuda:1"`` or an index;
     the arrays live there and the CUDA kernels match; rows still arrive as numpy arrays).
 
@@ -130,7 +133,7 @@ class CompactClassMatrix:
         else:
             self._store = storage.DeviceBuffers(self._dim, capacity, metric, compact, _device_index(device))
         self._center = np.zeros(self._dim, np.float32)
-        self._center_pending = auto_center and compact  # waiting for AUTO_CENTER_ROWS classes
+        self._auto_center = auto_center and compact  # re-estimated at the sizes of AUTO_CENTER_AT
         if fixed is not None:
             self._set_center(fixed)
 
@@ -148,13 +151,22 @@ class CompactClassMatrix:
         if self._store.compact:
             self._store.set_center(center, self._count)
 
-    def _scored_mean(self, rows: np.ndarray) -> np.ndarray:
-        """Mean of the rows the codes approximate: the rows, or for cosine the unit rows."""
-        x = np.asarray(rows, np.float64)
-        if self._metric == "cosine":
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-        return x.mean(axis=0).astype(np.float32)
+    def _scored_sum(self, rows: np.ndarray) -> np.ndarray:
+        """Sum (float64) of the rows the codes approximate: the rows, or for cosine the unit rows."""
+        total = np.zeros(self._dim, np.float64)
+        for start in range(0, len(rows), 16384):  # (bounded temporary memory)
+            x = np.asarray(rows[start:start + 16384], np.float64)
+            if self._metric == "cosine":
+                norms = np.linalg.norm(x, axis=1, keepdims=True)
+                x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+            total += x.sum(axis=0)
+        return total
+
+    def _stored_sum(self, stop: int) -> np.ndarray:
+        total = np.zeros(self._dim, np.float64)
+        for start in range(0, stop, 65536):
+            total += self._scored_sum(self._store.host_rows(start, min(stop, start + 65536)))
+        return total
 
     @classmethod
     def from_rows(cls, rows, metric: str = "cosine", *, method: str | None = None, capacity: int | None = None,
@@ -186,13 +198,13 @@ class CompactClassMatrix:
         with self._lock:
             first = self._count
             self._ensure_capacity(first + len(rows))
-            if self._center_pending and first + len(rows) >= AUTO_CENTER_ROWS:
-                # The center from the first AUTO_CENTER_ROWS classes; only the classes already there are
-                # re-encoded (the new ones are encoded once, with it).
-                need = AUTO_CENTER_ROWS - first
-                sample = rows[:need] if first == 0 else np.concatenate([self._store.host_rows(0, first), rows[:need]])
-                self._set_center(self._scored_mean(sample))
-                self._center_pending = False
+            crossed = [n for n in AUTO_CENTER_AT if first < n <= first + len(rows)] if self._auto_center else []
+            if crossed:
+                # The mean of the first `at` classes; only the classes already there are re-encoded (the new
+                # ones are encoded once, with it).
+                at = crossed[-1]
+                total = self._stored_sum(first) + self._scored_sum(rows[:at - first])
+                self._set_center((total / at).astype(np.float32))
             self._store.write(np.arange(first, first + len(rows), dtype=np.int64), rows)
             self._count += len(rows)
             self._version += 1
@@ -239,15 +251,11 @@ class CompactClassMatrix:
             if center is None:
                 if self._count == 0:
                     raise ValueError("recenter(): no classes to take the mean of (pass a center)")
-                total = np.zeros(self._dim, np.float64)
-                for start in range(0, self._count, 65536):  # (bounded temporary memory)
-                    stop = min(self._count, start + 65536)
-                    total += self._scored_mean(self._store.host_rows(start, stop)) * (stop - start)
-                center = (total / self._count).astype(np.float32)
+                center = (self._stored_sum(self._count) / self._count).astype(np.float32)
             else:
                 center = self._center_input(center)
             self._set_center(center)
-            self._center_pending = False
+            self._auto_center = False  # (a center set on purpose stays)
             self._version += 1
 
     @property

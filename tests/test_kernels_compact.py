@@ -539,17 +539,22 @@ def test_a_gpu_matrix_without_a_usable_gpu_says_why():
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_automatic_center_is_the_mean_of_the_first_classes_and_recenter_moves_it(rng, metric):
+def test_automatic_center_is_the_mean_of_the_classes_at_fixed_sizes_and_recenter_moves_it(rng, metric):
     d = 24
-    rows = (rng.standard_normal((3000, d)) + 3).astype(np.float32)  # a large common part, as embeddings have
+    rows = (rng.standard_normal((5000, d)) + 3).astype(np.float32)  # a large common part, as embeddings have
+    rows[2000:] += 2  # later classes drift: the center follows at the next size of AUTO_CENTER_AT
     m = kernels.CompactClassMatrix(d, metric, method="compact")
-    m.add(rows[:1000])
+    first = compact.AUTO_CENTER_AT[0]
+    m.add(rows[:first - 10])
     assert np.all(m.center == 0)
-    m.add(rows[1000:1500])  # passes AUTO_CENTER_ROWS: the first 1,024 classes give the center
-    want = ref.scored_rows(rows[:compact.AUTO_CENTER_ROWS], metric).mean(0)
-    np.testing.assert_allclose(m.center, want, rtol=1e-5, atol=1e-6)
-    m.add(rows[1500:])
-    assert_same_as_rebuilt(m, rows)  # the first 1,000 were re-encoded with it, the rest encoded once
+    m.add(rows[first - 10:first + 40])  # reaches 256: the mean of the first 256 classes
+    np.testing.assert_allclose(m.center, ref.scored_rows(rows[:first], metric).mean(0), rtol=1e-5, atol=1e-6)
+    for row in rows[first + 40:1100]:  # one at a time past 1,024
+        m.add(row)
+    np.testing.assert_allclose(m.center, ref.scored_rows(rows[:1024], metric).mean(0), rtol=1e-5, atol=1e-6)
+    m.add(rows[1100:])  # 5,000 classes in one add, past 4,096: the mean of the first 4,096
+    np.testing.assert_allclose(m.center, ref.scored_rows(rows[:4096], metric).mean(0), rtol=1e-5, atol=1e-6)
+    assert_same_as_rebuilt(m, rows)  # the classes before were re-encoded with it, the new ones encoded once
     assert_exact(m, rng.standard_normal((4, d)) + 3, rows, 5)
     v = m.version
     m.recenter()
@@ -579,3 +584,13 @@ def test_centering_shrinks_the_candidates_of_embeddings_with_a_common_part(rng):
         plain = assert_exact(compact_matrix(rows, metric, center=np.zeros(d)), queries, rows, 5)
         centered = assert_exact(compact_matrix(rows, metric), queries, rows, 5)
         assert np.median(centered) * 4 < np.median(plain), (metric, centered, plain)
+
+
+def test_metaedge_info_records_the_matching_policy():
+    env = {**os.environ, "METAEDGE_MATCHING": "compact", "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-m", "metaedge", "info"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("matching"))
+    assert "compact (METAEDGE_MATCHING=compact)" in line and native().compact_kernel() in line
+    assert f"{compact.AUTO_COMPACT_MIN_BYTES / 2**20:g} MiB" in line

@@ -7,7 +7,8 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("info", help="show the build, CUDA, backends and optional packages",
                        description="Show how metaedge was built (compiler, SIMD, OpenMP, CUDA archs), whether CUDA "
-                                   "works here (or why not), which inference backends can run (TensorRT, ONNX "
+                                   "works here (or why not), how class matrices are matched (from which size the "
+                                   "compact int8 copy is used, its SIMD variant, METAEDGE_MATCHING), which inference backends can run (TensorRT, ONNX "
                                    "Runtime CUDA/CPU, torch) with their versions, and which optional packages are "
                                    "installed. With --bundle: the bundle's manifest and the TensorRT engines cached "
                                    "in it.")
@@ -38,6 +39,13 @@ def format_info(info: dict) -> str:
                          f"{dev['memory_gib']} GiB{', integrated' if dev['integrated'] else ''})")
     else:
         lines.append(f"  CUDA usable  no: {cuda.get('why_not')}")
+    match = info.get("matching")
+    if match:
+        min_mib = match["auto_compact_min_bytes"] / 2**20
+        override = match["override"] or "METAEDGE_MATCHING unset"
+        lines.append(f"  matching     {match['default_method']} ({override}): the compact class matrix from "
+                     f"{min_mib:g} MiB of float32 classes (e.g. {match['auto_compact_min_bytes'] // 2048:,} x 512), "
+                     f"first pass {match['compact_kernel']}")
     for section in ("backends", "bundle", "engines"):
         if section in info:
             lines.append(f"  {section}:")
