@@ -67,10 +67,11 @@ def _rows_input(rows, dim: int, what: str) -> np.ndarray:
         rows = rows[None, :]
     if rows.ndim != 2 or rows.shape[1] != dim:
         raise ValueError(f"`{what}`: expected shape [n, {dim}] (or [{dim}] for one row), got {list(rows.shape)}")
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise ValueError(f"`{what}`: row {bad} contains NaN or Inf (of {len(rows)} rows); nothing was changed")
+    for start in range(0, len(rows), 65536):  # (bounded temporary memory for a million rows)
+        finite = np.isfinite(rows[start:start + 65536]).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.argmin(finite))
+            raise ValueError(f"`{what}`: row {bad} contains NaN or Inf (of {len(rows)} rows); nothing was changed")
     return rows
 
 

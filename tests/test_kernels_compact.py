@@ -216,9 +216,11 @@ def test_cosine_tiny_and_huge_rows(rng, scale):
 
 
 @pytest.mark.parametrize("metric", ("dot", "euclidean"))
-def test_scores_beyond_float32_raise_like_topk(rng, metric):
+@pytest.mark.parametrize("sign", [1, -1])
+def test_scores_beyond_float32_raise_like_topk(rng, metric, sign):
+    """Also when the overflowing class is far from the top (a hugely negative dot score)."""
     rows = rng.standard_normal((2000, 16)).astype(np.float32)
-    rows[1234] = 1e30
+    rows[1234] = sign * 1e30
     queries = np.full((1, 16), 1e20, np.float32)
     with pytest.raises(ValueError) as want:
         kernels.topk(queries, rows, 3, metric)

@@ -126,31 +126,40 @@ float round_up(double x) {
   return f;
 }
 
+double norm_of(const double* v, int64_t d) {
+  double sq[4] = {};
+  int64_t t = 0;
+  for (; t + 4 <= d; t += 4)
+    for (int u = 0; u < 4; ++u) sq[u] += v[t + u] * v[t + u];
+  for (; t < d; ++t) sq[0] += v[t] * v[t];
+  return std::sqrt((sq[0] + sq[1]) + (sq[2] + sq[3]));
+}
+
+// Largest |v_t|, in four independent chains (a single max chain is what bounded encoding).
+template <typename T>
+double max_abs(const T* v, int64_t d) {
+  double m[4] = {};
+  int64_t t = 0;
+  for (; t + 4 <= d; t += 4)
+    for (int u = 0; u < 4; ++u) m[u] = std::max(m[u], std::fabs(static_cast<double>(v[t + u])));
+  for (; t < d; ++t) m[0] = std::max(m[0], std::fabs(static_cast<double>(v[t])));
+  return std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
+}
+
 // v = x (dot, euclidean) or x / ||x|| (cosine; scaled first, so tiny and huge rows are exact; zero stays zero).
-void scored_vector(const float* x, int64_t d, Metric metric, double* v) {
+void scored_vector(const float* __restrict x, int64_t d, Metric metric, double* __restrict v) {
   if (metric != Metric::kCosine) {
     for (int64_t t = 0; t < d; ++t) v[t] = x[t];
     return;
   }
-  double peak = 0.0;
-  for (int64_t t = 0; t < d; ++t) peak = std::max(peak, std::fabs(static_cast<double>(x[t])));
+  const double peak = max_abs(x, d);
   if (peak == 0.0) {
     std::fill(v, v + d, 0.0);
     return;
   }
-  double sq = 0.0;
-  for (int64_t t = 0; t < d; ++t) {
-    v[t] = x[t] / peak;
-    sq += v[t] * v[t];
-  }
-  const double inv = 1.0 / std::sqrt(sq);
+  for (int64_t t = 0; t < d; ++t) v[t] = x[t] / peak;
+  const double inv = 1.0 / norm_of(v, d);
   for (int64_t t = 0; t < d; ++t) v[t] *= inv;
-}
-
-double norm_of(const double* v, int64_t d) {
-  double sq = 0.0;
-  for (int64_t t = 0; t < d; ++t) sq += v[t] * v[t];
-  return std::sqrt(sq);
 }
 
 struct Quantised {
@@ -159,26 +168,45 @@ struct Quantised {
 };
 
 // codes[t] = round(v_t / scale) in [-code_max, code_max] for t < padded (0 past d), scale = max|v| / code_max.
-Quantised quantise(const double* v, int64_t d, int64_t padded, int code_max, int8_t* codes) {
-  double peak = 0.0;
-  for (int64_t t = 0; t < d; ++t) peak = std::max(peak, std::fabs(v[t]));
+Quantised quantise(const double* __restrict v, int64_t d, int64_t padded, int code_max, int8_t* __restrict codes) {
+  const double peak = max_abs(v, d);
   Quantised out{static_cast<float>(peak / code_max), 0.f, 0.f, 0};
   const double scale = out.scale;  // the float scale is the one the first pass multiplies by
-  double err_sq = 0.0, code_sq = 0.0;
-  for (int64_t t = 0; t < padded; ++t) {
-    int code = 0;
-    if (t < d && scale > 0.0) code = static_cast<int>(std::clamp(std::nearbyint(v[t] / scale), -1.0 * code_max,
-                                                                 1.0 * code_max));
-    codes[t] = static_cast<int8_t>(code);
-    if (t < d) {
-      const double approx = scale * code;  // exact in double
-      err_sq += (v[t] - approx) * (v[t] - approx);
-      code_sq += approx * approx;
-      out.code_sum += code;
+  // Round half to even by the 2^52 + 2^51 trick (exact for |x| < 2^51, here <= 127): nearbyint without a libm
+  // call, so the loop vectorises; the sums follow in a loop of their own with four fixed partial sums.
+  constexpr double kRound = 6755399441055744.0;
+  const double limit = code_max;
+  static thread_local std::vector<double> rounded_buffer;
+  rounded_buffer.resize(static_cast<size_t>(d));
+  double* __restrict rounded = rounded_buffer.data();  // (a plain pointer: the byte stores below alias anything)
+  if (scale > 0.0) {
+    for (int64_t t = 0; t < d; ++t) {
+      const double r = (v[t] / scale + kRound) - kRound;
+      rounded[t] = std::min(std::max(r, -limit), limit);
     }
+  } else {
+    std::fill(rounded, rounded + d, 0.0);
   }
-  out.err = round_up(std::sqrt(err_sq));
-  out.code_norm = round_up(std::sqrt(code_sq));
+  for (int64_t t = 0; t < d; ++t) codes[t] = static_cast<int8_t>(static_cast<int>(rounded[t]));
+  for (int64_t t = d; t < padded; ++t) codes[t] = 0;
+  double err_sq[4] = {}, code_sq[4] = {}, code_sum[4] = {};
+  int64_t t = 0;
+  for (; t + 4 <= d; t += 4)
+    for (int u = 0; u < 4; ++u) {
+      const double approx = scale * rounded[t + u];  // exact in double
+      err_sq[u] += (v[t + u] - approx) * (v[t + u] - approx);
+      code_sq[u] += approx * approx;
+      code_sum[u] += rounded[t + u];
+    }
+  for (; t < d; ++t) {
+    const double approx = scale * rounded[t];
+    err_sq[0] += (v[t] - approx) * (v[t] - approx);
+    code_sq[0] += approx * approx;
+    code_sum[0] += rounded[t];
+  }
+  out.err = round_up(std::sqrt((err_sq[0] + err_sq[1]) + (err_sq[2] + err_sq[3])));
+  out.code_norm = round_up(std::sqrt((code_sq[0] + code_sq[1]) + (code_sq[2] + code_sq[3])));
+  out.code_sum = static_cast<int64_t>((code_sum[0] + code_sum[1]) + (code_sum[2] + code_sum[3]));
   return out;
 }
 
@@ -215,20 +243,27 @@ void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, cons
   uint8_t* code_groups = codes.ptr<uint8_t>();
   float* meta_groups = meta.ptr<float>();
   auto encode = [&](int64_t i) {
-    static thread_local std::vector<double> v;
-    static thread_local std::vector<int8_t> c;
-    v.resize(static_cast<size_t>(d));
-    c.resize(static_cast<size_t>(padded));
-    scored_vector(x + i * d, d, metric, v.data());
+    static thread_local std::vector<double> v_buffer;
+    static thread_local std::vector<int8_t> c_buffer;
+    v_buffer.resize(static_cast<size_t>(d));
+    c_buffer.resize(static_cast<size_t>(padded));
+    double* v = v_buffer.data();
+    const int8_t* c = c_buffer.data();
+    scored_vector(x + i * d, d, metric, v);
     // The slack needs ||x|| (dot, cosine), euclidean's score ||v|| (the residual's own norm).
-    const double x_norm = norm_of(v.data(), d);
+    const double x_norm = norm_of(v, d);
     for (int64_t t = 0; t < d; ++t) v[t] -= mu[t];
-    const float norm = static_cast<float>(metric == Metric::kEuclidean ? norm_of(v.data(), d) : x_norm);
-    const Quantised qz = quantise(v.data(), d, padded, kCompactCodeMax, c.data());
+    const float norm = static_cast<float>(metric == Metric::kEuclidean ? norm_of(v, d) : x_norm);
+    const Quantised qz = quantise(v, d, padded, kCompactCodeMax, c_buffer.data());
     const int64_t g = slot[i] / kCompactLanes, lane = slot[i] % kCompactLanes;
     uint8_t* group = code_groups + g * steps * 64;
-    for (int64_t t = 0; t < padded; ++t)
-      group[(t / kCompactStep) * 64 + lane * kCompactStep + t % kCompactStep] = static_cast<uint8_t>(c[t] + 128);
+    // 4 codes of a step at a time; (code + 128) as a byte is the code's two's complement with the top bit flipped.
+    for (int64_t s = 0; s < steps; ++s) {
+      uint32_t word;
+      std::memcpy(&word, c + s * kCompactStep, sizeof word);
+      word ^= 0x80808080u;
+      std::memcpy(group + s * 64 + lane * kCompactStep, &word, sizeof word);
+    }
     float* m = meta_groups + g * kCompactMetaFields * kCompactLanes;
     m[lane] = qz.scale;
     m[16 + lane] = qz.err;
@@ -322,17 +357,20 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
           float threshold = thresholds[j];
           for (int64_t gi = 0; gi < n_groups; ++gi) {
             const float* up = upper + (gi * nq + j) * kCompactLanes;
-            int hit = 0;
-            for (int lane = 0; lane < kCompactLanes; ++lane) hit |= !(up[lane] < threshold);  // NaN is a hit
-            if (!hit) continue;
             const float* lo = lower + (gi * nq + j) * kCompactLanes;
+            // A lane is looked at when it may be a candidate or its bounds are not finite (NaN compares false):
+            // a score that may overflow float32 anywhere sends the query to topk, which reports it.
+            int hit = 0;
+            for (int lane = 0; lane < kCompactLanes; ++lane)
+              hit |= !(up[lane] < threshold) | !(lo[lane] >= -std::numeric_limits<float>::max());
+            if (!hit) continue;
             const int64_t c0 = (g0 + gi) * kCompactLanes;
             for (int lane = 0; lane < kCompactLanes && c0 + lane < C; ++lane) {
-              if (up[lane] < threshold) continue;
               if (!finite(up[lane]) || !finite(lo[lane])) {
                 tq.whole_matrix = true;
                 break;
               }
+              if (up[lane] < threshold) continue;
               tq.upper.push_back({up[lane], c0 + lane});
               if (lo[lane] > threshold) {
                 tq.lower.push(lo[lane], c0 + lane);
