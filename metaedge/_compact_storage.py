@@ -65,11 +65,13 @@ class HostBuffers:
 
     def write(self, slots: np.ndarray, rows: np.ndarray) -> None:
         """Rows ``rows[n, d]`` (checked, float32) into classes ``slots[n]`` (int64, distinct)."""
-        if len(slots) and slots[-1] - slots[0] == len(slots) - 1 and np.all(np.diff(slots) == 1):
-            self.rows[slots[0]:slots[-1] + 1] = rows  # a run of classes (adds): a plain copy
-        else:
-            self.rows[slots] = rows
+        self.rows[slots] = rows
         self._encode(rows, slots)
+
+    def append(self, first: int, rows: np.ndarray) -> None:
+        """Rows ``rows[n, d]`` (checked, float32, C-contiguous) into classes first .. first + n - 1."""
+        self.rows[first:first + len(rows)] = rows
+        self._encode(rows, np.arange(first, first + len(rows), dtype=np.int64))
 
     def move(self, src: int, dst: int) -> None:
         self.rows[dst] = self.rows[src]
@@ -173,15 +175,16 @@ class DeviceBuffers:
 
     def write(self, slots: np.ndarray, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, np.float32)
-        row_bytes = self.dim * 4
-        if len(slots) and np.all(np.diff(slots) == 1):  # a run of classes (adds): one copy
-            self._copy(self.rows[int(slots[0])].ptr, rows.ctypes.data, rows.nbytes, "h2d")
-        else:
-            for slot, row in zip(slots, rows):
-                self._copy(self.rows[int(slot)].ptr, row.ctypes.data, row_bytes, "h2d")
+        for slot, row in zip(slots, rows):
+            self._copy(self.rows[int(slot)].ptr, row.ctypes.data, self.dim * 4, "h2d")
         staged = self._cuda.DeviceArray.from_numpy(rows, device=self.device, stream=self.rows.stream)
         self._encode(staged, slots)
         staged.synchronize()
+
+    def append(self, first: int, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, np.float32)
+        self._copy(self.rows[first].ptr, rows.ctypes.data, rows.nbytes, "h2d")  # one copy for the run
+        self._encode(self.rows[first:first + len(rows)], np.arange(first, first + len(rows), dtype=np.int64))
 
     def move(self, src: int, dst: int) -> None:
         self._copy(self.rows[dst].ptr, self.rows[src].ptr, self.dim * 4, "d2d")

@@ -61,16 +61,17 @@ def matching_policy() -> dict:
 
 
 def _rows_input(rows, dim: int, what: str) -> np.ndarray:
-    from metaedge.kernels import _float_input
-    rows = _float_input(rows, what)
+    if not (type(rows) is np.ndarray and rows.dtype == np.float32 and rows.flags.c_contiguous):
+        from metaedge.kernels import _float_input
+        rows = _float_input(rows, what)
     if rows.ndim == 1:
         rows = rows[None, :]
     if rows.ndim != 2 or rows.shape[1] != dim:
         raise ValueError(f"`{what}`: expected shape [n, {dim}] (or [{dim}] for one row), got {list(rows.shape)}")
     for start in range(0, len(rows), 65536):  # (bounded temporary memory for a million rows)
-        finite = np.isfinite(rows[start:start + 65536]).all(axis=1)
-        if not finite.all():
-            bad = start + int(np.argmin(finite))
+        block = rows[start:start + 65536]
+        if not np.isfinite(block).all():
+            bad = start + int(np.argmin(np.isfinite(block).all(axis=1)))
             raise ValueError(f"`{what}`: row {bad} contains NaN or Inf (of {len(rows)} rows); nothing was changed")
     return rows
 
@@ -206,7 +207,7 @@ class CompactClassMatrix:
                 at = crossed[-1]
                 total = self._stored_sum(first) + self._scored_sum(rows[:at - first])
                 self._set_center((total / at).astype(np.float32))
-            self._store.write(np.arange(first, first + len(rows), dtype=np.int64), rows)
+            self._store.append(first, rows)
             self._count += len(rows)
             self._version += 1
             return np.arange(first, first + len(rows), dtype=np.int64)
