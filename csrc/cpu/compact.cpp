@@ -45,6 +45,7 @@
 #include "cpu_kernels.h"
 #include "gemm_internal.h"
 #include "metaedge/checks.h"
+#include "parallel_tasks.h"
 #include "simd.h"
 #include "topk_select.h"
 
@@ -327,86 +328,73 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
   auto chunk_start = [&](int64_t chunk) { return groups * chunk / chunks; };
   std::vector<std::vector<TaskQuery>> found(static_cast<size_t>(tasks));
   std::atomic<bool> failed{false};
-  std::exception_ptr error;
 
   auto run_task = [&](int64_t task) {
-    try {
-      const int64_t qb = task / chunks, chunk = task % chunks;
-      const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
-      const int64_t g_begin = chunk_start(chunk), g_end = chunk_start(chunk + 1);
-      const int64_t chunk_classes = std::min(C, g_end * kCompactLanes) - g_begin * kCompactLanes;
-      const int64_t cap = chunk_classes / 16 + k;  // more candidates than this: score the whole matrix
-      std::vector<TaskQuery>& mine = found[task];
-      mine.resize(static_cast<size_t>(nq));
-      std::vector<float> thresholds(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+    const int64_t qb = task / chunks, chunk = task % chunks;
+    const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
+    const int64_t g_begin = chunk_start(chunk), g_end = chunk_start(chunk + 1);
+    const int64_t chunk_classes = std::min(C, g_end * kCompactLanes) - g_begin * kCompactLanes;
+    const int64_t cap = chunk_classes / 16 + k;  // more candidates than this: score the whole matrix
+    std::vector<TaskQuery>& mine = found[task];
+    mine.resize(static_cast<size_t>(nq));
+    std::vector<float> thresholds(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < nq; ++j) {
+      mine[j].lower.reset(k);
+      mine[j].prune_at = std::max<int64_t>(1024, 4 * k);
+    }
+    const int64_t block_groups = nq <= 8 ? 16 : 8;
+    static thread_local ScratchBuffer lower_buffer, upper_buffer;
+    float* lower = lower_buffer.get(static_cast<size_t>(block_groups * nq * kCompactLanes));
+    float* upper = upper_buffer.get(static_cast<size_t>(block_groups * nq * kCompactLanes));
+    for (int64_t g0 = g_begin; g0 < g_end; g0 += block_groups) {
+      if (failed.load(std::memory_order_relaxed)) return;
+      const int64_t n_groups = std::min(block_groups, g_end - g0);
+      loops.score_groups(codes.ptr<uint8_t>(), meta.ptr<float>(), steps, g0, n_groups, prepared.data() + q0,
+                         static_cast<int>(nq), terms, lower, upper);
       for (int64_t j = 0; j < nq; ++j) {
-        mine[j].lower.reset(k);
-        mine[j].prune_at = std::max<int64_t>(1024, 4 * k);
-      }
-      const int64_t block_groups = nq <= 8 ? 16 : 8;
-      static thread_local ScratchBuffer lower_buffer, upper_buffer;
-      float* lower = lower_buffer.get(static_cast<size_t>(block_groups * nq * kCompactLanes));
-      float* upper = upper_buffer.get(static_cast<size_t>(block_groups * nq * kCompactLanes));
-      for (int64_t g0 = g_begin; g0 < g_end; g0 += block_groups) {
-        if (failed.load(std::memory_order_relaxed)) return;
-        const int64_t n_groups = std::min(block_groups, g_end - g0);
-        loops.score_groups(codes.ptr<uint8_t>(), meta.ptr<float>(), steps, g0, n_groups, prepared.data() + q0,
-                           static_cast<int>(nq), terms, lower, upper);
-        for (int64_t j = 0; j < nq; ++j) {
-          TaskQuery& tq = mine[j];
-          float threshold = thresholds[j];
-          for (int64_t gi = 0; gi < n_groups; ++gi) {
-            const float* up = upper + (gi * nq + j) * kCompactLanes;
-            const float* lo = lower + (gi * nq + j) * kCompactLanes;
-            // A lane is looked at when it may be a candidate or its bounds are not finite (NaN compares false):
-            // a score that may overflow float32 anywhere sends the query to topk, which reports it.
-            int hit = 0;
-            for (int lane = 0; lane < kCompactLanes; ++lane)
-              hit |= !(up[lane] < threshold) | !(lo[lane] >= -std::numeric_limits<float>::max());
-            if (!hit) continue;
-            const int64_t c0 = (g0 + gi) * kCompactLanes;
-            for (int lane = 0; lane < kCompactLanes && c0 + lane < C; ++lane) {
-              if (!finite(up[lane]) || !finite(lo[lane])) {
-                tq.whole_matrix = true;
-                break;
-              }
-              if (up[lane] < threshold) continue;
-              tq.upper.push_back({up[lane], c0 + lane});
-              if (lo[lane] > threshold) {
-                tq.lower.push(lo[lane], c0 + lane);
-                threshold = tq.lower.threshold();
-              }
-            }
-            if (!tq.whole_matrix && static_cast<int64_t>(tq.upper.size()) >= tq.prune_at) {
-              auto keep_end = std::remove_if(tq.upper.begin(), tq.upper.end(),
-                                             [&](const Candidate& c) { return c.score < threshold; });
-              tq.upper.erase(keep_end, tq.upper.end());
-              tq.prune_at = std::max<int64_t>(tq.prune_at, 2 * static_cast<int64_t>(tq.upper.size()));
-              if (static_cast<int64_t>(tq.upper.size()) > cap) tq.whole_matrix = true;
-            }
-            if (tq.whole_matrix) {
-              // Settled: this query gets the full float32 scan. Nothing can pass an infinite threshold.
-              std::vector<Candidate>().swap(tq.upper);
-              threshold = std::numeric_limits<float>::infinity();
+        TaskQuery& tq = mine[j];
+        float threshold = thresholds[j];
+        for (int64_t gi = 0; gi < n_groups; ++gi) {
+          const float* up = upper + (gi * nq + j) * kCompactLanes;
+          const float* lo = lower + (gi * nq + j) * kCompactLanes;
+          // A lane is looked at when it may be a candidate or its bounds are not finite (NaN compares false):
+          // a score that may overflow float32 anywhere sends the query to topk, which reports it.
+          int hit = 0;
+          for (int lane = 0; lane < kCompactLanes; ++lane)
+            hit |= !(up[lane] < threshold) | !(lo[lane] >= -std::numeric_limits<float>::max());
+          if (!hit) continue;
+          const int64_t c0 = (g0 + gi) * kCompactLanes;
+          for (int lane = 0; lane < kCompactLanes && c0 + lane < C; ++lane) {
+            if (!finite(up[lane]) || !finite(lo[lane])) {
+              tq.whole_matrix = true;
               break;
             }
+            if (up[lane] < threshold) continue;
+            tq.upper.push_back({up[lane], c0 + lane});
+            if (lo[lane] > threshold) {
+              tq.lower.push(lo[lane], c0 + lane);
+              threshold = tq.lower.threshold();
+            }
           }
-          thresholds[j] = threshold;
+          if (!tq.whole_matrix && static_cast<int64_t>(tq.upper.size()) >= tq.prune_at) {
+            auto keep_end = std::remove_if(tq.upper.begin(), tq.upper.end(),
+                                           [&](const Candidate& c) { return c.score < threshold; });
+            tq.upper.erase(keep_end, tq.upper.end());
+            tq.prune_at = std::max<int64_t>(tq.prune_at, 2 * static_cast<int64_t>(tq.upper.size()));
+            if (static_cast<int64_t>(tq.upper.size()) > cap) tq.whole_matrix = true;
+          }
+          if (tq.whole_matrix) {
+            // Settled: this query gets the full float32 scan. Nothing can pass an infinite threshold.
+            std::vector<Candidate>().swap(tq.upper);
+            threshold = std::numeric_limits<float>::infinity();
+            break;
+          }
         }
+        thresholds[j] = threshold;
       }
-    } catch (...) {
-#pragma omp critical(metaedge_compact_topk_error)
-      if (!error) error = std::current_exception();
-      failed.store(true, std::memory_order_relaxed);
     }
   };
-  if (threads > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t task = 0; task < tasks; ++task) run_task(task);
-  } else {
-    for (int64_t task = 0; task < tasks; ++task) run_task(task);
-  }
-  if (error) std::rethrow_exception(error);
+  run_tasks(tasks, threads, failed, run_task);
 
   // 3. Per query: L from every task's lower bounds, the candidates above it, and their float32 scores by topk.
   float* out_scores = scores.ptr<float>();
@@ -460,21 +448,8 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
     }
     whole_matrix[i] = 1;
   };
-  if (threads > 1 && b > 1) {
-    std::exception_ptr rerank_error;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t i = 0; i < b; ++i) {
-      try {
-        rerank(i);
-      } catch (...) {
-#pragma omp critical(metaedge_compact_topk_error)
-        if (!rerank_error) rerank_error = std::current_exception();
-      }
-    }
-    if (rerank_error) std::rethrow_exception(rerank_error);
-  } else {
-    for (int64_t i = 0; i < b; ++i) rerank(i);
-  }
+  std::atomic<bool> unused_stop{false};
+  run_tasks(b, b > 1 ? threads : 1, unused_stop, rerank);
   for (int64_t i = 0; i < b; ++i) {
     if (!whole_matrix[i]) continue;
     topk_of(i, rows, nullptr);

@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -34,6 +33,7 @@
 
 #include "cpu_kernels.h"
 #include "gemm_internal.h"
+#include "parallel_tasks.h"
 #include "metaedge/checks.h"
 #include "simd.h"
 #include "topk_select.h"
@@ -352,79 +352,65 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   std::vector<BadScore>& bad_scores = reused_bad_scores;
   bad_scores.assign(static_cast<size_t>(tasks), BadScore{});
   std::atomic<bool> failed{false};
-  std::exception_ptr error;
 
   auto run_task = [&](int64_t task) {
-    try {
-      const int64_t qb = task / class_chunks, chunk = task % class_chunks;
-      const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
-      const int64_t c_begin = chunk_start(chunk), c_end = chunk_start(chunk + 1);
-      std::vector<Selector>& selectors = results[task];
-      if (static_cast<int64_t>(selectors.size()) < nq) selectors.resize(static_cast<size_t>(nq));
-      for (int64_t j = 0; j < nq; ++j) selectors[j].reset(k);
-      static thread_local std::vector<float> thresholds;  // (nq <= kGemmQueryBlock)
-      thresholds.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
-      static thread_local ScratchBuffer raw_buffer, aux_buffer;
-      // (+ one group: the packed loop writes the padding lanes of the last group too)
-      float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
-      float* aux = aux_buffer.get(static_cast<size_t>(class_block));
-      BadScore& bad = bad_scores[task];
-      static thread_local std::vector<const float*> query_ptrs;
-      query_ptrs.resize(static_cast<size_t>(nq));
-      for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
+    const int64_t qb = task / class_chunks, chunk = task % class_chunks;
+    const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
+    const int64_t c_begin = chunk_start(chunk), c_end = chunk_start(chunk + 1);
+    std::vector<Selector>& selectors = results[task];
+    if (static_cast<int64_t>(selectors.size()) < nq) selectors.resize(static_cast<size_t>(nq));
+    for (int64_t j = 0; j < nq; ++j) selectors[j].reset(k);
+    static thread_local std::vector<float> thresholds;  // (nq <= kGemmQueryBlock)
+    thresholds.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+    static thread_local ScratchBuffer raw_buffer, aux_buffer;
+    // (+ one group: the packed loop writes the padding lanes of the last group too)
+    float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
+    float* aux = aux_buffer.get(static_cast<size_t>(class_block));
+    BadScore& bad = bad_scores[task];
+    static thread_local std::vector<const float*> query_ptrs;
+    query_ptrs.resize(static_cast<size_t>(nq));
+    for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
 
-      for (int64_t c0 = c_begin; c0 < c_end; c0 += class_block) {
-        if (failed.load(std::memory_order_relaxed)) break;
-        const int64_t rows = std::min(class_block, c_end - c0);
-        const float* block = P + c0 * d;
-        if (use_gemm) {
-          if (needs_sumsq) loops.row_sumsq(block, d, rows, aux);
-          GemmProblem g;
-          g.M = rows, g.N = nq, g.K = d;
-          g.a = block, g.lda = d, g.a_row_major = true;
-          g.b = q_rows + q0 * d, g.ldb = d, g.b_row_major = false;
-          g.c = raw, g.rs_c = nq, g.cs_c = 1;
-          gemm_serial(gemm_best_orientation(g));
-        } else if (packed_classes != nullptr) {
-          // A group is 4 KiB at d = 64: it stays in L1 while every query of the batch reads it.
-          const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
-          const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
-          for (int64_t j = 0; j < nq; ++j)
-            loops.packed_rows(metric == Metric::kEuclidean, first_group, d, groups, query_ptrs[j], raw + j, nq);
-        } else {
-          for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
-            const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
-            int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
-            if (metric == Metric::kCosine && g0 == 0) mode = kStreamDotAndNorm;
-            loops.stream_rows(mode, group, block, d, rows, query_ptrs.data() + g0, raw + g0, nq, aux);
-          }
-        }
-        if (metric == Metric::kCosine && packed_classes == nullptr)
-          for (int64_t c = 0; c < rows; ++c)
-            aux[c] = cosine_scale(aux[c], block + c * d, d, query_ptrs.data(), nq, raw + c * nq);
-        scan_block(transform, raw, nq, rows, nq, c0, aux,
-                   query_sq_norms.empty() ? nullptr : query_sq_norms.data() + q0, selectors.data(),
-                   thresholds.data(), bad);
-        if (bad.cls >= 0) {
-          bad.query += q0;
-          failed.store(true, std::memory_order_relaxed);
-          break;
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += class_block) {
+      if (failed.load(std::memory_order_relaxed)) break;
+      const int64_t rows = std::min(class_block, c_end - c0);
+      const float* block = P + c0 * d;
+      if (use_gemm) {
+        if (needs_sumsq) loops.row_sumsq(block, d, rows, aux);
+        GemmProblem g;
+        g.M = rows, g.N = nq, g.K = d;
+        g.a = block, g.lda = d, g.a_row_major = true;
+        g.b = q_rows + q0 * d, g.ldb = d, g.b_row_major = false;
+        g.c = raw, g.rs_c = nq, g.cs_c = 1;
+        gemm_serial(gemm_best_orientation(g));
+      } else if (packed_classes != nullptr) {
+        // A group is 4 KiB at d = 64: it stays in L1 while every query of the batch reads it.
+        const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
+        const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
+        for (int64_t j = 0; j < nq; ++j)
+          loops.packed_rows(metric == Metric::kEuclidean, first_group, d, groups, query_ptrs[j], raw + j, nq);
+      } else {
+        for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
+          const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
+          int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
+          if (metric == Metric::kCosine && g0 == 0) mode = kStreamDotAndNorm;
+          loops.stream_rows(mode, group, block, d, rows, query_ptrs.data() + g0, raw + g0, nq, aux);
         }
       }
-    } catch (...) {
-#pragma omp critical(metaedge_topk_error)
-      if (!error) error = std::current_exception();
-      failed.store(true, std::memory_order_relaxed);
+      if (metric == Metric::kCosine && packed_classes == nullptr)
+        for (int64_t c = 0; c < rows; ++c)
+          aux[c] = cosine_scale(aux[c], block + c * d, d, query_ptrs.data(), nq, raw + c * nq);
+      scan_block(transform, raw, nq, rows, nq, c0, aux,
+                 query_sq_norms.empty() ? nullptr : query_sq_norms.data() + q0, selectors.data(),
+                 thresholds.data(), bad);
+      if (bad.cls >= 0) {
+        bad.query += q0;
+        failed.store(true, std::memory_order_relaxed);
+        break;
+      }
     }
   };
-  // One thread enters no OpenMP region at all: a one-thread team still costs about a microsecond per call.
-  if (threads > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t task = 0; task < tasks; ++task) run_task(task);
-  } else {
-    for (int64_t task = 0; task < tasks; ++task) run_task(task);
-  }
-  if (error) std::rethrow_exception(error);
+  run_tasks(tasks, threads, failed, run_task);
   if (failed.load()) {
     BadScore first;
     for (const BadScore& bs : bad_scores)

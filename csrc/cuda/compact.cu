@@ -54,24 +54,6 @@ struct Status {
   unsigned long long* flag;
 };
 
-__device__ __forceinline__ double warp_max_double(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
-
-// Block-wide maximum in double (every thread gets it); `scratch` holds blockDim.x / 32 values.
-__device__ double block_max_double(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  v = warp_max_double(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double m = scratch[0];
-  for (int w = 1; w < warps; ++w) m = fmax(m, scratch[w]);
-  return m;
-}
-
 __device__ __forceinline__ float round_up(double x) { return __double2float_ru(x * (1.0 + 1e-12)); }
 
 // Floats as ints whose signed order is the float order (for atomicMax).
@@ -92,7 +74,7 @@ __global__ void compact_encode_kernel(const float* __restrict__ rows, const int6
   const float* x = rows + i * d;
   double peak = 0.0;
   for (int64_t t = lane; t < d; t += 32) peak = fmax(peak, fabs(static_cast<double>(x[t])));
-  peak = warp_max_double(peak);
+  peak = warp_max(peak);
   // x_t: the row (dot, euclidean) or (x_t / peak) * inv (cosine); v_t = x_t - center_t, as csrc/cpu/compact.cpp
   // computes them.
   double inv = 1.0;
@@ -115,7 +97,7 @@ __global__ void compact_encode_kernel(const float* __restrict__ rows, const int6
     x_sq += xt * xt;
     vmax = fmax(vmax, fabs(xt - center[t]));
   }
-  vmax = warp_max_double(vmax);
+  vmax = warp_max(vmax);
   x_sq = warp_sum(x_sq);
   const float scale_f = static_cast<float>(vmax / kCompactCodeMax);
   const double scale = scale_f;
@@ -191,7 +173,7 @@ __global__ void compact_prep_kernel(const float* __restrict__ queries, const flo
     wmax_local = fmax(wmax_local, fabs(w));
     if (!euclidean) shift += w * center[t];
   }
-  const double vmax = block_max_double(wmax_local, scratch);
+  const double vmax = block_max(wmax_local, scratch);
   shift = block_sum(shift, scratch);
   const float scale_f = static_cast<float>(vmax / code_max);
   const double scale = scale_f;

@@ -69,14 +69,7 @@ void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes
   check_center(center, rows.size(1), rows);
   check_topk_k(k, C);
   const int64_t b = queries.size(0);
-  check_ndim(scores, "scores", 2, "[b, k]");
-  check_dtype(scores, "scores", {DType::kFloat32});
-  check_dim(scores, "scores", 0, b, "rows of `queries`");
-  check_dim(scores, "scores", 1, k, "`k`");
-  check_ndim(indices, "indices", 2, "[b, k]");
-  check_dtype(indices, "indices", {DType::kInt64});
-  check_dim(indices, "indices", 0, b, "rows of `queries`");
-  check_dim(indices, "indices", 1, k, "`k`");
+  check_topk_outputs(scores, indices, b, k);
   check_ndim(fp32_rows, "fp32_rows", 1, "[b]");
   check_dtype(fp32_rows, "fp32_rows", {DType::kInt64});
   check_dim(fp32_rows, "fp32_rows", 0, b, "rows of `queries`");

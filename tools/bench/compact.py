@@ -113,13 +113,7 @@ def bench_compact(args, timer) -> tuple[list[dict], dict]:
             methods = {f"metaedge compact {m}": (lambda mx=mx: mx.topk(queries, K)) for m, mx in matrices.items()}
             methods["metaedge fp32 topk"] = lambda: kernels.topk(queries, protos, K, "dot")
 
-            def numpy_gemv():
-                s = queries @ protos.T
-                part = np.argpartition(s, -K, axis=1)[:, -K:]
-                top = np.take_along_axis(s, part, axis=1)
-                order = np.argsort(-top, axis=1, kind="stable")
-                return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
-            methods["numpy gemv"] = numpy_gemv
+            methods["numpy gemv"] = lambda: common.numpy_topk(queries, protos, K)
             if faiss is not None:
                 methods["faiss FlatIP"] = lambda: flat.search(queries, K)
                 for name, index in sq.items():

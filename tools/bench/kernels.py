@@ -189,11 +189,7 @@ def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
                 methods[f"metaedge {metric}"] = (metric, lambda m=metric: kernels.topk(queries, protos, k, m))
 
             def numpy_topk():
-                s = queries @ protos.T
-                part = np.argpartition(s, -k, axis=1)[:, -k:]
-                top = np.take_along_axis(s, part, axis=1)
-                order = np.argsort(-top, axis=1, kind="stable")
-                return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+                return common.numpy_topk(queries, protos, k)
             methods["numpy matmul+argpartition"] = ("dot", numpy_topk)
             if "torch" in baselines:
                 torch = baselines["torch"]
