@@ -92,6 +92,17 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, r
                    "repeats": len(t)} for name, t in times.items()}
 
 
+def numpy_topk(queries, protos, k: int):
+    """The numpy way to a top-k: one matmul (BLAS gemv/gemm), argpartition, then a stable sort of the k.
+    (scores[b, k], indices[b, k]), scores descending - the numpy baseline of the top-k benchmarks."""
+    import numpy as np
+    s = queries @ protos.T
+    part = np.argpartition(s, -k, axis=1)[:, -k:]
+    top = np.take_along_axis(s, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
