@@ -168,13 +168,17 @@ class EdgeClassifier:
     ``metaedge.kernels.preprocess``); a call may name another. ``yuv_matrix``: how NV12/YUYV frames convert to
     RGB. ``resize_mode``: ``None`` keeps the bundle's resize policy (what it was trained with); ``"letterbox"``
     or ``"center_crop"`` fit frames of another shape without stretching them.
+
+    ``matching``: how the class matrix is scored - ``"auto"`` (default, or ``METAEDGE_MATCHING``): float32 for
+    small galleries, the compact int8 copy with an exact re-rank from 1 MiB of classes (``metaedge.compact``);
+    ``"compact"`` or ``"fp32"`` to force one. Results are the same either way.
     """
 
     def __init__(self, bundle, gallery=None, backend="auto", unknown_threshold=_UNSET, *,
                  spec: ModelSpec | None = None, fingerprint: str | None = None, autosave: bool = True,
                  support_cap: int = DEFAULT_SUPPORT_CAP, seed: int = 0, max_batch: int = 32,
                  backend_options: Mapping[str, Any] | None = None, pixel_format: str = "auto",
-                 resize_mode: str | None = None, yuv_matrix: str = "bt601"):
+                 resize_mode: str | None = None, yuv_matrix: str = "bt601", matching: str | None = None):
         self._owns_backend = False
         self._owns_gallery = False
         legacy_fingerprints: tuple[str, ...] = ()
@@ -211,6 +215,11 @@ class EdgeClassifier:
             self.max_batch = max_batch
             self.fingerprint = fingerprint
             self.gallery = self._open_gallery(gallery, autosave, support_cap, seed, legacy_fingerprints)
+            if matching is not None:
+                from metaedge.compact import MATCHING_METHODS
+                if matching not in MATCHING_METHODS:
+                    raise ValueError(f"`matching`: expected one of {MATCHING_METHODS}, got {matching!r}")
+                self.gallery.matching = matching
             self._manifest_threshold = self._default_threshold(manifest)
             self._threshold_override = _UNSET
             if unknown_threshold is not _UNSET:

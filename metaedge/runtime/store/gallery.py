@@ -34,6 +34,7 @@ from metaedge.runtime.store.db import BUSY_TIMEOUT_S, MAX_IDS_PER_QUERY, Meta, S
 from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryMismatchError,
                                            GalleryReadOnlyError, GalleryWriteError, from_sqlite_error)
 from metaedge.runtime.store.labels import nfc
+from metaedge.runtime.store.matching import CompactMatching
 from metaedge.runtime.store.matrix import ClassMatrix, readonly
 from metaedge.runtime.store.notify import SUFFIX as COUNTER_SUFFIX
 from metaedge.runtime.store.notify import ChangeCounter
@@ -161,6 +162,10 @@ class Gallery(Changes, Transfers):
         self.path = path
         self.autosave = True
         self.actor = default_actor()
+        # How snapshots are matched: None (METAEDGE_MATCHING, else "auto": the compact int8 copy from 1 MiB of
+        # float32 classes), "compact" or "fp32" (see metaedge.compact and runtime/store/matching.py).
+        self.matching: str | None = None
+        self._matching: CompactMatching | None = None
         try:
             store.begin_read()
             try:
@@ -306,7 +311,13 @@ class Gallery(Changes, Transfers):
         if self._changes is not None and self._changes[0] != self._seen:
             s = self._catch_up(s)
         m = s.matrix
-        return m if m is not None else s.snapshot()
+        if m is None:
+            m = s.snapshot()
+            if self._matching is None:
+                self._matching = CompactMatching(self.metric, self.embedding_dim, self.matching)
+            self._matching.method = self.matching
+            self._matching.bind(s, m)  # large galleries: scored through the compact copy, kept in step
+        return m
 
     def refresh(self) -> None:
         """Catch up with the store now (waiting for this process's own change in progress, if any)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class ClassMatrix:
     host_topk: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = field(
         default=None, init=False, repr=False, compare=False)
     _scored_once: bool = field(default=False, init=False, repr=False, compare=False)
+    # The gallery's compact class matrix this snapshot scores through (large galleries; see store/matching.py),
+    # or None: the float32 matcher.
+    compact: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
