@@ -28,6 +28,7 @@ import numpy as np
 from metaedge import kernels
 from metaedge.runtime.store import files
 from metaedge.runtime.store.audit import AuditEntry, default_actor, entry_of
+from metaedge.runtime.store.calibration import OpenSet
 from metaedge.runtime.store.changes import Changes
 from metaedge.runtime.store.checks import check_settings
 from metaedge.runtime.store.db import BUSY_TIMEOUT_S, MAX_IDS_PER_QUERY, Meta, Store
@@ -61,7 +62,7 @@ class TrainingSet:
     support_labels: np.ndarray  # int64 [M]
 
 
-class Gallery(Changes, Transfers):
+class Gallery(Changes, OpenSet, Transfers):
     """Enrolled classes (see the module docstring). ``Gallery(dim, ...)`` makes a new one - in memory, or
     with ``path`` a new store file; :meth:`open` opens (or creates) a store, :meth:`load` opens an existing one.
 
