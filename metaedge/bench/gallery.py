@@ -49,6 +49,7 @@ def _old_format_bytes(g) -> bytes:
     """The gallery as metaedge 0.1 wrote it: every tensor of every class, checksummed (schema 1)."""
     import json
 
+    from metaedge import __version__
     from metaedge.runtime.store.container import write_container
     t = g.training_set()
     rec = g._view().rec
@@ -59,7 +60,8 @@ def _old_format_bytes(g) -> bytes:
              "support_cap": g.support_cap, "seed": g.seed, "thresholds": g.thresholds, "adaptation": None,
              "created_at": g.created_at, "saved_at": time.time()}
     meta = {"format": "metaedge.gallery", "schema_version": "1", "bundle_fingerprint": g.fingerprint or "",
-            "metric": g.metric, "embedding_dim": str(DIM), "metaedge_version": "0.1.0", "state": json.dumps(state)}
+            "metric": g.metric, "embedding_dim": str(DIM), "metaedge_version": __version__,
+            "state": json.dumps(state)}
     return write_container(tensors, meta)
 
 

@@ -35,7 +35,7 @@ EXIT_CODES_HELP = """exit codes:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 # Library parameters -> the flags of the commands that pass them (see cli_message). Each command adds its own.
-FRAME_FLAGS = {"roi": "--roi", "pixel_format": "--pixel-format", "resize_mode": "--resize-mode",
+FRAME_FLAGS = {"roi": "--roi", "rois": "--roi", "pixel_format": "--pixel-format", "resize_mode": "--resize-mode",
                "yuv_matrix": "--yuv-matrix", "every": "--every", "smooth": "--smooth", "k": "--k",
                "max_frames": "--max-frames", "backend": "--backend"}
 

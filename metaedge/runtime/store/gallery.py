@@ -28,7 +28,7 @@ import numpy as np
 from metaedge import kernels
 from metaedge.runtime.store import files
 from metaedge.runtime.store.audit import AuditEntry, default_actor, entry_of
-from metaedge.runtime.store.calibration import OpenSet
+from metaedge.runtime.store.calibration import OpenSet, load_calibration
 from metaedge.runtime.store.changes import Changes
 from metaedge.runtime.store.checks import check_settings
 from metaedge.runtime.store.db import BUSY_TIMEOUT_S, MAX_IDS_PER_QUERY, Meta, Store
@@ -133,7 +133,7 @@ class Gallery(Changes, OpenSet, Transfers):
         try:
             # realpath: every process must find the same counter, whichever link it opened the gallery through
             real = os.path.realpath(path)
-            if why is None:
+            if why is None and not (readonly and not os.path.exists(real + COUNTER_SUFFIX)):
                 counter = ChangeCounter(real, os.stat(path).st_mode & 0o777, writable=not readonly)
             elif why != errno.EROFS and os.path.exists(real + COUNTER_SUFFIX):
                 counter = ChangeCounter(real, writable=False)
@@ -588,6 +588,7 @@ class Gallery(Changes, OpenSet, Transfers):
                 self._store.meta()
                 self._store.load_classes()
                 self._store.load_support(None, self.support_cap)
+                load_calibration(self._store)
                 self._store.history()
             except GalleryError as exc:
                 problems.append(str(exc))
