@@ -346,8 +346,13 @@ def run_calibrate(args) -> int:
         if not known:
             raise CliError(f"--known {args.known}: expected one sub-directory per label", _sdk.EXIT_USAGE)
         other = _sdk.expand_images(args.other) if args.other else None
+        update, close = _sdk.progress_bar(len(known) + (other is not None), "calibrate", "group", not args.json)
         with _sdk.open_classifier(args, args.gallery, must_exist=True) as clf:
-            report = clf.calibrate_unknown(known, other, target_fpr=args.target_fpr)
+            try:
+                report = clf.calibrate_unknown(known, other, target_fpr=args.target_fpr,
+                                               progress=lambda done, total: update(done))
+            finally:
+                close()
             state = clf.open_set()
         plot = None
         if args.plot is not None:

@@ -40,6 +40,7 @@ __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "
 
 _UINT8 = np.dtype(np.uint8)
 _UNSET: Any = object()
+_OTHER: Any = object()  # the key of the other images among calibrate_unknown's groups
 
 
 class EmptyGalleryError(ValueError):
@@ -570,7 +571,8 @@ class EdgeClassifier:
         self.gallery.clear_adapted()
 
     # ------------------------------------------------------------------ open set
-    def calibrate_unknown(self, images_of_known, images_of_other=None, target_fpr: float = 0.05) -> CalibrationReport:
+    def calibrate_unknown(self, images_of_known, images_of_other=None, target_fpr: float = 0.05, *,
+                          progress: Callable[[int, int], None] | None = None) -> CalibrationReport:
         """Set the open-set threshold from data so that about ``target_fpr`` of non-enrolled images are
         accepted as known, for every head (the prototypes, and the adapted head if there is one), and store it
         in the gallery together with the embeddings it was computed from - so that :meth:`adapt` re-calibrates
@@ -580,6 +582,7 @@ class EdgeClassifier:
         plain collection of images of enrolled classes. ``images_of_other``: images of objects that are
         none of the classes. Without them the negatives are *impostor* scores: for each labelled known image,
         its best score among the other classes (needs the ``{label: images}`` form and >= 2 classes).
+        ``progress(done, total)`` is called after each group of images (a label's, the others) is embedded.
         """
         self._check_open()
         try:
@@ -599,13 +602,19 @@ class EdgeClassifier:
             if images_of_other is None and len(self.gallery) < 2:
                 raise ValueError("calibrate_unknown(): impostor scores need at least 2 enrolled classes; pass "
                                  "images_of_other (images of none of the classes)")
-            known = {label: self.embed(imgs) for label, imgs in images_of_known.items()}
         elif images_of_other is None:
             raise ValueError("calibrate_unknown(): pass images_of_other (images of none of the classes), or "
                              "images_of_known as {label: images} with at least 2 enrolled classes")
-        else:
-            known = self.embed(images_of_known)
-        other = None if images_of_other is None else self.embed(images_of_other)
+        groups = dict(images_of_known) if isinstance(images_of_known, Mapping) else {None: images_of_known}
+        if images_of_other is not None:
+            groups[_OTHER] = images_of_other
+        embedded = {}
+        for i, (key, imgs) in enumerate(groups.items()):
+            embedded[key] = self.embed(imgs)
+            if progress is not None:
+                progress(i + 1, len(groups))
+        other = embedded.pop(_OTHER, None)
+        known = embedded.pop(None) if None in embedded else embedded
         heads = self.gallery.set_calibration(known, other, target_fpr)
         self._threshold_override = _UNSET
         mode = "adapted" if "adapted" in heads and self.gallery.adapted else "prototypes"
