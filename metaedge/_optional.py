@@ -16,6 +16,7 @@ _INSTALL_HINTS = {
     "faiss": "pip install faiss-cpu",
     "PIL": "pip install pillow",
     "safetensors": "pip install safetensors",
+    "cv2": "pip install opencv-python-headless",
 }
 
 

@@ -87,8 +87,9 @@ class ImageFolderDataset(FewShotDataset):
         std = tuple(std) if std is not None else (IMAGENET_STD if n == 3 else (1.0,))
         pre = PreprocessSpec(size=size_hw, color=color, invert=bool(invert), mean=tuple(map(float, mean)),
                              std=tuple(map(float, std)))
+        root_abs = os.path.abspath(root)
         super().__init__(resize_and_color(pixels, size_hw, color), labels, names, pre, groups,
-                         name=os.path.basename(os.path.abspath(root)))
+                         name=os.path.basename(root_abs), class_keys=[f"folder:{root_abs}/{n}" for n in names])
         self.skipped = skipped
         if split is not None:
             parts = dict(zip(("train", "val", "test"), self.split(split_fractions, split_seed, split_by)))
@@ -96,4 +97,4 @@ class ImageFolderDataset(FewShotDataset):
                 raise DataError(f"split: expected 'train', 'val' or 'test', got {split!r}")
             chosen = parts[split]
             FewShotDataset.__init__(self, chosen.images, chosen.labels, chosen.class_names, pre, chosen.groups,
-                                    chosen.name)
+                                    chosen.name, chosen.class_keys)

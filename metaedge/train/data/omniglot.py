@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from metaedge.runtime.spec import PreprocessSpec
-from metaedge.train.data.base import DataError, FewShotDataset, resize_and_color
+from metaedge.train.data.base import _ROTATION_SUFFIX, DataError, FewShotDataset, resize_and_color
 
 ENV_VAR = "METAEDGE_OMNIGLOT"
 _IMAGE_EXT = (".png",)
@@ -168,6 +168,8 @@ class Omniglot(FewShotDataset):
             all_groups += list(all_groups)
         pre = PreprocessSpec(size=(size, size), color="gray", invert=bool(invert), mean=(float(mean),),
                              std=(float(std),))
+        # a character's identity, whichever set, rotation or mirror image it comes from
+        keys = ["omniglot/" + _ROTATION_SUFFIX.sub("", n) for n in all_names]
         super().__init__(torch.cat(all_images).contiguous(), torch.cat(all_labels), all_names, pre, all_groups,
-                         name="omniglot")
+                         name="omniglot", class_keys=keys)
         self.alphabets = sorted(set(groups))
