@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # (module, commands it registers) - the order is the order of `metaedge --help`.
-COMMAND_MODULES = ("demo", "train", "evaluate", "export", "build", "enroll", "predict", "adapt", "classes",
+COMMAND_MODULES = ("demo", "pretrain", "train", "evaluate", "export", "build", "enroll", "predict", "adapt", "classes",
                    "info", "bench")
 
 
