@@ -108,13 +108,17 @@ def describe_data(data: FewShotDataset | None) -> dict[str, Any] | None:
     return out
 
 
+def _init_meta(path: str) -> dict:
+    try:
+        return read_checkpoint_meta(path)
+    except CheckpointError as exc:
+        raise ValueError(f"init: {exc}") from None
+
+
 def init_architecture(config: TrainConfig) -> tuple[str, dict[str, Any]]:
     """Backbone name and options of a run that starts ``--init`` from a checkpoint: the checkpoint's, unless
     the config names its own (which must then match)."""
-    try:
-        meta = read_checkpoint_meta(config.init)
-    except CheckpointError as exc:
-        raise ValueError(f"init: {exc}") from None
+    meta = _init_meta(config.init)
     stored = meta.get("backbone") or {}
     options = {k: v for k, v in (stored.get("options") or {}).items() if k not in ("preprocess", "metric")}
     if stored.get("name") != config.backbone:
@@ -144,6 +148,8 @@ class TrainingSession:
             raise ValueError(f"val_data pre-processing {val_data.preprocess} differs from the training data's "
                              f"{data.preprocess}")
         seen = set(data.seen_keys()) | set(unlabelled.seen_keys() if unlabelled is not None else ())
+        if config.init:  # what the starting checkpoint saw, the model has seen too
+            seen |= set(((_init_meta(config.init).get("training") or {}).get("data") or {}).get("seen") or ())
         self.data_description = {"train": describe_data(data), "val": describe_data(val_data),
                                  "unlabelled": describe_data(unlabelled), "seen": sorted(seen),
                                  **(data_description or {})}
