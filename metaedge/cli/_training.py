@@ -67,7 +67,8 @@ def configs_from_args(args, config_cls, command: str):
         raise CliError(str(exc)) from None
     if config.episodes is None and config.time_budget_s is None:
         raise CliError("say how long to train: --episodes N and/or --time-budget DURATION")
-    run_dir = args.run_dir or os.path.join("runs", f"{config.method}-{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.run_dir or os.path.join("runs", f"{config.method}-{config.backbone}-{stamp}")
     return config, data, run_dir
 
 

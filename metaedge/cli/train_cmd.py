@@ -25,7 +25,7 @@ def register(sub) -> None:
                "  metaedge train --data omniglot:/data/omniglot --sets images_background_small1 \\\n"
                "      --rotations 0,90,180,270 --val-split 0.1 --ways 60 --queries 5 --time-budget 20m\n"
                "  metaedge train --data ./parts --size 84 --backbone resnet12 --method baseline --episodes 20000\n"
-               "  metaedge train --data ./parts --init runs/pretrain/last --episodes 2000   # from `metaedge pretrain`\n"
+               "  metaedge train --data ./parts --init runs/pretrain/last --episodes 2000  # from `metaedge pretrain`\n"
                "  metaedge train --data ./parts --unlabelled video:site.mp4 --frame-step 10 --episodes 4000\n"
                "  metaedge train --resume runs/omniglot --episodes 6000          # continue, with a longer schedule")
     p.set_defaults(func=run)

@@ -277,9 +277,10 @@ class TrainingSession:
 
         def move(x):
             return None if x is None else x.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
-        return dataclasses.replace(
-            batch, query=move(batch.query), support=move(batch.support), query_labels=batch.query_labels.to(self.device),
-            support_labels=None if batch.support_labels is None else batch.support_labels.to(self.device))
+        labels = batch.support_labels
+        return dataclasses.replace(batch, query=move(batch.query), support=move(batch.support),
+                                   query_labels=batch.query_labels.to(self.device),
+                                   support_labels=None if labels is None else labels.to(self.device))
 
     def _loss_fn(self, batch: Batch):
         if self.amp_dtype is not None:

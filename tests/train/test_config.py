@@ -34,7 +34,8 @@ def _argv_for(config, cls, command):
         if value is None:
             continue
         if isinstance(value, list):
-            argv += [flag_of(f), *(map(str, value))] if f.metadata.get("nargs") else [flag_of(f), ",".join(map(str, value))]
+            items = [str(v) for v in value]
+            argv += [flag_of(f), *items] if f.metadata.get("nargs") else [flag_of(f), ",".join(items)]
             continue
         argv += [flag_of(f), str(value)]
     return argv
