@@ -16,8 +16,9 @@ from metaedge.train.options import Shortcut, check_unchanged, from_dict, option,
 
 BACKBONES = ("conv4", "resnet12", "resnet18", "mobilenet_v3_small")
 META_METHODS = ("protonet", "maml", "fomaml", "reptile")
-SELF_SUPERVISED = ("simclr", "byol")
+SELF_SUPERVISED = ("simclr", "byol", "psco")
 METHODS = (*META_METHODS, "baseline", *SELF_SUPERVISED)
+TRAIN_METHODS = (*META_METHODS, "baseline", "simclr", "byol")   # psco learns from its own pseudo-labels only
 PRETRAIN_METHODS = (*SELF_SUPERVISED, *META_METHODS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -72,12 +73,14 @@ METHOD_SHORTCUTS = (
     Shortcut("inner_batch", "reptile: inner mini-batch size", type=int, default_text="whole task"),
     Shortcut("head", "baseline: cosine classifier (Baseline++) or linear", choices=("cosine", "linear"),
              flag="--baseline-head", commands=("train",), defaults={"baseline": "cosine"}),
-    Shortcut("temperature", "simclr: softmax temperature of the contrastive loss", type=float,
-             defaults={"simclr": 0.2}),
-    Shortcut("projection_dim", "simclr/byol: output size of the projection head", type=int,
-             defaults={"simclr": 128, "byol": 128}),
-    Shortcut("ema", "byol: initial momentum of the target network (rises to 1 over the run)", type=float,
-             defaults={"byol": 0.99}),
+    Shortcut("temperature", "simclr/psco: softmax temperature of the contrastive loss", type=float,
+             defaults={"simclr": 0.2, "psco": 0.2}),
+    Shortcut("projection_dim", "simclr/byol/psco: output size of the projection head", type=int,
+             defaults={"simclr": 128, "byol": 128, "psco": 128}),
+    Shortcut("ema", "byol/psco: initial momentum of the target network (rises to 1 over the run)", type=float,
+             defaults={"byol": 0.99, "psco": 0.99}),
+    Shortcut("queue_size", "psco: momentum keys kept as negatives and pseudo-positives", type=int,
+             defaults={"psco": 8192}),
 )
 BACKBONE_SHORTCUTS = (
     Shortcut("weights", "initial weights from a local file (torchvision resnet18/mobilenet_v3_small state dict, "
@@ -106,7 +109,7 @@ class TrainConfig:
     method: str = option(
         "protonet", "protonet: prototypical networks; maml: second-order MAML; fomaml: first-order MAML; reptile; "
         "baseline: supervised pre-training over all base classes; simclr/byol: self-supervised losses (on "
-        "labelled episodes SimCLR's is supervised contrastive)", group="method", choices=METHODS)
+        "labelled episodes SimCLR's is supervised contrastive)", group="method", choices=TRAIN_METHODS)
     method_options: dict[str, Any] = option(help="any other method option", group="method", flag="--method-option",
                                             factory=dict, key_values=True, shortcuts=METHOD_SHORTCUTS)
     ways: int = option(5, "classes per training episode", group=_EPISODES)
@@ -114,7 +117,7 @@ class TrainConfig:
     queries: int = option(15, "query images per class", group=_EPISODES)
     replacement: bool = option(False, "allow classes with fewer than shots + queries images (images repeat)",
                                group=_EPISODES)
-    batch_size: int = option(128, "baseline: images per batch; simclr/byol: images per batch (x 2 views)",
+    batch_size: int = option(128, "baseline: images per batch; simclr/byol/psco: images per batch (x 2 views)",
                              group=_EPISODES)
     classes_per_batch: int | None = option(
         None, "baseline: classes per batch", group=_EPISODES, commands=("train",),
@@ -173,7 +176,7 @@ class TrainConfig:
                                      default_text="torch's choice")
 
     command = "train"
-    allowed_methods = METHODS
+    allowed_methods = TRAIN_METHODS
 
     def validate(self) -> "TrainConfig":
         def need(cond, msg):
@@ -223,10 +226,11 @@ class TrainConfig:
 class PretrainConfig(TrainConfig):
     """``TrainConfig`` with the defaults of self-supervised pretraining on unlabelled images (``pretrain``)."""
     method: str = option(
-        "simclr", "simclr: contrastive (NT-Xent); byol: non-contrastive (momentum target, no negatives); "
+        "simclr", "simclr: contrastive (NT-Xent); byol: non-contrastive (momentum target, no negatives); psco: "
+        "MoCo + pseudo-supervised few-shot tasks from its queue (each image's nearest keys as positives); "
         "protonet/maml/fomaml/reptile: meta-learning on unsupervised episodes (classes = random images, shots "
         "and queries = their augmentations, as UMTRA/PsCo)", group="method", choices=PRETRAIN_METHODS)
-    batch_size: int = option(256, "simclr/byol: images per batch (x 2 augmented views)", group=_EPISODES)
+    batch_size: int = option(256, "simclr/byol/psco: images per batch (x 2 augmented views)", group=_EPISODES)
     augment: Any = option(
         "auto", "augmentation making the views: glyphs (affine, elastic, stroke width, erasing; for characters), "
         "natural (crop, flip, colour, grayscale, blur; for photos), auto (glyphs for gray, natural for RGB "

@@ -232,3 +232,23 @@ def test_cli_pretrain_then_train_init_then_eval_refuses_training_classes(tmp_pat
     assert "warning: 24 of the 24" in capsys.readouterr().err
     assert main(["eval", run, "--split", "val", "--ways", "4", "--shots", "1", "--episodes", "2"]) == 2
     assert "8 of the 8 evaluation classes were seen in training" in capsys.readouterr().err
+
+
+def test_psco_pseudo_labels_come_from_a_balanced_transport_plan():
+    from metaedge.train.pretrain.methods import PsCo, sinkhorn
+    torch.manual_seed(0)
+    scores = torch.randn(8, 32).clamp(-1, 1)
+    plan = sinkhorn(scores, epsilon=0.5, iterations=30)
+    assert torch.allclose(plan.sum(1), torch.ones(8), atol=1e-5)            # every image: mass 1
+    assert torch.allclose(plan.sum(0), torch.full((32,), 0.25), atol=1e-3)  # the queue spread evenly
+    from metaedge.train.backbones import build_backbone
+    model = build_backbone("conv4", input_size=16, hidden=4).train()
+    method = PsCo(embedding_dim=4, queue_size=16, shots=2)
+    method.setup(model)
+    x = torch.randn(8, 1, 16, 16)
+    batch = Batch(support=x, support_labels=torch.arange(8), query=x + 0.01, query_labels=torch.arange(8), ways=8)
+    for step in range(3):   # the queue fills in after_step; the pseudo-supervised term joins once it is half full
+        out = method.forward_loss(model, batch)
+        out.loss.backward()
+        method.after_step(model, 0.0)
+    assert int(method.queued) == 24 and torch.allclose(method.queue.norm(dim=1), torch.ones(16), atol=1e-4)

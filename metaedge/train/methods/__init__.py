@@ -1,5 +1,5 @@
 """Training methods: meta-learning (ProtoNet, MAML first/second order, Reptile), the supervised Baseline, and
-the self-supervised SimCLR and BYOL (``metaedge.train.pretrain.methods``)."""
+the self-supervised SimCLR, BYOL and PsCo (``metaedge.train.pretrain.methods``)."""
 from __future__ import annotations
 
 from metaedge.train.config import META_METHODS, METHODS, SELF_SUPERVISED
@@ -25,8 +25,8 @@ def method_class(name: str) -> type[Method]:
     if name == "baseline":
         return Baseline
     if name in SELF_SUPERVISED:
-        from metaedge.train.pretrain.methods import BYOL, SimCLR
-        return SimCLR if name == "simclr" else BYOL
+        from metaedge.train.pretrain import methods
+        return {"simclr": methods.SimCLR, "byol": methods.BYOL, "psco": methods.PsCo}[name]
     raise ValueError(f"method: expected one of {METHODS}, got {name!r}")
 
 
