@@ -56,10 +56,10 @@ def configs_from_args(args, config_cls, command: str):
         data_given = values_from_args(args, DataConfig, command)
         if args.resume:
             stored = _stored_run(args.resume, command)
-            # the one resume check (TrainConfig.check_resume) runs when the session opens the run directory
+            # the stored options, overridden by the flags given; the session's resume check refuses the changes
+            # a resumed run cannot take
             config = config_cls.from_dict({**stored["config"], **given})
             data = DataConfig.from_dict({**stored["data"]["options"], **data_given})
-            data.check_resume(stored["data"]["options"])
             return config, data, args.resume
         config = config_cls.from_dict(given)
         data = DataConfig.from_dict(data_given)

@@ -11,8 +11,11 @@ import sys
 from metaedge.cli._options import add_config_arguments, values_from_args
 from metaedge.cli.main import CliError
 
-# stored data options that only concern how a run trained, never what an evaluation reads
-_TRAINING_ONLY = ("val_split", "val_data", "val_sets", "val_alphabets", "no_val", "unlabelled", "split")
+# what rebuilds a checkpoint's class split when the evaluation reads the same source (rotations and mirror
+# images are not inherited: they multiply classes without moving them between splits)
+_SPLIT_OPTIONS = ("split_fractions", "split_by", "data_seed", "synthetic_classes", "synthetic_samples", "on_error",
+                  "frame_step", "max_frames")
+_SELECTION = ("sets", "alphabets", "exclude_alphabets")
 
 
 def register(sub) -> None:
@@ -23,7 +26,7 @@ def register(sub) -> None:
         description="Evaluate a trained checkpoint on classes it never saw: seeded N-way K-shot episodes, mean "
                     "accuracy +- 1.96 std / sqrt(episodes). Without --data the checkpoint's own training source is "
                     "used, test split, with the class split (seed, fractions) it was trained with; with the same "
-                    "--data, the options not given are the checkpoint's. Classes seen in training - labelled or "
+                    "--data, the split options (and Omniglot sets/alphabets) not given are the checkpoint's. Classes seen in training - labelled or "
                     "not - are refused, naming them (--allow-overlap evaluates anyway, with a warning). The data is "
                     "pre-processed as the checkpoint's model.json says unless --size/--color/--invert/... are "
                     "given. Classification: nearest prototype (the device's metaedge.kernels path), prototype + "
@@ -82,14 +85,15 @@ def eval_data_config(given: dict, stored: dict | None, preprocess):
     from metaedge.train.data.sources import UNLABELLED_KINDS, source_kind
     same_source = stored is not None and given.get("data", stored["data"]) == stored["data"]
     if same_source:
-        base = {k: v for k, v in stored.items() if k not in _TRAINING_ONLY}
+        selects = any(k in given for k in _SELECTION)
+        base = {k: stored[k] for k in _SPLIT_OPTIONS + (() if selects else _SELECTION) if k in stored}
         kind, _ = source_kind(stored["data"])
-        if "split" not in given and (kind in UNLABELLED_KINDS or (kind == "omniglot" and stored.get("split")
-                                                                  in (None, "all"))):
+        if "split" not in given and not selects and (
+                kind in UNLABELLED_KINDS or (kind == "omniglot" and stored.get("split") in (None, "all"))):
             raise CliError(f"this checkpoint was trained on every image of {stored['data']!r} (no held-out test "
                            f"split there): give --data (and --sets/--alphabets) for classes it never saw")
-        cfg = DataConfig.from_dict({**base, **given})
-        if "split" not in given:
+        cfg = DataConfig.from_dict({"data": stored["data"], **base, **given})
+        if "split" not in given and not (kind == "omniglot" and selects):
             cfg = dataclasses.replace(cfg, split="test")
     else:
         cfg = DataConfig.from_dict(given)

@@ -23,7 +23,7 @@ from metaedge.train.backbones import build_backbone
 from metaedge.train.batches import make_batches
 from metaedge.train.checkpoint import (CheckpointError, atomic_write_json, has_resume_state, load_resume_state,
                                        read_checkpoint_meta, save_checkpoint)
-from metaedge.train.config import TrainConfig, lr_at
+from metaedge.train.config import DataConfig, TrainConfig, lr_at
 from metaedge.train.data.base import FewShotDataset
 from metaedge.train.loop import RunState, StepResult, StopPolicy
 from metaedge.train.methods import Batch, build_method
@@ -144,6 +144,7 @@ class TrainingSession:
         self.run_dir, self.resume = run_dir, resume
         if resume and not run_dir:
             raise ValueError("resume=True needs the run_dir of the run to continue")
+        self._check_run_dir((data_description or {}).get("options"))
         if val_data is not None and val_data.preprocess != data.preprocess:
             raise ValueError(f"val_data pre-processing {val_data.preprocess} differs from the training data's "
                              f"{data.preprocess}")
@@ -250,24 +251,34 @@ class TrainingSession:
         if os.path.exists(os.path.join(best_dir, "model.safetensors")) and self.val_data is not None:
             self.best_state = load_file(os.path.join(best_dir, "model.safetensors"))
 
-    def prepare_run_dir(self):
-        """Write ``config.json`` (after the one resume check: only resumable options may differ)."""
-        if not self.run_dir or not self.dist.main:
+    def _check_run_dir(self, data_options: dict | None):
+        """The one resume check, before anything is built: a resumed run is the same command with the same
+        options, except the resumable ones (how long, how often, where) - data options included; a new run
+        does not overwrite an existing one."""
+        if not self.run_dir:
             return
-        os.makedirs(self.run_dir, exist_ok=True)
         cfg_path = os.path.join(self.run_dir, "config.json")
-        doc = {"command": self.config.command, "config": self.config.to_dict(), "data": self.data_description}
         if self.resume and os.path.exists(cfg_path):
             with open(cfg_path, encoding="utf-8") as f:
                 old = json.load(f)
-            self.config.check_resume(old.get("config", {}))
             if old.get("command", "train") != self.config.command:
                 raise ValueError(f"resume: {self.run_dir} is a `{old.get('command', 'train')}` run, not "
                                  f"`{self.config.command}`")
+            self.config.check_resume(old.get("config", {}))
+            stored_data = (old.get("data") or {}).get("options")
+            if data_options is not None and stored_data is not None:
+                DataConfig.from_dict(data_options).check_resume(stored_data)
         elif not self.resume and os.path.exists(os.path.join(self.run_dir, "last", "model.json")):
             raise ValueError(f"{self.run_dir} already holds a run; pass resume=True (--resume) to continue it or "
                              f"choose another directory")
-        atomic_write_json(cfg_path, doc)
+
+    def prepare_run_dir(self):
+        """Write ``config.json`` (the options were checked against a resumed run's when the session opened)."""
+        if not self.run_dir or not self.dist.main:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        doc = {"command": self.config.command, "config": self.config.to_dict(), "data": self.data_description}
+        atomic_write_json(os.path.join(self.run_dir, "config.json"), doc)
 
     # ----------------------------------------------------------------------------------------- steps
     def _batch(self, episode: int) -> Batch:

@@ -167,8 +167,8 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
 class PsCo(_MomentumTarget):
     """MoCo + PsCo losses (see the module docstring). ``queue_size`` momentum keys; ``shots`` pseudo-positives
-    per image from the queue once it is half full; ``temperature`` of both softmaxes. Each rank keeps its own
-    queue (under DDP its keys are its own)."""
+    per image from the queue once it is half full; ``temperature`` of both softmaxes. Under DDP the queue is a
+    buffer that DistributedDataParallel broadcasts from rank 0 at every step: it holds rank 0's keys."""
     name = "psco"
 
     def __init__(self, embedding_dim: int, projection_dim: int = 128, hidden_dim: int = 512, ema: float = 0.99,
