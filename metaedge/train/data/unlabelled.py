@@ -106,7 +106,7 @@ class UnlabelledImages(FewShotDataset):
                         raise DataError(f"cannot read image {path!r}: {exc} (on_error='skip' / --on-error skip "
                                         f"leaves unreadable images out)") from None
                     warnings.warn(f"skipping unreadable image {path!r}: {exc}", stacklevel=4)
-        images, origins = _cache(decoded(), preprocess)
+        images, origins = _cache(decoded(), preprocess, total=len(paths), what=name)
         keys = ["folder:" + os.path.dirname(os.path.abspath(o)) for o in origins]
         return cls(images, preprocess, origins, name, source, keys)
 
@@ -161,14 +161,21 @@ class UnlabelledImages(FewShotDataset):
             for n, frame in enumerate(read_video_frames(path, step=step, max_frames=max_frames, start=start)):
                 yield f"{path}#frame{start + n * step}", frame
         pre = preprocess or default_preprocess()
-        images, origins = _cache(decoded(), pre)
+        images, origins = _cache(decoded(), pre, total=max_frames, what=os.path.basename(path))
         return cls(images, pre, origins, os.path.basename(path),
                    {"kind": "video", "path": path, "step": step, "max_frames": max_frames, "start": start},
                    keys=[f"video:{path}"] * len(origins))
 
 
-def _cache(items: Iterable[tuple[str, np.ndarray]], pre: PreprocessSpec) -> tuple[torch.Tensor, list[str]]:
-    """Decoded ``(origin, HxW[xC] uint8)`` pairs -> the uint8 cache at the model's size, chunk by chunk."""
+def _cache(items: Iterable[tuple[str, np.ndarray]], pre: PreprocessSpec, total: int | None = None,
+           what: str = "images") -> tuple[torch.Tensor, list[str]]:
+    """Decoded ``(origin, HxW[xC] uint8)`` pairs -> the uint8 cache at the model's size, chunk by chunk (with a
+    progress bar on a terminal: big folders and long videos take a while to decode)."""
+    try:
+        from tqdm.auto import tqdm
+        items = tqdm(items, total=total, desc=f"reading {what}", unit="img", disable=None, leave=False)
+    except ImportError:
+        pass
     chunks, origins, pending, pending_origins = [], [], [], []
     for origin, img in items:
         pending.append(img)
