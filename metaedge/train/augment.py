@@ -76,9 +76,8 @@ class Augment:
             x = self._geometric(x, uniform, generator)
         if self.thickness:
             strength = uniform(-self.thickness, self.thickness)
-            thicker = F.max_pool2d(x, 3, 1, 1)
-            thinner = -F.max_pool2d(-x, 3, 1, 1)
-            target = torch.where(view(strength > 0).bool(), thicker, thinner)
+            target = torch.where(view(strength > 0).bool(), _filter3x3(x, torch.maximum),
+                                 _filter3x3(x, torch.minimum))
             x = x + view(strength.abs()) * (target - x)
         if self.brightness or self.contrast or (self.saturation and x.shape[1] == 3):
             if self.brightness:
@@ -159,6 +158,14 @@ class Augment:
         border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)
         fill = border.mean(dim=2)[:, :, None, None]
         return torch.where(mask[:, None].to(x.device), fill, x)
+
+
+def _filter3x3(x: torch.Tensor, op) -> torch.Tensor:
+    """3x3 dilation (``torch.maximum``) or erosion (``torch.minimum``) as two separable passes of shifted
+    views (several times faster than ``max_pool2d`` with stride 1 on a CPU); borders replicate."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    rows = op(op(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
+    return op(op(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
 
 
 PRESETS: dict[str, dict[str, Any]] = {
