@@ -14,6 +14,9 @@ from typing import Any
 from metaedge.train.options import cli_fields, field_default, value_type
 
 
+_TYPE_METAVARS = {int: "N", float: "X"}
+
+
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
@@ -52,9 +55,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, command: str,
                            help=help_of(f) + " (KEY=VALUE, JSON values; repeatable)")
             for sc in meta["shortcuts"]:
                 if command in sc.commands:
+                    metavar = None if sc.choices else (sc.metavar or _TYPE_METAVARS.get(sc.type, sc.key.upper()))
                     g.add_argument(sc.flag or "--" + sc.key.replace("_", "-"), dest=f"{f.name}.{sc.key}", default=None,
                                    type=sc.type, choices=sc.choices, help=sc.help_text().replace("%", "%%"),
-                                   metavar=None if sc.choices else (sc.metavar or sc.key.upper()))
+                                   metavar=metavar)
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_of(f)}
         kind = value_type(cls, f)
@@ -65,6 +69,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, command: str,
             for key in ("choices", "metavar", "nargs"):
                 if meta.get(key) is not None:
                     kwargs[key] = meta[key]
+            if "metavar" not in kwargs and "choices" not in kwargs and kind in (int, float):
+                kwargs["metavar"] = _TYPE_METAVARS[kind]
         g.add_argument(flag_of(f), **kwargs)
     return groups
 

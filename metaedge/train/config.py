@@ -80,7 +80,7 @@ METHOD_SHORTCUTS = (
     Shortcut("ema", "byol/psco: initial momentum of the target network (rises to 1 over the run)", type=float,
              defaults={"byol": 0.99, "psco": 0.99}),
     Shortcut("queue_size", "psco: momentum keys kept as negatives and pseudo-positives", type=int,
-             defaults={"psco": 8192}),
+             defaults={"psco": 8192}, commands=("pretrain",)),
 )
 BACKBONE_SHORTCUTS = (
     Shortcut("weights", "initial weights from a local file (torchvision resnet18/mobilenet_v3_small state dict, "
