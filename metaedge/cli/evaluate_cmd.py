@@ -66,16 +66,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _checkpoint_dir(path: str) -> str:
-    import os
-    for candidate in (path, os.path.join(path, "best"), os.path.join(path, "last")):
-        if os.path.isfile(os.path.join(candidate, "model.json")):
-            return candidate
-    if os.path.basename(path) in ("model.json", "model.safetensors"):
-        return os.path.dirname(path) or "."
-    raise CliError(f"{path!r}: no model.json here nor in best/ or last/ (expected a checkpoint or a run directory)")
-
-
 def eval_data_config(given: dict, stored: dict | None, preprocess):
     """The ``DataConfig`` to evaluate on: the checkpoint's source and class split unless ``--data`` names another
     source (then only what is given), test split, pre-processing from the checkpoint unless given."""
@@ -108,15 +98,15 @@ def eval_data_config(given: dict, stored: dict | None, preprocess):
 def run(args) -> int:
     import torch
 
-    from metaedge.train.checkpoint import CheckpointError, load_checkpoint
+    from metaedge.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
     from metaedge.train.config import DataConfig
     from metaedge.train.data.base import DataError
     from metaedge.train.data.sources import build_labelled
     from metaedge.train.evaluate import evaluate, training_overlap
     if args.threads:
         torch.set_num_threads(args.threads)
-    directory = _checkpoint_dir(args.checkpoint)
     try:
+        directory = find_checkpoint(args.checkpoint)
         model = load_checkpoint(directory, map_location=args.device)
     except CheckpointError as exc:
         raise CliError(str(exc)) from None

@@ -103,7 +103,7 @@ class TrainConfig:
         help="other backbone options, e.g. hidden=32 (conv4) or widths=[64,128,256,512] (resnet12)",
         group="model", flag="--backbone-option", factory=dict, key_values=True, shortcuts=BACKBONE_SHORTCUTS)
     init: str | None = option(
-        None, "start from the backbone of this checkpoint (e.g. one written by `metaedge pretrain`): its weights "
+        None, "start from the backbone of this checkpoint or run directory (e.g. `metaedge pretrain`'s): its weights "
         "and BatchNorm statistics; backbone, its options and the input pre-processing must match",
         group="model", metavar="CHECKPOINT", parse=_abspath, commands=("train",))
     method: str = option(

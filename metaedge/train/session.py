@@ -21,8 +21,8 @@ import torch
 
 from metaedge.train.backbones import build_backbone
 from metaedge.train.batches import make_batches
-from metaedge.train.checkpoint import (CheckpointError, atomic_write_json, has_resume_state, load_resume_state,
-                                       read_checkpoint_meta, save_checkpoint)
+from metaedge.train.checkpoint import (CheckpointError, atomic_write_json, find_checkpoint, has_resume_state,
+                                       load_resume_state, read_checkpoint_meta, save_checkpoint)
 from metaedge.train.config import DataConfig, TrainConfig, lr_at
 from metaedge.train.data.base import FewShotDataset
 from metaedge.train.loop import RunState, StepResult, StopPolicy
@@ -110,7 +110,7 @@ def describe_data(data: FewShotDataset | None) -> dict[str, Any] | None:
 
 def _init_meta(path: str) -> dict:
     try:
-        return read_checkpoint_meta(path)
+        return read_checkpoint_meta(find_checkpoint(path))
     except CheckpointError as exc:
         raise ValueError(f"init: {exc}") from None
 
@@ -198,7 +198,7 @@ class TrainingSession:
         from metaedge.train.checkpoint import load_checkpoint
         c = self.config
         try:
-            start = load_checkpoint(c.init)
+            start = load_checkpoint(find_checkpoint(c.init))
         except CheckpointError as exc:
             raise ValueError(f"init: {exc}") from None
         if start.spec.preprocess != model.spec.preprocess:
