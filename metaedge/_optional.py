@@ -17,6 +17,7 @@ _INSTALL_HINTS = {
     "PIL": "pip install pillow",
     "cv2": "pip install 'metaedge[video]' (on a Jetson: sudo apt install python3-opencv, JetPack's OpenCV with GStreamer)",
     "safetensors": "pip install safetensors",
+    "cv2": "pip install opencv-python-headless",
 }
 
 
