@@ -20,12 +20,14 @@ from metaedge._lazy import lazy_exports
 from metaedge._optional import require
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; resolved lazily by __getattr__ at run time
-    from metaedge.train import augment, backbones, checkpoint, data, methods, model, trainer
+    from metaedge.train import augment, backbones, checkpoint, config, data, methods, model, trainer
     from metaedge.train.backbones import BACKBONES, build_backbone
     from metaedge.train.checkpoint import CheckpointError, load_checkpoint, load_resume_state, save_checkpoint
     from metaedge.train.evaluate import EvalReport, evaluate
+    from metaedge.train.config import DataConfig, PretrainConfig, TrainConfig
     from metaedge.train.model import EmbeddingModel
-    from metaedge.train.trainer import TrainConfig, fit
+    from metaedge.train.pretrain import pretrain
+    from metaedge.train.trainer import fit
 
 _LAZY = {
     "EmbeddingModel": "metaedge.train.model",
