@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from metaedge.cli._options import add_config_arguments, values_from_args
@@ -34,7 +35,8 @@ def register(sub) -> None:
         epilog="examples:\n"
                "  metaedge eval runs/glyphs                      # the test split of what it was trained on\n"
                "  metaedge eval runs/omniglot/best --data omniglot:/data/omniglot --sets images_background_small2 \\\n"
-               "      --alphabets 'Japanese_(katakana),Sanskrit,Tagalog' --ways 20 5 --shots 1 --episodes 1000")
+               "      --alphabets 'Japanese_(katakana),Sanskrit,Tagalog' --ways 20 5 --shots 1 --episodes 1000\n"
+               "  metaedge eval runs/glyphs --ways 5 20 --shots 1 5 10 --plot eval.png   # a picture of it")
     p.add_argument("checkpoint", help="checkpoint directory (with model.json + model.safetensors) or a run directory")
     add_config_arguments(p, DataConfig, "eval")
     e = p.add_argument_group("episodes")
@@ -63,6 +65,10 @@ def register(sub) -> None:
     p.add_argument("--per-episode", action="store_true", help="include every episode's accuracy in --json output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the reports as JSON on stdout")
+    p.add_argument("--plot", metavar="OUT.png", default=None,
+                   help="write a PNG: accuracy against shots per N-way with 95%% CI bars and chance level, and the "
+                        "most-confused class pairs over every setting (needs matplotlib: pip install "
+                        "'metaedge[plot]')")
     p.set_defaults(func=run)
 
 
@@ -105,6 +111,11 @@ def run(args) -> int:
     from metaedge.train.evaluate import evaluate, training_overlap
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plot:  # before minutes of evaluation: a missing matplotlib or an unwritable path is said first
+        from metaedge._optional import require
+        require("matplotlib", "metaedge eval --plot")   # exit 3 naming the install line
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+            raise CliError(f"--plot: the folder of {args.plot!r} does not exist")
     try:
         directory = find_checkpoint(args.checkpoint)
         model = load_checkpoint(directory, map_location=args.device)
@@ -140,14 +151,37 @@ def run(args) -> int:
                 rep = evaluate(model, data, ways=ways, shots=shots, queries=args.queries, episodes=args.episodes,
                                seed=args.seed, method=args.method, metric=args.metric, adapt_steps=args.adapt_steps,
                                adapt_lr=args.adapt_lr, adapt_scale=args.adapt_scale, adaptation=adaptation or None,
-                               replacement=args.replacement, progress=not (args.no_progress or args.json))
+                               replacement=args.replacement, progress=not (args.no_progress or args.json),
+                               confusion=bool(args.plot))
             except ValueError as exc:
                 raise CliError(str(exc)) from None
             reports.append(rep)
             if not args.json:
                 print(rep)
+    if args.plot:
+        _plot(reports, args.plot, f"{os.path.basename(os.path.abspath(directory))} on {data.name} "
+                                  f"({args.episodes} episodes per setting, {args.method})")
+        if not args.json:
+            print(f"plot: {args.plot}")
     if args.json:
         print(json.dumps({"checkpoint": directory, "data": repr(data), "data_options": cfg.to_dict(),
                           "overlap": overlap, "reports": [r.to_dict(per_episode=args.per_episode) for r in reports]},
                          indent=2))
     return 0
+
+
+def _plot(reports, path: str, title: str) -> None:
+    """Accuracy vs shots and the most-confused pairs of every setting together (errors and queries summed)."""
+    from metaedge.train import plots
+    pairs: dict[tuple[str, str], list[int]] = {}
+    asked: dict[str, int] = {}
+    for rep in reports:
+        seen = set()
+        for c in rep.confused:
+            pair = pairs.setdefault((c["true"], c["predicted"]), [0, 0])
+            pair[0] += c["errors"]
+            if c["true"] not in seen:
+                asked[c["true"]] = asked.get(c["true"], 0) + c["queries"]
+                seen.add(c["true"])
+    confusion = [(t, p, e, asked.get(t, 0)) for (t, p), (e, _) in pairs.items()]
+    plots.evaluation_summary([r.to_dict(per_episode=False) for r in reports], confusion, path, title=title)

@@ -53,6 +53,9 @@ class EvalReport:
     dataset: str = ""
     seconds: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
+    # with evaluate(confusion=True): the most frequent wrong answers over all episodes, most first:
+    # {"true", "predicted", "errors", "queries"} (queries: how many queries of the true class were asked)
+    confused: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, per_episode: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -112,12 +115,14 @@ def evaluate(model, data: FewShotDataset, ways: int = 5, shots: int = 1, queries
              seed: int = 0, method: str = "prototype", metric: str | None = None, adapt_steps: int = 100,
              adapt_lr: float = 0.1, adapt_momentum: float = 0.9, adapt_weight_decay: float = 0.0,
              adapt_scale: float = 10.0, adaptation: dict[str, Any] | None = None, replacement: bool = False,
-             device=None, progress: bool = False, batch_size: int = 512) -> EvalReport:
+             device=None, progress: bool = False, batch_size: int = 512, confusion: bool = False) -> EvalReport:
     """Mean accuracy over ``episodes`` seeded N-way K-shot episodes of ``data`` (classes unseen in training).
 
     ``method``: see the module docstring. ``metric``: for ``prototype``, default the model's
     ``spec.metric``. ``adapt_*``: the ``adapt_head`` hyper-parameters (as ``EdgeClassifier.adapt``).
     ``adaptation``: options of the MAML/Reptile inner loop (default: those the model was trained with).
+    ``confusion``: also count which class each wrong answer went to (``EvalReport.confused``: the 50 most
+    frequent true -> predicted pairs, by class name).
     """
     from metaedge import kernels
     if method not in EVAL_METHODS:
@@ -133,6 +138,7 @@ def evaluate(model, data: FewShotDataset, ways: int = 5, shots: int = 1, queries
     accs = np.empty(episodes, dtype=np.float64)
     bar = _progress(episodes, progress, f"eval {ways}-way {shots}-shot")
     options: dict[str, Any] = {}
+    tally = _ConfusionTally(data) if confusion else None
     if method in ("prototype", "adapt_head"):
         emb = embed_dataset(model, data, batch_size=batch_size, device=device)
         if method == "adapt_head":
@@ -149,6 +155,8 @@ def evaluate(model, data: FewShotDataset, ways: int = 5, shots: int = 1, queries
                                    weight_decay=adapt_weight_decay, scale=adapt_scale)
             _, top = kernels.topk(query, protos, 1, metric=metric)
             accs[i] = float((top[:, 0] == q_lab).mean())
+            if tally is not None:
+                tally.add(ep.classes.numpy(), q_lab, top[:, 0])
             bar.update(1)
     else:
         from metaedge.train.methods import Batch
@@ -161,13 +169,38 @@ def evaluate(model, data: FewShotDataset, ways: int = 5, shots: int = 1, queries
                           support=data.batch(ep.support).to(dev), support_labels=ep.support_labels.to(dev), ways=ways)
             logits = adapter.predict(model, batch)
             accs[i] = float((logits.argmax(-1) == batch.query_labels).float().mean())
+            if tally is not None:
+                tally.add(ep.classes.numpy(), ep.query_labels.numpy(), logits.argmax(-1).cpu().numpy())
             bar.update(1)
         metric = "adapted-head"
     bar.close()
     mean, ci95, std = confidence_interval(accs)
     return EvalReport(mean=mean, ci95=ci95, std=std, accuracies=accs.tolist(), ways=ways, shots=shots,
                       queries=queries, episodes=episodes, method=method, metric=metric, seed=seed,
-                      dataset=data.name, seconds=time.perf_counter() - started, options=options)
+                      dataset=data.name, seconds=time.perf_counter() - started, options=options,
+                      confused=tally.most_confused() if tally is not None else [])
+
+
+class _ConfusionTally:
+    """Wrong answers counted by (true class, predicted class) of the data set, and queries asked per class -
+    sparse: a data set of thousands of classes confuses only a few pairs."""
+
+    def __init__(self, data: FewShotDataset):
+        self.names = data.class_names
+        self.errors: dict[tuple[int, int], int] = {}
+        self.asked = np.zeros(len(self.names), dtype=np.int64)
+
+    def add(self, classes: np.ndarray, true_local: np.ndarray, predicted_local: np.ndarray) -> None:
+        true = classes[np.asarray(true_local, dtype=np.int64)]
+        predicted = classes[np.asarray(predicted_local, dtype=np.int64)]
+        np.add.at(self.asked, true, 1)
+        for t, p in zip(true[true != predicted].tolist(), predicted[true != predicted].tolist()):
+            self.errors[(t, p)] = self.errors.get((t, p), 0) + 1
+
+    def most_confused(self, limit: int = 50) -> list[dict[str, Any]]:
+        pairs = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return [{"true": self.names[t], "predicted": self.names[p], "errors": n, "queries": int(self.asked[t])}
+                for (t, p), n in pairs]
 
 
 def training_overlap(model, data: FewShotDataset) -> list[str] | None:

@@ -159,6 +159,25 @@ class Checkpoints(Hook):
             self._save(session)
 
 
+class TrainingCurve(Hook):
+    """At the end, ``<run_dir>/training_curve.png`` from ``metrics.jsonl`` (losses, accuracies, validation with
+    its CI; a resumed run's whole history). Needs matplotlib: without it the run ends normally with a warning."""
+
+    def __init__(self, run_dir: str | None, main: bool, title: str):
+        self.path = os.path.join(run_dir, "training_curve.png") if (run_dir and main) else None
+        self.title = title
+
+    def on_end(self, session) -> None:
+        if self.path is None:
+            return
+        from metaedge.train import plots
+        try:
+            history = plots.read_metrics(os.path.join(os.path.dirname(self.path), "metrics.jsonl"))
+            plots.training_curve(history, self.path, title=self.title)
+        except ImportError as exc:
+            warnings.warn(f"training_curve.png skipped: {exc}", stacklevel=2)
+
+
 class Callback(Hook):
     """``fn(info)`` after every step on rank 0; a true return value stops the run cleanly (like Ctrl-C)."""
 

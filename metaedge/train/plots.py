@@ -32,7 +32,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def training_curve(history: Sequence[dict], path: str | Path) -> None:
+def training_curve(history: Sequence[dict], path: str | Path, title: str = "meta-training") -> None:
     """Training loss and accuracy, and validation accuracy with its 95% CI, against episodes."""
     plt = _pyplot()
     train = [h for h in history if "train_loss" in h]
@@ -57,7 +57,7 @@ def training_curve(history: Sequence[dict], path: str | Path) -> None:
     handles = ax_loss.get_legend_handles_labels()[0] + ax_acc.get_legend_handles_labels()[0]
     if handles:
         ax_acc.legend(handles=handles, loc="center right", fontsize=8)
-    ax_loss.set_title("meta-training")
+    ax_loss.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -121,3 +121,44 @@ def prediction_grid(samples: Sequence[tuple[np.ndarray, str, str]], path: str | 
 def _short(label: str, width: int = 14) -> str:
     label = label.split("/")[-1] if len(label) > width else label
     return label if len(label) <= width else label[: width - 1] + "~"
+
+
+def evaluation_summary(reports: Sequence[dict], confusion: Sequence[tuple[str, str, int, int]], path: str | Path,
+                       title: str = "few-shot evaluation", pairs: int = 12) -> None:
+    """``metaedge eval --plot``: accuracy against shots (one line per N-way, 95% CI bars, chance level) and the
+    most-confused class pairs (``(true, predicted, errors, queries of true)``, most errors first)."""
+    plt = _pyplot()
+    fig, (ax, ax_conf) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110, gridspec_kw={"width_ratios": [1, 1.25]})
+    for ways in sorted({r["ways"] for r in reports}):
+        rows = sorted((r for r in reports if r["ways"] == ways), key=lambda r: r["shots"])
+        line = ax.errorbar([r["shots"] for r in rows], [100 * r["mean"] for r in rows],
+                           yerr=[100 * r["ci95"] for r in rows], marker="o", capsize=4, label=f"{ways}-way")
+        ax.axhline(100 / ways, color=line[0].get_color(), linestyle=":", linewidth=1)
+    shots = sorted({r["shots"] for r in reports})
+    if len(shots) > 1 and shots[0] > 0:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(shots)
+    ax.set_xticklabels([str(s) for s in shots])
+    ax.set_xlabel("shots per class (dotted: chance)")
+    ax.set_ylabel("accuracy on never-seen classes (%)")
+    ax.set_ylim(0, 101)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    worst = sorted(confusion, key=lambda c: (-c[2], c[0], c[1]))[:pairs]
+    if worst:
+        names = [f"{_short(t, 22)} -> {_short(p, 22)}" for t, p, _, _ in worst][::-1]
+        rates = [100 * e / max(1, n) for _, _, e, n in worst][::-1]
+        bars = ax_conf.barh(range(len(worst)), rates, color="tab:red", alpha=0.75)
+        for bar, (_, _, errors, n) in zip(bars, worst[::-1]):
+            ax_conf.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {errors}/{n}", va="center",
+                         fontsize=7)
+        ax_conf.set_yticks(range(len(worst)))
+        ax_conf.set_yticklabels(names, fontsize=7)
+        ax_conf.set_xlabel("% of the true class's queries given to the other class")
+        ax_conf.set_title(f"most-confused class pairs (all settings, {len(confusion)} confused pairs)", fontsize=10)
+    else:
+        ax_conf.axis("off")
+        ax_conf.text(0.5, 0.5, "no confusions (every query right)", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

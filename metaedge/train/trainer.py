@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from metaedge.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at  # noqa: F401 (public names)
 from metaedge.train.data.base import FewShotDataset
-from metaedge.train.hooks import Callback, Checkpoints, MetricsLog, ProgressBar, Validation
+from metaedge.train.hooks import Callback, Checkpoints, MetricsLog, ProgressBar, TrainingCurve, Validation
 from metaedge.train.loop import run_loop, stop_on_interrupt
 from metaedge.train.session import TrainingSession, _seed_int  # noqa: F401 (tests reproduce the seeding)
 
@@ -52,6 +52,7 @@ def run_training(config: TrainConfig, data: FewShotDataset, val_data: FewShotDat
     hooks += [Validation(c.val_every, metrics), Checkpoints(c.checkpoint_every or c.val_every)]
     if callback is not None:
         hooks.append(Callback(callback))
+    hooks.append(TrainingCurve(run_dir, main, f"metaedge {c.command}: {c.method} {c.backbone}"))
     session.model.train()
     session.method.train()
     with stop_on_interrupt(session.stop, enabled=main, command=f"metaedge {c.command}"):
