@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from typing import Any
 
 from metaedge.train.options import cli_fields, field_default, value_type
@@ -19,6 +20,17 @@ _TYPE_METAVARS = {int: "N", float: "X"}
 
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def in_flag_terms(message: str, config_classes, command: str) -> str:
+    """A config error as the command line says it: each option's field name (``lr``, ``time_budget_s=``)
+    becomes its flag (``--lr``, ``--time-budget``); names that are no flag of ``command`` stay as they are."""
+    flags = {f.name: flag_of(f) for cls in config_classes for f in cli_fields(cls, command)}
+    if not flags:
+        return message
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+                         + r")=?(?![\w-])")
+    return pattern.sub(lambda m: flags[m.group(1)], message)
 
 
 def _default_text(f: dataclasses.Field) -> str | None:

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from metaedge.cli._options import add_config_arguments, values_from_args
+from metaedge.cli._options import add_config_arguments, in_flag_terms, values_from_args
 from metaedge.cli.main import CliError
 
 
@@ -64,9 +64,13 @@ def configs_from_args(args, config_cls, command: str):
         config = config_cls.from_dict(given)
         data = DataConfig.from_dict(data_given)
     except (TypeError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(in_flag_terms(str(exc), (config_cls, DataConfig), command)) from None
     if config.episodes is None and config.time_budget_s is None:
         raise CliError("say how long to train: --episodes N and/or --time-budget DURATION")
+    try:  # before minutes of data loading
+        config.validate()
+    except (TypeError, ValueError) as exc:
+        raise CliError(in_flag_terms(str(exc), (config_cls, DataConfig), command)) from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.run_dir or os.path.join("runs", f"{config.method}-{config.backbone}-{stamp}")
     return config, data, run_dir
@@ -89,12 +93,15 @@ def run_training_command(args, config_cls, command: str):
         print(f"{command}ing {config.method} / {config.backbone} on {data.train!r}{extra}"
               + (f", validating on {data.val!r}" if data.val else "") + f" -> {run_dir}", file=sys.stderr)
     try:
-        config.validate()
         model = run_training(config, data.train, data.val, data.unlabelled, run_dir=run_dir,
                              resume=bool(args.resume), progress=not args.no_progress and not args.json,
                              tensorboard=not args.no_tensorboard, data_options=data_cfg.to_dict())
     except (ValueError, TypeError) as exc:
-        raise CliError(str(exc)) from None
+        from metaedge.train.config import DataConfig
+        message = str(exc)
+        if message.startswith("resume:"):  # the resume check names options: say them as flags
+            message = in_flag_terms(message, (config_cls, DataConfig), command)
+        raise CliError(message) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     info = model.train_info

@@ -44,7 +44,7 @@ def test_train_resume_and_eval_json(tmp_path, capsys):
     assert main(["train", "--resume", run_dir, "--lr", "0.5", "--episodes", "9"]) == 2
     assert "cannot change" in capsys.readouterr().err
     assert main(["train", "--resume", run_dir, "--data-seed", "5", "--episodes", "9"]) == 2
-    assert "data_seed: 0 -> 5" in capsys.readouterr().err
+    assert "--data-seed: 0 -> 5" in capsys.readouterr().err
     code = main(["eval", run_dir, *TINY, "--ways", "5", "3", "--shots", "1", "--queries", "4", "--episodes", "12",
                  "--json", "--per-episode"])
     assert code == 0
@@ -66,3 +66,19 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--episodes", "1"]) == 2
     with pytest.raises(SystemExit):
         main(["train", "--time-budget", "soon"])
+
+
+@pytest.mark.parametrize("command, flags, named", [
+    ("train", ["--ways", "1"], "--ways >= 2"),
+    ("train", ["--lr", "-1"], "--lr: expected > 0"),
+    ("train", ["--label-smoothing", "2"], "--label-smoothing: expected in [0, 1)"),
+    ("train", ["--unlabelled-ratio", "1.5"], "--unlabelled-ratio: expected in [0, 1]"),
+    ("pretrain", ["--batch-size", "1"], "--batch-size: expected >= 2"),
+])
+def test_option_errors_name_the_flag_before_any_data_is_loaded(tmp_path, capsys, command, flags, named):
+    # --data names a folder that does not exist: the option check must come first (no data loaded, no run dir)
+    code = main([command, "--data", f"folder:{tmp_path / 'nowhere'}" if command == "pretrain" else
+                 str(tmp_path / "nowhere"), *flags, "--episodes", "1", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err, err
+    assert not (tmp_path / "run").exists()
