@@ -27,11 +27,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from metaedge import kernels
+from metaedge.runtime.adaptation import EmptyGalleryError, check_hyperparameters, train_head
 from metaedge.runtime.backends.base import Backend
-from metaedge.runtime.gallery import (DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, Gallery, GalleryMismatchError,
-                                      check_label)
+from metaedge.runtime.classifier_setup import (check_backend, default_threshold, load_bundle, open_gallery,
+                                               preprocess_device)
+from metaedge.runtime.gallery import DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, check_label
 from metaedge.runtime.images import ImageError, is_single_image, to_groups
-from metaedge.runtime.openset import OpenSetState, confidence, open_set_state, resolve_threshold, score_meaning
+from metaedge.runtime.openset import (OTHER_IMAGES, OpenSetState, calibration_groups, confidence, open_set_state,
+                                      resolve_threshold, score_meaning)
 from metaedge.runtime.pipeline import FramePipeline, frame_is_single
 from metaedge.runtime.results import AdaptReport, CalibrationReport, Prediction, Timings
 from metaedge.runtime.spec import ModelSpec
@@ -40,11 +43,6 @@ __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "
 
 _UINT8 = np.dtype(np.uint8)
 _UNSET: Any = object()
-_OTHER: Any = object()  # the key of the other images among calibrate_unknown's groups
-
-
-class EmptyGalleryError(ValueError):
-    """predict/adapt/calibrate on a gallery without (enough) classes."""
 
 
 def _to_host(x) -> np.ndarray:
@@ -67,16 +65,6 @@ def _concat(embs: list):
     if len(embs) == 1:
         return embs[0]
     return np.concatenate([_to_host(e) for e in embs])
-
-
-def _positive_finite(value, name: str, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}`: expected a number, got {type(value).__name__}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"`{name}`: expected a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return v
 
 
 class EdgeClassifier:
@@ -123,7 +111,7 @@ class EdgeClassifier:
                                 "and embeddings")
             self._backend = bundle
         else:
-            bundle_obj = self._load_bundle(bundle)
+            bundle_obj = load_bundle(bundle)
             self.bundle = bundle_obj
             spec = spec or bundle_obj.spec
             fingerprint = fingerprint or bundle_obj.fingerprint
@@ -139,91 +127,30 @@ class EdgeClassifier:
             if not isinstance(spec, ModelSpec):
                 raise TypeError(f"`spec`: expected a metaedge.runtime.spec.ModelSpec, got {type(spec).__name__}")
             self.spec = spec.validate()
-            self._check_backend()
+            check_backend(self._backend, self.spec)
             if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
                 raise ValueError(f"`max_batch`: expected an int >= 1, got {max_batch!r}")
             self.max_batch = max_batch
             self.fingerprint = fingerprint
-            self.gallery = self._open_gallery(gallery, autosave, support_cap, seed, legacy_fingerprints)
+            self.gallery, self._owns_gallery = open_gallery(gallery, self.spec, fingerprint, autosave=autosave,
+                                                            support_cap=support_cap, seed=seed,
+                                                            legacy_fingerprints=legacy_fingerprints)
             if matching is not None:
                 from metaedge.compact import MATCHING_METHODS
                 if matching not in MATCHING_METHODS:
                     raise ValueError(f"`matching`: expected one of {MATCHING_METHODS}, got {matching!r}")
                 self.gallery.matching = matching
-            self._manifest_threshold = self._default_threshold(manifest)
+            self._manifest_threshold = default_threshold(manifest, self.spec)
             self._threshold_override = _UNSET
             if unknown_threshold is not _UNSET:
                 self.unknown_threshold = unknown_threshold
-            self._pre_device = self._preprocess_device()
+            self._pre_device = preprocess_device(self._backend)
             self._pipeline = FramePipeline(self.spec, self._backend, pixel_format=pixel_format,
                                            resize_mode=resize_mode, yuv_matrix=yuv_matrix, device=self._pre_device,
                                            max_batch=max_batch)
         except BaseException:
             self.close()
             raise
-
-    # ------------------------------------------------------------------ construction helpers
-    @staticmethod
-    def _load_bundle(bundle):
-        if isinstance(bundle, (str, os.PathLike)):
-            from metaedge.runtime.bundle import Bundle
-            return Bundle.load(bundle)
-        try:
-            from metaedge.runtime.bundle import Bundle
-        except ImportError:
-            Bundle = None
-        if Bundle is not None and isinstance(bundle, Bundle):
-            return bundle
-        raise TypeError(f"`bundle`: expected a bundle directory, a metaedge.Bundle or a Backend, got "
-                        f"{type(bundle).__name__}")
-
-    def _check_backend(self) -> None:
-        b = self._backend
-        if int(b.embedding_dim) != self.spec.embedding_dim:
-            raise GalleryMismatchError(f"backend {b.describe()} produces embeddings of dimension {b.embedding_dim}, "
-                                       f"the model spec says {self.spec.embedding_dim}")
-        shape = tuple(b.input_spec.shape)
-        if shape != tuple(self.spec.input_shape):
-            raise ValueError(f"backend {b.describe()} takes input {list(shape)}, the model spec's pre-processing "
-                             f"produces {list(self.spec.input_shape)}")
-
-    def _open_gallery(self, gallery, autosave: bool, support_cap: int, seed: int,
-                      legacy_fingerprints: tuple[str, ...]) -> Gallery:
-        dim, metric = self.spec.embedding_dim, self.spec.metric
-        if gallery is None:
-            return Gallery(dim, metric, self.fingerprint, support_cap=support_cap, seed=seed)
-        if isinstance(gallery, Gallery):
-            gallery.check_compatible(fingerprint=self.fingerprint, embedding_dim=dim, metric=metric,
-                                     legacy_fingerprints=legacy_fingerprints, adopt=True)
-            return gallery
-        if isinstance(gallery, (str, os.PathLike)):
-            opened = Gallery.open(gallery, embedding_dim=dim, metric=metric, fingerprint=self.fingerprint,
-                                  legacy_fingerprints=legacy_fingerprints, support_cap=support_cap, seed=seed,
-                                  autosave=autosave)
-            self._owns_gallery = True
-            return opened
-        raise TypeError(f"`gallery`: expected None, a file path or a Gallery, got {type(gallery).__name__}")
-
-    def _default_threshold(self, manifest: dict) -> float | None:
-        for source in (manifest.get("open_set") or {}, manifest, self.spec.extra):
-            value = source.get("unknown_threshold") if isinstance(source, dict) else None
-            if value is not None:
-                try:
-                    v = float(value)
-                except (TypeError, ValueError):
-                    continue
-                if math.isfinite(v):
-                    return v
-        return None
-
-    def _preprocess_device(self) -> str:
-        if getattr(self._backend, "output_device", "cpu") != "cuda":
-            return "cpu"
-        try:
-            from metaedge import cuda
-            return "cuda" if cuda.is_available() else "cpu"
-        except ImportError:
-            return "cpu"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -518,52 +445,17 @@ class EdgeClassifier:
         a little and does not help meta-trained ones, whose prototypes are already what their episodes
         optimised."""
         self._check_open()
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"`steps`: expected an int >= 1, got {steps!r}")
-        steps = int(steps)
-        lr = _positive_finite(lr, "lr")
-        momentum = _positive_finite(momentum, "momentum", allow_zero=True)
-        if momentum >= 1:
-            raise ValueError(f"`momentum`: expected a value in [0, 1), got {momentum}")
-        weight_decay = _positive_finite(weight_decay, "weight_decay", allow_zero=True)
-        scale = _positive_finite(scale, "scale")
+        options = check_hyperparameters(steps, lr, momentum, weight_decay, scale)
         start = time.perf_counter()
         # Read once, train without holding the gallery: other processes may enroll meanwhile; the classes they
         # change are imprinted into the head (as if enrolled after it), the others get the trained rows.
         training = self.gallery.training_set()
-        if len(training.labels) < 2:
-            raise EmptyGalleryError(f"adapt(): needs at least 2 enrolled classes, the gallery has "
-                                    f"{len(training.labels)}")
-        support, labels = training.support, training.support_labels
-        if len(support) == 0:
-            raise EmptyGalleryError("adapt(): no support embeddings stored (support_cap=0?)")
-        weights = kernels.l2_normalize(training.prototypes.copy())
-        velocity = np.zeros_like(weights)
-        losses: list[float] = []
-        chunk = steps if progress is None else max(1, steps // 20)
-        done = 0
-        while done < steps:
-            n = min(chunk, steps - done)
-            losses.extend(kernels.adapt_head(weights, support, labels, steps=n, lr=lr, momentum=momentum,
-                                             weight_decay=weight_decay, scale=scale, velocity=velocity).tolist())
-            done += n
-            if progress is not None:
-                progress(done, steps, losses[-1])
-        # The loss at the final weights, by the same kernel: a step's loss is measured before its update, and
-        # the update lands on a throw-away copy.
-        loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=1.0, momentum=0.0,
-                                              scale=scale)[0])
-        if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
-            raise ValueError(f"adapt(): the loss diverged (`lr` {lr} too high?); the classes were not changed")
-        seconds = time.perf_counter() - start
-        info = {"steps": steps, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "scale": scale,
-                "loss_before": losses[0], "loss_after": loss_after, "seconds": seconds, "at": time.time(),
-                "support": int(len(support))}
+        weights, info, losses = train_head(training, progress=progress, **options)
         self.gallery.set_adapted(weights, info, expected_version=training.version, classes=training.uids)
         state = self.open_set()
-        return AdaptReport(steps, lr, float(losses[0]), loss_after, time.perf_counter() - start,
-                           len(training.labels), int(len(support)), tuple(losses), state.threshold, state.source,
-                           state.explain())
+        return AdaptReport(options["steps"], options["lr"], float(losses[0]), info["loss_after"],
+                           time.perf_counter() - start, len(training.labels), int(info["support"]), tuple(losses),
+                           state.threshold, state.source, state.explain())
 
     def reset_adaptation(self) -> None:
         """Drop the adapted head; ``predict`` uses the prototypes again."""
@@ -585,35 +477,13 @@ class EdgeClassifier:
         ``progress(done, total)`` is called after each group of images (a label's, the others) is embedded.
         """
         self._check_open()
-        try:
-            target_fpr = float(target_fpr)
-        except (TypeError, ValueError):
-            raise TypeError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr!r}") from None
-        if not 0 < target_fpr < 1:
-            raise ValueError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr}")
-        if len(self.gallery) == 0:
-            raise EmptyGalleryError("calibrate_unknown(): no classes enrolled yet")
-        if isinstance(images_of_known, Mapping):
-            if not images_of_known:
-                raise ImageError("`images_of_known`: empty mapping; pass {label: images} of enrolled classes")
-            for label in images_of_known:
-                if label not in self.gallery:
-                    raise ValueError(f"`images_of_known`: {label!r} is not an enrolled class")
-            if images_of_other is None and len(self.gallery) < 2:
-                raise ValueError("calibrate_unknown(): impostor scores need at least 2 enrolled classes; pass "
-                                 "images_of_other (images of none of the classes)")
-        elif images_of_other is None:
-            raise ValueError("calibrate_unknown(): pass images_of_other (images of none of the classes), or "
-                             "images_of_known as {label: images} with at least 2 enrolled classes")
-        groups = dict(images_of_known) if isinstance(images_of_known, Mapping) else {None: images_of_known}
-        if images_of_other is not None:
-            groups[_OTHER] = images_of_other
+        target_fpr, groups = calibration_groups(self.gallery, images_of_known, images_of_other, target_fpr)
         embedded = {}
         for i, (key, imgs) in enumerate(groups.items()):
             embedded[key] = self.embed(imgs)
             if progress is not None:
                 progress(i + 1, len(groups))
-        other = embedded.pop(_OTHER, None)
+        other = embedded.pop(OTHER_IMAGES, None)
         known = embedded.pop(None) if None in embedded else embedded
         heads = self.gallery.set_calibration(known, other, target_fpr)
         self._threshold_override = _UNSET

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
 from metaedge import kernels
 
 __all__ = ["HEADS", "SOURCES", "score_meaning", "confidence", "threshold_at_fpr", "CalibrationSet",
-           "HeadCalibration", "calibrate_head", "resolve_threshold", "OpenSetState", "open_set_state"]
+           "HeadCalibration", "calibrate_head", "calibration_groups", "OTHER_IMAGES", "resolve_threshold", "OpenSetState",
+           "open_set_state"]
 
 HEADS = ("prototypes", "adapted")
 # How a stored threshold was set (the gallery's open-set record says which, per head).
@@ -146,6 +148,41 @@ def calibrate_head(head: str, weights: np.ndarray, metric: str, class_uids: np.n
                            float(np.mean(known_scores >= threshold)) if len(known_scores) else 0.0, correct_rate,
                            negatives, int(len(known_scores)), int(len(negative_scores)), known_scores,
                            negative_scores)
+
+
+OTHER_IMAGES: Any = object()  # the key of the other images among calibration_groups' groups
+
+
+def calibration_groups(gallery, images_of_known, images_of_other, target_fpr) -> tuple[float, dict]:
+    """``calibrate_unknown``'s arguments checked against ``gallery``: ``(target_fpr, groups)`` with groups
+    ``{label: images}`` (or ``{None: images}`` for a plain collection of known images) and, when given,
+    ``{OTHER_IMAGES: images_of_other}`` - in the order they are embedded."""
+    from metaedge.runtime.adaptation import EmptyGalleryError
+    from metaedge.runtime.images import ImageError
+    try:
+        target_fpr = float(target_fpr)
+    except (TypeError, ValueError):
+        raise TypeError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr!r}") from None
+    if not 0 < target_fpr < 1:
+        raise ValueError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr}")
+    if len(gallery) == 0:
+        raise EmptyGalleryError("calibrate_unknown(): no classes enrolled yet")
+    if isinstance(images_of_known, Mapping):
+        if not images_of_known:
+            raise ImageError("`images_of_known`: empty mapping; pass {label: images} of enrolled classes")
+        for label in images_of_known:
+            if label not in gallery:
+                raise ValueError(f"`images_of_known`: {label!r} is not an enrolled class")
+        if images_of_other is None and len(gallery) < 2:
+            raise ValueError("calibrate_unknown(): impostor scores need at least 2 enrolled classes; pass "
+                             "images_of_other (images of none of the classes)")
+    elif images_of_other is None:
+        raise ValueError("calibrate_unknown(): pass images_of_other (images of none of the classes), or "
+                         "images_of_known as {label: images} with at least 2 enrolled classes")
+    groups = dict(images_of_known) if isinstance(images_of_known, Mapping) else {None: images_of_known}
+    if images_of_other is not None:
+        groups[OTHER_IMAGES] = images_of_other
+    return target_fpr, groups
 
 
 def resolve_threshold(adapted: bool, metric: str, thresholds: dict, manifest: float | None) -> tuple[float | None, str]:
