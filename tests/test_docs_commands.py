@@ -100,6 +100,7 @@ DOCS: dict[str, Doc] = {
                 "metaedge build bundle/ --precision fp16": TENSORRT,
                 "docker/jetson/build.sh jp6": "docker and a Jetson (tests/test_jetson_recipe.py checks the recipe)"}),
         }),
+    "docs/architecture.md": Doc(blocks={}),   # diagrams and a directory map only
     "docs/camera.md": Doc(
         fixtures=("bundle", "gallery", "video"),
         blocks={
