@@ -1,4 +1,4 @@
-"""The Python face of metaedge's native ops (semantics: DESIGN.md section 5).
+"""The Python face of metaedge's native ops (semantics: docs/architecture.md section 5).
 
 Every function takes numpy arrays (-> the C++ CPU kernels) or CUDA arrays (-> the CUDA kernels): a
 ``metaedge.cuda.DeviceArray`` or any object with ``__cuda_array_interface__`` (torch, CuPy), passed without a

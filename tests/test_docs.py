@@ -1,5 +1,7 @@
-"""docs/api.md is the current output of tools/gen_api_docs.py, and everything it documents has a docstring."""
+"""docs/api.md is the current output of tools/gen_api_docs.py, and everything it documents has a docstring; no
+tracked file cites a file outside the repository."""
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +53,39 @@ def test_every_listed_item_appears_in_the_reference():
     text = (ROOT / "docs" / "api.md").read_text()
     for _, qualname, _ in ITEMS:
         assert f"### {qualname}\n" in text
+
+
+# Nothing in the repository may cite a file outside it: the design lives in docs/architecture.md. A data
+# folder's default location may be named only beside the variable that overrides it (METAEDGE_OMNIGLOT).
+OUTSIDE_CITATION = re.compile(r"\bDESIGN(\.md\b|\s+section\b|\s*§)|(\.\./)+shared/|/work/shared\b")
+
+
+def _tracked_text_files():
+    proc = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("not a git checkout (an sdist): the tracked files are unknown")
+    for name in proc.stdout.decode().split("\0"):
+        path = ROOT / name
+        if name and path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if b"\0" not in data[:8192]:
+                yield name, data.decode("utf-8", "replace")
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    found = []
+    for name, text in _tracked_text_files():
+        if name == "tests/test_docs.py":   # this check and its own examples
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE_CITATION.search(line) and "METAEDGE_OMNIGLOT" not in line:
+                found.append(f"{name}:{number}: {line.strip()[:120]}")
+    assert not found, ("these lines cite files outside the repository - point them to docs/architecture.md (or the "
+                       "repository's own docs) instead:\n" + "\n".join(found))
+
+
+def test_the_citation_check_can_fail():
+    assert OUTSIDE_CITATION.search("semantics: DESIGN.md section 5")
+    assert OUTSIDE_CITATION.search("(DESIGN §6/§7)") and OUTSIDE_CITATION.search("DESIGN section 4's")
+    assert OUTSIDE_CITATION.search("see ../shared/data/omniglot/README.md")
+    assert not OUTSIDE_CITATION.search("docs/architecture.md section 5; a shared gallery")

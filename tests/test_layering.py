@@ -1,4 +1,4 @@
-"""DESIGN.md section 2: layers import only those to their left
+"""docs/architecture.md section 1: layers import only those to their left
 (kernels <- runtime <- export <- train <- cli), and the device side works with no torch installed."""
 import ast
 import pathlib

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Omniglot development protocol (../shared/data/omniglot/README.md) for ProtoNet, first-order MAML and
+# The Omniglot development protocol (docs/training.md) for ProtoNet, first-order MAML and
 # Reptile: meta-train conv4 on images_background_small1 (rotations and mirror images as extra classes) for
 # 19 minutes each, then evaluate 1,000 seeded episodes on the three small2-only alphabets (Japanese (katakana),
 # Sanskrit, Tagalog; 28x28, strokes = 1), with 95% confidence intervals. These are the commands behind the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Learning without labels on the Omniglot development protocol (../shared/data/omniglot/README.md): conv4, every
+# Learning without labels on the Omniglot development protocol (docs/training.md): conv4, every
 # model evaluated on the three small2-only alphabets (Japanese (katakana), Sanskrit, Tagalog; 106 characters,
 # 28x28, strokes = 1), 5-way and 20-way 1-shot, 1,000 seeded episodes, 95% confidence intervals. These are the
 # commands behind the README's "Learning without labels" tables.

@@ -1,4 +1,4 @@
-// topk on the CPU (semantics: DESIGN.md section 5): the k best prototypes per query by cosine, dot or
+// topk on the CPU (semantics: docs/architecture.md section 5): the k best prototypes per query by cosine, dot or
 // negative squared euclidean distance; scores descending, ties to the lower class index, exactly.
 //
 // Classes are processed in blocks; each block's scores are computed into a small buffer and immediately

@@ -18,7 +18,7 @@ Gallery sizes above what a test enrolls are filled with random embeddings (the k
 the number of classes and the embedding size). Medians over ``--reps`` runs after warm-up.
 
     python tools/bench/sdk.py                       # table + out/bench/sdk.json
-    python tools/bench/sdk.py --adapt --omniglot /work/shared/data/omniglot
+    python tools/bench/sdk.py --adapt --omniglot DIR     # DIR: the Omniglot zips (docs/training.md)
 Target (issue 6): kernels + pre-processing < 10% of predict time at 1,000 classes for both backbones.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ def register(sub) -> None:
                     "  4. enroll never-seen classes with 1..10 shots and predict held-out images; adapt the head,\n"
                     "  5. print accuracy (95%% CI) and per-frame latency, write summary.json, plots, bundle, gallery.",
         epilog="examples:\n  metaedge demo\n  metaedge demo --quick --out /tmp/demo\n"
-               "  metaedge demo --omniglot ../shared/data/omniglot --time-budget 300\n"
+               "  metaedge demo --omniglot ~/data/omniglot --time-budget 300\n"
                "  metaedge demo --data ~/pictures/parts --size 84")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--omniglot", nargs="+", metavar="DIR|ZIP",

@@ -1,5 +1,5 @@
 """``build_engine(bundle, precision=..., max_batch=...)``: the TensorRT engine for this GPU, built once and
-cached in ``bundle/engines/`` (DESIGN §6/§7).
+cached in ``bundle/engines/`` (docs/architecture.md section 3).
 
 The TensorRT calls live in ``metaedge.runtime.tensorrt_engine`` because a device also builds its engine on
 first start, without torch and without this package; this is the workstation/CLI face with progress output.

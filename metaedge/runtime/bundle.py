@@ -1,4 +1,4 @@
-"""A bundle: the self-describing directory that carries a trained backbone to a device (DESIGN §6).
+"""A bundle: the self-describing directory that carries a trained backbone to a device (docs/architecture.md section 3).
 
 ::
 

@@ -3,7 +3,7 @@
 A serialized TensorRT plan only runs on the TensorRT version and GPU it was built with, and it encodes one
 ONNX file, one precision and one batch range. Each plan therefore has a JSON sidecar holding its
 ``EngineKey`` and the plan's sha256; an engine is used only when every key field equals this machine's and
-the plan's bytes still match. Anything else is rebuilt, and the log says why (DESIGN §6/§7).
+the plan's bytes still match. Anything else is rebuilt, and the log says why.
 Pure Python: no TensorRT needed, so all of it is unit-tested anywhere.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Building TensorRT engines from a bundle's ONNX, on the device (DESIGN §7). No torch.
+"""Building TensorRT engines from a bundle's ONNX, on the device. No torch.
 
 This lives in the runtime layer because a device builds its engine on first start; ``metaedge.export.
 build_engine`` and ``metaedge build`` are the public faces. Written against the TensorRT 10.x and 11.x

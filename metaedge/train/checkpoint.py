@@ -1,4 +1,4 @@
-"""Training checkpoints (DESIGN section 6): ``model.safetensors`` + ``model.json``, no pickle anywhere.
+"""Training checkpoints (docs/architecture.md section 3): ``model.safetensors`` + ``model.json``, no pickle anywhere.
 
 A checkpoint directory holds
 - ``model.safetensors``: the model's state dict (weights and BN buffers, float32 as trained);

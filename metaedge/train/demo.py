@@ -70,7 +70,7 @@ def _datasets(cfg: DemoConfig):
         if len(roots) == 1 and os.path.isdir(roots[0]) and \
                 os.path.exists(os.path.join(roots[0], "images_background_small1.zip")) and \
                 os.path.exists(os.path.join(roots[0], "images_background_small2.zip")):
-            # The development protocol of shared/data/omniglot/README.md.
+            # The Omniglot development protocol (docs/training.md).
             root = roots[0]
             train_all = Omniglot(root, sets=["images_background_small1"], rotations=(0, 90, 180, 270))
             train, val = train_all.split((0.85, 0.15), seed=cfg.seed)

@@ -235,7 +235,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 class _CallableModule(type(math)):
-    """DESIGN section 4 names both the module ``metaedge.train.evaluate`` and the function
+    """The public API names both the module ``metaedge.train.evaluate`` and the function
     ``metaedge.train.evaluate(model, data, ...)``; importing the submodule rebinds the package attribute to
     the module, so the module itself forwards calls to the function."""
 

@@ -1,4 +1,4 @@
-"""Engine cache keys and lookup (DESIGN §6/§7), without TensorRT."""
+"""Engine cache keys and lookup (docs/architecture.md section 3), without TensorRT."""
 import json
 import logging
 from dataclasses import replace

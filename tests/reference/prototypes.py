@@ -1,4 +1,4 @@
-"""Float64 references for l2_normalize, class_prototypes and update_prototypes, written from DESIGN.md
+"""Float64 references for l2_normalize, class_prototypes and update_prototypes, written from docs/architecture.md
 section 5 without looking at the kernels."""
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Float64 reference for topk, written from DESIGN.md section 5 without looking at the kernels: the full
+"""Float64 reference for topk, written from docs/architecture.md section 5 without looking at the kernels: the full
 score matrix, then a stable sort (scores descending, ties to the lower class index)."""
 import numpy as np
 

@@ -1,4 +1,4 @@
-// The ops of metaedge (semantics: DESIGN.md section 5). Each op validates its arguments once with the
+// The ops of metaedge (semantics: docs/architecture.md section 5). Each op validates its arguments once with the
 // shared checker in csrc/ops/<op>.cpp and dispatches to cpu:: or cuda:: by the device of its inputs.
 // Outputs are passed in preallocated by the caller; in-place ops say so.
 #pragma once

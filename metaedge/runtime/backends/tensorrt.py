@@ -1,6 +1,6 @@
 """TensorRT backend: the bundle's engine for this GPU (built and cached on first use), run with named I/O
 tensors and ``execute_async_v3``; embeddings stay on the GPU as a ``metaedge.cuda.DeviceArray`` so they go
-straight into the CUDA kernels (DESIGN §7).
+straight into the CUDA kernels.
 
 Thin on purpose: TensorRT calls are exactly those of the TensorRT 10/11 Python API (``Runtime.
 deserialize_cuda_engine``, ``ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode /

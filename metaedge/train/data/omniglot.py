@@ -1,9 +1,10 @@
 """Omniglot (Lake et al., 2015) read from the original zip files or the torchvision directory layout.
 
-``root`` may be a directory holding ``<set>.zip`` files (as ``../shared/data/omniglot``), a directory holding
-``<set>/<Alphabet>/<character>/*.png`` (torchvision: ``<root>/omniglot-py/<set>/...`` also works), or one zip
-file. Sets: ``images_background``, ``images_evaluation``, ``images_background_small1``, ... . Images are
-105x105 strokes-black-on-white; the default pre-processing inverts them (strokes = 1) and resizes to 28x28.
+``root`` may be a directory holding ``<set>.zip`` files (as for the Omniglot development protocol,
+docs/training.md), a directory holding ``<set>/<Alphabet>/<character>/*.png`` (torchvision:
+``<root>/omniglot-py/<set>/...`` also works), or one zip file. Sets: ``images_background``,
+``images_evaluation``, ``images_background_small1``, ... . Images are 105x105 strokes-black-on-white; the
+default pre-processing inverts them (strokes = 1) and resizes to 28x28.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ __all__ = ["pretrain", "PretrainConfig"]
 
 
 class _CallableModule(type(__import__("sys"))):
-    """``metaedge.train.pretrain`` is both this package and the function ``pretrain`` (DESIGN section 4's
+    """``metaedge.train.pretrain`` is both this package and the function ``pretrain`` (the public API's
     ``me.train.pretrain(...)``): importing the package rebinds the attribute of ``metaedge.train`` to it, so
     the package forwards calls to the function (as ``metaedge.train.evaluate`` does)."""
 
