@@ -243,14 +243,13 @@ def _scores(queries: np.ndarray, protos: np.ndarray, metric: str) -> np.ndarray:
     return -((queries[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
 
 
-def paired_fewshot(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, *, metric: str,
-                   ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 600, seed: int = 0) -> dict:
-    """Nearest-prototype ``ways``-way ``shots``-shot accuracy of two embeddings of the same images on the same
-    seeded episodes (the device's classification rule, in float64). Returns both means with 95% CIs and the
-    paired loss ``reference - candidate`` with its 95% CI (1.96 standard errors of the per-episode differences).
-    Classes with fewer than ``shots + 1`` images are not drawn; queries shrink to what the classes hold."""
-    reference = np.asarray(reference, np.float64)
-    candidate = np.asarray(candidate, np.float64)
+def episode_accuracies(embeddings: Sequence[np.ndarray], labels: np.ndarray, *, metric: str, ways: int = 5,
+                       shots: int = 1, queries: int = 15, episodes: int = 600, seed: int = 0) -> np.ndarray:
+    """``[len(embeddings), episodes]`` nearest-prototype accuracies of several embeddings of the same images on
+    the same seeded ``ways``-way ``shots``-shot episodes (the device's classification rule, in float64): paired
+    comparisons of models. Classes with fewer than ``shots + 1`` images are not drawn; queries per class shrink
+    to what the smallest drawn-from class holds."""
+    embs = [np.asarray(e, np.float64) for e in embeddings]
     labels = np.asarray(labels)
     members = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
     usable = [c for c, idx in members.items() if len(idx) > shots]
@@ -259,7 +258,7 @@ def paired_fewshot(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
                          f"images, the held-out set has {len(usable)}")
     q = min(queries, min(len(members[c]) for c in usable) - shots)
     rng = np.random.default_rng(seed)
-    acc = np.zeros((2, episodes))
+    acc = np.zeros((len(embs), episodes))
     for e in range(episodes):
         chosen = rng.choice(len(usable), ways, replace=False)
         support, query, qlab = [], [], []
@@ -269,14 +268,29 @@ def paired_fewshot(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
             query.extend(idx[shots:])
             qlab.extend([w] * (len(idx) - shots))
         query, qlab = np.asarray(query), np.asarray(qlab)
-        for k, emb in enumerate((reference, candidate)):
+        for k, emb in enumerate(embs):
             protos = np.stack([emb[s].mean(0) for s in support])
             acc[k, e] = np.mean(np.argmax(_scores(emb[query], protos, metric), axis=1) == qlab)
-    diff = acc[0] - acc[1]
+    return acc
 
-    def ci(x):
-        return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-    return {"ways": ways, "shots": shots, "queries": int(q), "episodes": episodes, "metric": metric,
-            "fp32": round(float(acc[0].mean()), 6), "fp32_ci95": round(ci(acc[0]), 6),
-            "int8": round(float(acc[1].mean()), 6), "int8_ci95": round(ci(acc[1]), 6),
-            "loss": round(float(diff.mean()), 6), "loss_ci95": round(ci(diff), 6)}
+
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the normal 95% confidence interval of a mean (1.96 standard errors)."""
+    values = np.asarray(values, np.float64)
+    return float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def paired_fewshot(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, *, metric: str,
+                   ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 600, seed: int = 0) -> dict:
+    """Accuracy of an fp32 (``reference``) and an INT8 (``candidate``) embedding of the same images on the same
+    episodes (``episode_accuracies``), each with its 95% CI, and the paired loss ``fp32 - int8`` with the 95% CI
+    of the per-episode differences."""
+    acc = episode_accuracies([reference, candidate], labels, metric=metric, ways=ways, shots=shots,
+                             queries=queries, episodes=episodes, seed=seed)
+    members = np.unique(np.asarray(labels), return_counts=True)[1]
+    q = int(min(queries, members[members > shots].min() - shots))
+    diff = acc[0] - acc[1]
+    return {"ways": ways, "shots": shots, "queries": q, "episodes": episodes, "metric": metric,
+            "fp32": round(float(acc[0].mean()), 6), "fp32_ci95": round(ci95(acc[0]), 6),
+            "int8": round(float(acc[1].mean()), 6), "int8_ci95": round(ci95(acc[1]), 6),
+            "loss": round(float(diff.mean()), 6), "loss_ci95": round(ci95(diff), 6)}
