@@ -101,7 +101,7 @@ def _int8_options(args, model):
         print(f"INT8 calibration: {len(calibration)} images of the training data ({train!r})")
     heldout, note = args.heldout, None
     if heldout is None:
-        data, note = heldout_data(meta)
+        data, note = heldout_data(meta, model.spec.preprocess)
         if data is None:
             print(f"INT8: no held-out classes ({note}); only the embedding cosine is checked - give --heldout DIR "
                   "for the accuracy check")
