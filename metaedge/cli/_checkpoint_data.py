@@ -81,7 +81,7 @@ def fine_tuning_data(meta: dict, given: dict, preprocess):
         cfg = with_checkpoint_preprocess(cfg, preprocess)
         data = build_training_data(cfg, "train")
     except (DataError, ValueError) as exc:
-        raise CliError(f"{'the checkpoint' if same_source else '--data'}: {exc}") from None
+        raise CliError(("the checkpoint's recorded data: " if same_source else "") + str(exc)) from None
     return data.train, data.val, cfg.to_dict()
 
 

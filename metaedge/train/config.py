@@ -275,7 +275,8 @@ DATA_HELP = ("where the images come from. Labelled: 'synthetic' (built-in proced
              "'video:FILE' (frames of a video file); a labelled source used there loses its labels")
 _DATA = "data"
 _SEMI = "semi-supervised (labelled + unlabelled images in one run)"
-_EVERYWHERE = ("train", "pretrain", "eval")
+_EVERYWHERE = ("train", "pretrain", "eval", "compress")
+_FINE_TUNING = ("train", "pretrain", "compress")   # validation of a run, or of `metaedge compress`'s fine-tuning
 
 
 @dataclass
@@ -326,13 +327,14 @@ class DataConfig:
     max_frames: int | None = option(None, "video: stop after this many frames", group=_DATA, default_text="all")
     val_split: float | None = option(
         None, "hold out this fraction of the training classes for validation (--split-by group holds out whole "
-        "alphabets/folders)", group=_VAL, metavar="FRACTION", commands=("train",))
+        "alphabets/folders)", group=_VAL, metavar="FRACTION", commands=("train", "compress"))
     val_data: str | None = option(None, "validate on labelled classes of another source (see --data)", group=_VAL,
-                                  metavar="SOURCE")
-    val_sets: list[str] | None = option(None, "Omniglot sets of --val-data", group=_VAL, parse=_csv, metavar="A,B")
+                                  metavar="SOURCE", commands=_FINE_TUNING)
+    val_sets: list[str] | None = option(None, "Omniglot sets of --val-data", group=_VAL, parse=_csv, metavar="A,B",
+                                        commands=_FINE_TUNING)
     val_alphabets: list[str] | None = option(None, "Omniglot alphabets of --val-data", group=_VAL, parse=_csv,
-                                             metavar="A,B")
-    no_val: bool = option(False, "no validation: the last model is the result", group=_VAL)
+                                             metavar="A,B", commands=_FINE_TUNING)
+    no_val: bool = option(False, "no validation: the last model is the result", group=_VAL, commands=_FINE_TUNING)
     unlabelled: str | None = option(
         None, "also learn from these unlabelled images (a SOURCE as for --data, with its pre-processing and "
         "Omniglot options; Omniglot: all classes, other labelled sources: their train split)", group=_SEMI,
