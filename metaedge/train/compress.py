@@ -18,7 +18,9 @@ from metaedge.train.checkpoint import save_checkpoint
 from metaedge.train.prune import prune_channels
 
 # training options of the original run that fine-tuning does not inherit (how long, where, from what)
-_NOT_INHERITED = {"episodes", "time_budget_s", "init", "backbone_options", "warmup", "step_size", "checkpoint_every"}
+# (a distilled student is fine-tuned on its own: the teacher may be gone, and pruning is recovered from the data)
+_NOT_INHERITED = {"episodes", "time_budget_s", "init", "backbone_options", "warmup", "step_size", "checkpoint_every",
+                  "distill_from", "distill_weight", "distill_logit_weight", "distill_temperature"}
 
 
 def finetune_config(training: dict, *, time_budget_s: float | None, episodes: int | None, lr: float | None,

@@ -15,8 +15,16 @@ Teacher embeddings are computed once per training image, on the clean (un-augmen
 the *teacher's* spec, and cached: the teacher costs one pass over the images that training actually draws,
 not a forward pass per step, so a distilled student gets nearly the episodes an undistilled one gets in the
 same wall time. (The cache holds ``images x teacher dim`` float32: 21,760 Omniglot images x 512 = 45 MB.)
+Unlabelled images of a semi-supervised run are distilled too (the terms need no labels), with their own cache.
+
+In a run (``TrainConfig.distill_from``), the ``TrainingSession`` builds the ``Distiller`` on the training device,
+trains ``W`` with the student, keeps it in the resumable state, and adds ``Distiller.terms`` to the method's
+loss: from the embeddings and episode logits the method's own forward pass returned (``StepOutput``), else
+from a pass of its own (MAML, Reptile, SimCLR/BYOL). The saved and exported student is the backbone alone.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -43,8 +51,7 @@ class Distiller(nn.Module):
         self.project = nn.Linear(int(student_dim), self.teacher_dim)
         self.embedding_weight, self.logit_weight = float(embedding_weight), float(logit_weight)
         self.temperature = float(temperature)
-        self._cache: torch.Tensor | None = None
-        self._known: torch.Tensor | None = None
+        self._caches: dict[int, tuple] = {}   # id(data set) -> (data set, embeddings, which are known)
 
     @property
     def teacher(self):
@@ -55,20 +62,21 @@ class Distiller(nn.Module):
     def teacher_embeddings(self, data, indices: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Teacher embeddings of the images ``indices`` of ``data`` (a ``FewShotDataset``), computed on first
         use from the clean cached images pre-processed by the teacher's own spec."""
-        if self._cache is None or len(self._cache) != len(data):
-            self._cache = torch.zeros(len(data), self.teacher_dim)
-            self._known = torch.zeros(len(data), dtype=torch.bool)
+        if id(data) not in self._caches:
+            self._caches[id(data)] = (data, torch.zeros(len(data), self.teacher_dim),
+                                      torch.zeros(len(data), dtype=torch.bool))
+        _, cache, known = self._caches[id(data)]
         indices = torch.as_tensor(indices, dtype=torch.int64).cpu()
-        missing = indices[~self._known[indices]].unique()
+        missing = indices[~known[indices]].unique()
         if len(missing):
             teacher = self.teacher
             device = next(teacher.parameters()).device
             for start in range(0, len(missing), batch_size):
                 chunk = missing[start:start + batch_size]
                 x = teacher.spec.preprocess.apply(data.raw_images(chunk))
-                self._cache[chunk] = teacher(torch.from_numpy(x).to(device)).float().cpu()
-            self._known[missing] = True
-        return self._cache[indices]
+                cache[chunk] = teacher(torch.as_tensor(x).to(device)).float().cpu()
+            known[missing] = True
+        return cache[indices]
 
     # ------------------------------------------------------------------------------------------ losses
     def embedding_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -108,12 +116,60 @@ class Distiller(nn.Module):
         out["total"] = total
         return out
 
+    # ---------------------------------------------------------------------------------- in a training step
+    def terms(self, model, batch, embeddings: torch.Tensor | None = None,
+              episode_logits: torch.Tensor | None = None) -> dict | None:
+        """The distillation losses of a training ``Batch`` (None: its images have no data set to look the
+        teacher up in). ``embeddings``/``episode_logits``: the student's, from the method's own forward pass;
+        without them the student embeds the batch's images itself (embedding term only)."""
+        if batch.images_of is None or batch.indices is None:
+            return None
+        if embeddings is None:
+            images = batch.query if batch.support is None else torch.cat([batch.support, batch.query])
+            embeddings, episode_logits = model(images), None
+        teacher = self.teacher_embeddings(batch.images_of, batch.indices)
+        n_support = 0 if batch.support is None or episode_logits is None else int(batch.support.shape[0])
+        return self.loss(embeddings, teacher.to(embeddings.device), student_logits=episode_logits,
+                         n_support=n_support, support_labels=batch.support_labels, ways=batch.ways)
+
+    def add_to(self, model, batch, out):
+        """``out`` (a method's ``StepOutput``) with the distillation losses added to its loss and logged in its
+        ``extra`` (``distill``, ``distill_embedding``, ``distill_logits``)."""
+        found = self.terms(model, batch, out.embeddings, out.episode_logits)
+        if found is None:
+            return out
+        return dataclasses.replace(out, loss=out.loss + found["total"], extra={**out.extra, **self.logged(found)})
+
+    @staticmethod
+    def logged(found: dict) -> dict[str, float]:
+        return {("distill" if k == "total" else f"distill_{k}"): float(v.detach()) for k, v in found.items()}
+
 
 def load_teacher(path: str, device=None):
     """The teacher ``EmbeddingModel`` from a checkpoint or run directory, frozen, in eval mode."""
     from metaedge.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
     try:
         teacher = load_checkpoint(find_checkpoint(path))
-    except CheckpointError as exc:
-        raise DistillError(f"distill_from: {exc}") from None
+    except (CheckpointError, OSError) as exc:
+        raise DistillError(f"distill_from (--distill-from): the teacher cannot be loaded: {exc}") from None
     return teacher.to(device or "cpu").eval().requires_grad_(False)
+
+
+def build_distiller(config, student, data, device) -> Distiller | None:
+    """The ``Distiller`` of a run (None without ``distill_from``), its teacher on ``device``; refuses runs it
+    cannot serve, naming the option."""
+    if not config.distill_from:
+        return None
+    if config.command != "train":
+        raise DistillError(f"distill_from (--distill-from): distillation belongs to `metaedge train`, not to "
+                           f"`metaedge {config.command}` (pretrain first, then train with --init and --distill-from)")
+    if data.unlabelled:
+        raise DistillError("distill_from (--distill-from): the training data has no labels; distil in a labelled "
+                           "run (unlabelled images can join it with --unlabelled)")
+    teacher = load_teacher(config.distill_from, device)
+    try:
+        return Distiller(teacher, student.spec.embedding_dim, embedding_weight=config.distill_weight,
+                         logit_weight=config.distill_logit_weight,
+                         temperature=config.distill_temperature).to(device)
+    except DistillError as exc:
+        raise DistillError(f"{exc} (--distill-weight, --distill-logit-weight, --distill-temperature)") from None
