@@ -47,6 +47,10 @@ def add_backend_arg(p) -> None:
     p.add_argument("--backend", default="auto", metavar="NAME",
                    help="inference backend: auto (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU), or one of "
                         "tensorrt, ort-cuda, ort-cpu (default: auto)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
+                   help="network precision: auto = fp16 on TensorRT; on a CPU the bundle's INT8 model when it has one "
+                        "(`metaedge export --int8`) and the CPU has fast 8-bit dot products (VNNI, ARM dot product), "
+                        "else fp32 (default: auto)")
 
 
 def add_frame_args(p, source_help: str) -> None:
@@ -236,7 +240,8 @@ def open_classifier(args, gallery: str | None, must_exist: bool, autosave: bool 
     if not os.path.isdir(args.bundle):
         raise CliError(f"{args.bundle}: not a bundle directory (make one with `metaedge export`)", EXIT_DATA)
     frames = {"resize_mode": getattr(args, "resize_mode", None), "yuv_matrix": getattr(args, "yuv_matrix", "bt601")}
-    clf = EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave, **frames)
+    clf = EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave,
+                         backend_options={"precision": getattr(args, "precision", "auto")}, **frames)
     clf.gallery.actor = cli_actor(args)
     return clf
 

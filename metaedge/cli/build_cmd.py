@@ -13,8 +13,10 @@ def register(sub) -> None:
                     "log says why. Takes minutes on a Jetson (progress is printed); needs TensorRT and a CUDA build "
                     "of metaedge. On TensorRT 11, fp16 needs a bundle exported with --fp16-onnx.")
     p.add_argument("bundle", help="bundle directory (from `metaedge export`)")
-    p.add_argument("--precision", choices=("fp16", "fp32", "auto"), default="fp16",
-                   help="engine precision (default fp16; auto = fp16 when this TensorRT can build it, else fp32)")
+    p.add_argument("--precision", choices=("fp16", "fp32", "int8", "auto"), default="fp16",
+                   help="engine precision (default fp16; auto = fp16 when this TensorRT can build it, else fp32; "
+                        "int8 = from the bundle's Q/DQ model, `metaedge export --int8`: explicit quantisation, "
+                        "not yet verified on hardware)")
     p.add_argument("--max-batch", type=int, default=32, metavar="N", help="largest batch the engine takes (32)")
     p.add_argument("--opt-batch", type=int, default=None, metavar="N",
                    help="batch size the kernels are tuned for (default 1: frame-by-frame latency)")

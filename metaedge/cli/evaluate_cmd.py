@@ -93,12 +93,21 @@ def eval_data_config(given: dict, stored: dict | None, preprocess):
             cfg = dataclasses.replace(cfg, split="test")
     else:
         cfg = DataConfig.from_dict(given)
+    return with_checkpoint_preprocess(cfg, preprocess)
+
+
+def with_checkpoint_preprocess(cfg, preprocess):
+    """``cfg`` with the checkpoint's input pre-processing wherever the flags did not name one (the checkpoint
+    says how its inputs were made; synthetic data has only its own)."""
+    import dataclasses
+
+    from metaedge.train.data.sources import source_kind
     kind, _ = source_kind(cfg.data)
-    if kind != "synthetic":  # the checkpoint says how its inputs were made; flags override only what they name
-        cfg = dataclasses.replace(cfg, size=cfg.size or preprocess.size[0], color=cfg.color or preprocess.color,
-                                  invert=preprocess.invert if cfg.invert is None else cfg.invert,
-                                  mean=cfg.mean or list(preprocess.mean), std=cfg.std or list(preprocess.std))
-    return cfg
+    if kind == "synthetic":
+        return cfg
+    return dataclasses.replace(cfg, size=cfg.size or preprocess.size[0], color=cfg.color or preprocess.color,
+                               invert=preprocess.invert if cfg.invert is None else cfg.invert,
+                               mean=cfg.mean or list(preprocess.mean), std=cfg.std or list(preprocess.std))
 
 
 def run(args) -> int:

@@ -1,6 +1,7 @@
 """Workstation -> device: torch model to a verified ONNX bundle, ONNX to a cached TensorRT engine.
 
-``export_bundle(model, dir)`` (needs torch, onnx, onnxruntime) and ``build_engine(bundle, precision=...)``
+``export_bundle(model, dir)`` (needs torch, onnx, onnxruntime; ``int8=Int8Options(...)`` adds verified INT8
+Q/DQ models) and ``build_engine(bundle, precision=...)``
 (needs TensorRT and a GPU; no torch). Submodules are imported on first use.
 """
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING
 from metaedge._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; resolved lazily by __getattr__ at run time
-    from metaedge.export import onnx, tensorrt, verify
+    from metaedge.export import onnx, quantize, tensorrt, verify
     from metaedge.export.onnx import ONNX_OPSET, ExportError, check_onnx, export_bundle
+    from metaedge.export.quantize import Int8Options
     from metaedge.export.tensorrt import build_engine
 
 _LAZY = {
@@ -20,8 +22,9 @@ _LAZY = {
     "ExportError": "metaedge.export.onnx",
     "ONNX_OPSET": "metaedge.export.onnx",
     "build_engine": "metaedge.export.tensorrt",
+    "Int8Options": "metaedge.export.quantize",
 }
-_SUBMODULES = {"onnx", "verify", "tensorrt"}
+_SUBMODULES = {"onnx", "verify", "tensorrt", "quantize"}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 

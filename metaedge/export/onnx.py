@@ -28,7 +28,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from metaedge.runtime.bundle import (BATCH_DIM, BUNDLE_FORMAT, FORMAT_VERSION, F
                                      ONNX_NAME, Bundle, model_entry, write_manifest)
 from metaedge.runtime.fileio import sha256_file
 from metaedge.runtime.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from metaedge.export.quantize import Int8Options
 
 ONNX_OPSET = 18
 TENSORRT10_OPSETS = (9, 20)     # onnx-tensorrt docs/operators.md (10.x); TensorRT 11.x: 9-25
@@ -254,7 +257,8 @@ def _install(staging: Path, out_dir: Path) -> None:
 
 def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False, images=None,
                   num_images: int = 32, tolerance: float = FP32_TOLERANCE_ABS, seed: int = 0,
-                  overwrite: bool = False, progress: Callable[[str], None] | None = None) -> Bundle:
+                  overwrite: bool = False, progress: Callable[[str], None] | None = None,
+                  int8: "Int8Options | None" = None) -> Bundle:
     """Export ``model`` (an ``EmbeddingModel``, e.g. from ``metaedge.train.load_checkpoint``) to a verified
     bundle in ``out_dir``.
 
@@ -262,7 +266,10 @@ def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False,
     ``num_images`` are used), pre-processed by the spec exactly as on the device. The fp32 ONNX must match
     torch within ``tolerance`` (max abs) on every input set, else ``ExportError`` with the numbers.
     ``fp16_onnx``: also write ``model.fp16.onnx`` (fp32 I/O) for TensorRT 11 fp16 engines; its embeddings must
-    keep cosine >= 0.999 with torch's. Returns the loaded ``Bundle``.
+    keep cosine >= 0.999 with torch's.
+    ``int8``: also write the INT8 Q/DQ models (``metaedge.export.Int8Options``: calibration images, held-out
+    classes, tolerances, precision policy); their verification goes into the manifest and an INT8 model past
+    the tolerances fails the export with the numbers. Returns the loaded ``Bundle``.
     """
     say = progress or log.info
     torch = require("torch", "exporting a model")
@@ -328,6 +335,15 @@ def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False,
                                                  opset=info16["opset"], ir_version=info16["ir_version"],
                                                  precision="fp16", spec=spec)
             manifest["verification"]["fp16"] = fp16
+        if int8 is not None:
+            from metaedge.export.quantize import QuantizationError, quantize_bundle
+            try:
+                entries, record = quantize_bundle(onnx_path, staging, spec, int8,
+                                                  check_file=lambda path: check_onnx(path, spec), say=say)
+            except QuantizationError as exc:
+                raise ExportError(str(exc)) from exc
+            manifest.update(entries)
+            manifest["verification"]["int8"] = record
         meta = getattr(module, "checkpoint_meta", None) or {}
         manifest["source"] = {
             "checkpoint": checkpoint, "exporter": exporter, "torch": torch.__version__, "onnx": onnx.__version__,

@@ -24,10 +24,11 @@ def _stderr(message: str) -> None:
 def build_engine(bundle: Bundle | str | Path, precision: str = "fp16", max_batch: int = DEFAULT_MAX_BATCH, *,
                  opt_batch: int | None = None, workspace_mib: int = DEFAULT_WORKSPACE_MIB, force: bool = False,
                  verbose: bool = False, progress: Callable[[str], None] | None = _stderr) -> Path:
-    """Return the path of the engine for ``bundle`` at ``precision`` ("fp16", "fp32" or "auto") for batches
+    """Return the path of the engine for ``bundle`` at ``precision`` ("fp16", "fp32", "int8" or "auto") for batches
     1..``max_batch`` (optimised for ``opt_batch``, default 1) on this GPU and TensorRT; build it if no valid
     one is cached (``force`` rebuilds). ``workspace_mib`` caps TensorRT's scratch memory during the build.
-    On TensorRT 11, fp16 needs the bundle's fp16 ONNX (``export_bundle(..., fp16_onnx=True)``).
+    On TensorRT 11, fp16 needs the bundle's fp16 ONNX (``export_bundle(..., fp16_onnx=True)``); int8 always
+    needs its INT8 Q/DQ model (``export_bundle(..., int8=Int8Options(...))``).
     Raises ``EngineBuildError`` with TensorRT's own messages (every ONNX parser error with its node)."""
     path, _ = get_engine(bundle, precision=precision, max_batch=max_batch, opt_batch=opt_batch,
                          workspace_mib=workspace_mib, force=force, progress=progress, verbose=verbose)

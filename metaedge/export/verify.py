@@ -169,3 +169,128 @@ def summarize(results: list[Parity], tolerance_abs: float | None = None,
                      and (min_cosine is None or worst_cos >= min_cosine))
     out["real_images"] = sum(r.samples for r in results if r.inputs == "real images")
     return out
+
+
+# ----------------------------------------------------------------------------- held-out few-shot checks
+@dataclass
+class LabelledImages:
+    """uint8 images of classes a model did not train on, with class ids ``0..classes-1``."""
+    images: list
+    labels: np.ndarray
+    class_names: list[str]
+    source: str
+
+    def describe(self, note: str | None = None) -> dict:
+        out = {"source": note or self.source, "classes": len(self.class_names), "images": len(self.images)}
+        return out
+
+
+def load_labelled(source, max_images: int = 2000, seed: int = 0) -> LabelledImages:
+    """Labelled images from a directory with one sub-folder of images per class, or ``(images, labels)``.
+    At most ``max_images``: whole classes, drawn in a seeded order, so every class kept has all its images."""
+    rng = np.random.default_rng(seed)
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if not root.is_dir():
+            raise ValueError(f"held-out images: {root} is not a directory of class folders")
+        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files = {c: sorted(p for p in c.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                 for c in classes}
+        classes = [c for c in classes if files[c]]
+        if len(classes) < 2:
+            raise ValueError(f"held-out images: {root} needs at least 2 class folders with images, found "
+                             f"{len(classes)}")
+        order = [classes[i] for i in rng.permutation(len(classes))]
+        images, labels, names = [], [], []
+        for c in order:
+            if names and len(images) + len(files[c]) > max_images:
+                break
+            names.append(c.name)
+            for f in files[c]:
+                images.append(_decode(read_image_file(f, str(f)), str(f)))
+                labels.append(len(names) - 1)
+        return LabelledImages(images, np.asarray(labels, np.int64), names, str(root))
+    images, labels = source
+    labels = np.asarray(labels)
+    if len(images) != len(labels) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"held-out images: expected (images, integer labels) of equal length, got {len(images)} "
+                         f"images and labels of shape {labels.shape} ({labels.dtype})")
+    uniq = np.unique(labels)
+    keep, total = [], 0
+    for c in uniq[rng.permutation(len(uniq))]:
+        n = int(np.sum(labels == c))
+        if keep and total + n > max_images:
+            break
+        keep.append(c)
+        total += n
+    index = {c: i for i, c in enumerate(keep)}
+    sel = [i for i in range(len(labels)) if labels[i] in index]
+    imgs = [np.asarray(images[i]) for i in sel]
+    for i, img in zip(sel, imgs):
+        if img.dtype != np.uint8:
+            raise TypeError(f"held-out images[{i}]: expected uint8 pixels, got {img.dtype}")
+    return LabelledImages(imgs, np.asarray([index[labels[i]] for i in sel], np.int64), [str(c) for c in keep],
+                          "arrays")
+
+
+def _scores(queries: np.ndarray, protos: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        p = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+        return q @ p.T
+    if metric == "dot":
+        return queries @ protos.T
+    return -((queries[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
+
+
+def episode_accuracies(embeddings: Sequence[np.ndarray], labels: np.ndarray, *, metric: str, ways: int = 5,
+                       shots: int = 1, queries: int = 15, episodes: int = 600, seed: int = 0) -> np.ndarray:
+    """``[len(embeddings), episodes]`` nearest-prototype accuracies of several embeddings of the same images on
+    the same seeded ``ways``-way ``shots``-shot episodes (the device's classification rule, in float64): paired
+    comparisons of models. Classes with fewer than ``shots + 1`` images are not drawn; queries per class shrink
+    to what the smallest drawn-from class holds."""
+    embs = [np.asarray(e, np.float64) for e in embeddings]
+    labels = np.asarray(labels)
+    members = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    usable = [c for c, idx in members.items() if len(idx) > shots]
+    if len(usable) < ways:
+        raise ValueError(f"few-shot check: {ways}-way {shots}-shot needs {ways} classes with more than {shots} "
+                         f"images, the held-out set has {len(usable)}")
+    q = min(queries, min(len(members[c]) for c in usable) - shots)
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((len(embs), episodes))
+    for e in range(episodes):
+        chosen = rng.choice(len(usable), ways, replace=False)
+        support, query, qlab = [], [], []
+        for w, ci in enumerate(chosen):
+            idx = rng.permutation(members[usable[ci]])[:shots + q]
+            support.append(idx[:shots])
+            query.extend(idx[shots:])
+            qlab.extend([w] * (len(idx) - shots))
+        query, qlab = np.asarray(query), np.asarray(qlab)
+        for k, emb in enumerate(embs):
+            protos = np.stack([emb[s].mean(0) for s in support])
+            acc[k, e] = np.mean(np.argmax(_scores(emb[query], protos, metric), axis=1) == qlab)
+    return acc
+
+
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the normal 95% confidence interval of a mean (1.96 standard errors)."""
+    values = np.asarray(values, np.float64)
+    return float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def paired_fewshot(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, *, metric: str,
+                   ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 600, seed: int = 0) -> dict:
+    """Accuracy of an fp32 (``reference``) and an INT8 (``candidate``) embedding of the same images on the same
+    episodes (``episode_accuracies``), each with its 95% CI, and the paired loss ``fp32 - int8`` with the 95% CI
+    of the per-episode differences."""
+    acc = episode_accuracies([reference, candidate], labels, metric=metric, ways=ways, shots=shots,
+                             queries=queries, episodes=episodes, seed=seed)
+    members = np.unique(np.asarray(labels), return_counts=True)[1]
+    q = int(min(queries, members[members > shots].min() - shots))
+    diff = acc[0] - acc[1]
+    return {"ways": ways, "shots": shots, "queries": q, "episodes": episodes, "metric": metric,
+            "fp32": round(float(acc[0].mean()), 6), "fp32_ci95": round(ci95(acc[0]), 6),
+            "int8": round(float(acc[1].mean()), 6), "int8_ci95": round(ci95(acc[1]), 6),
+            "loss": round(float(diff.mean()), 6), "loss_ci95": round(ci95(diff), 6)}

@@ -7,6 +7,8 @@
                          metric), the ONNX files with their sha256, verification numbers, metaedge version
       model.onnx         fp32, dynamic batch
       model.fp16.onnx    optional: fp16 weights and maths, fp32 I/O (TensorRT 11 builds fp16 from it)
+      model.int8.onnx    optional: INT8 Q/DQ for CPUs (ONNX Runtime: uint8 activations, int8 per-channel weights)
+      model.int8.trt.onnx  optional: INT8 Q/DQ for TensorRT (symmetric int8 activations and weights)
       engines/           TensorRT plans built on the device (see engine_cache.py)
 
 ``Bundle.load`` checks the manifest's schema and version, that the ONNX files are byte-for-byte what was
@@ -40,6 +42,10 @@ MANIFEST_NAME = "manifest.json"
 ENGINES_DIRNAME = "engines"
 ONNX_NAME = "model.onnx"
 FP16_ONNX_NAME = "model.fp16.onnx"
+INT8_ONNX_NAME = "model.int8.onnx"
+INT8_TRT_ONNX_NAME = "model.int8.trt.onnx"
+# Every ONNX file a bundle may carry: manifest key -> precision. The fingerprint covers each one present.
+MODEL_KEYS = {"model": "fp32", "fp16_model": "fp16", "int8_model": "int8", "int8_tensorrt_model": "int8"}
 BATCH_DIM = "batch"
 FINGERPRINT_VERSION = 1
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -59,10 +65,10 @@ def _is_sha256(value: Any) -> bool:
 
 
 def model_entry(file: str, sha256: str, size: int, *, opset: int, ir_version: int, precision: str,
-                spec: ModelSpec) -> dict:
-    """The manifest's description of one ONNX file of a bundle."""
+                spec: ModelSpec, **extra) -> dict:
+    """The manifest's description of one ONNX file of a bundle (``extra``: e.g. an INT8 file's quantisation)."""
     return {"file": file, "sha256": sha256, "bytes": size, "opset": opset, "ir_version": ir_version,
-            "precision": precision,
+            "precision": precision, **extra,
             "input": {"name": spec.input_name, "shape": [BATCH_DIM, *spec.input_shape], "dtype": "float32",
                       "layout": "NCHW"},
             "output": {"name": spec.output_name, "shape": [BATCH_DIM, spec.embedding_dim], "dtype": "float32"}}
@@ -104,12 +110,12 @@ def _leaves(value: Any, prefix: str, out: dict[str, Any]) -> None:
 
 def fingerprint_fields(manifest: dict) -> dict[str, Any]:
     """The manifest fields the fingerprint covers, flattened to ``{"spec.preprocess.mean": [..], ...}``: every
-    field of ``spec`` except ``spec.extra`` (informative), and of each ONNX file's entry its file, sha256,
-    precision, input and output."""
+    field of ``spec`` except ``spec.extra`` (informative), and of each ONNX file's entry (fp32, fp16, both INT8
+    files) its file, sha256, precision, input and output."""
     out: dict[str, Any] = {}
     spec = {k: v for k, v in (manifest.get("spec") or {}).items() if k != "extra"}
     _leaves(spec, "spec", out)
-    for key in ("model", "fp16_model"):
+    for key in MODEL_KEYS:
         entry = manifest.get(key)
         if isinstance(entry, dict):
             _leaves({k: entry.get(k) for k in ("file", "sha256", "precision", "input", "output")}, key, out)
@@ -201,8 +207,12 @@ def validate_manifest(manifest: Any, where: Path | str = "<manifest>") -> ModelS
         _fail(where, f"manifest field 'spec.input_shape': {manifest['spec'].get('input_shape')} disagrees with "
                      f"spec.preprocess (channels, size) = {list(spec.input_shape)}")
     _check_model_entry(where, "model", manifest.get("model"), spec)
-    if manifest.get("fp16_model") is not None:
-        _check_model_entry(where, "fp16_model", manifest["fp16_model"], spec)
+    for key, precision in MODEL_KEYS.items():
+        if key != "model" and manifest.get(key) is not None:
+            _check_model_entry(where, key, manifest[key], spec)
+            if manifest[key]["precision"] != precision:
+                _fail(where, f"manifest field '{key}.precision': expected {precision!r}, got "
+                             f"{manifest[key]['precision']!r}")
     for optional in ("verification", "source"):
         if optional in manifest and not isinstance(manifest[optional], dict):
             _fail(where, f"manifest field '{optional}': expected an object")
@@ -247,6 +257,20 @@ def _check_onnx_io(where: Path, key: str, file: Path, spec: ModelSpec) -> None:
                      f"output {spec.output_name!r} is {list(out.shape)}")
 
 
+def _int8_check_text(check: dict) -> str:
+    """One line of an INT8 verification record (a manifest is untrusted input: anything malformed says so)."""
+    try:
+        text = f"embedding cosine mean {float(check['cosine']['mean']):.4f}"
+        acc = check.get("accuracy")
+        if isinstance(acc, dict):
+            text += (f"; {int(acc['ways'])}-way {int(acc['shots'])}-shot {100 * float(acc['fp32']):.2f}% fp32 vs "
+                     f"{100 * float(acc['int8']):.2f}% int8 (loss {100 * float(acc['loss']):+.2f} +- "
+                     f"{100 * float(acc['loss_ci95']):.2f} points, {int(acc['episodes'])} paired episodes)")
+        return text
+    except (KeyError, TypeError, ValueError):
+        return "(malformed verification record)"
+
+
 @dataclass
 class Bundle:
     """A loaded, verified bundle. ``fingerprint`` identifies what its embeddings mean (network bytes and every
@@ -261,6 +285,10 @@ class Bundle:
     fingerprint_recorded: bool = True
     fp16_onnx_path: Path | None = None
     fp16_onnx_sha256: str | None = None
+    int8_onnx_path: Path | None = None           # for CPUs (ONNX Runtime)
+    int8_onnx_sha256: str | None = None
+    int8_trt_onnx_path: Path | None = None       # for TensorRT (symmetric Q/DQ)
+    int8_trt_onnx_sha256: str | None = None
     extras: dict = field(default_factory=dict)
 
     @property
@@ -293,7 +321,7 @@ class Bundle:
         spec = validate_manifest(manifest, path)
         fingerprint = check_fingerprint(manifest, path)
         files = {}
-        for key in ("model", "fp16_model"):
+        for key in MODEL_KEYS:
             entry = manifest.get(key)
             if entry is None:
                 continue
@@ -312,7 +340,12 @@ class Bundle:
             files[key] = file
         return cls(path=path, manifest=manifest, spec=spec, onnx_path=files["model"],
                    onnx_sha256=manifest["model"]["sha256"], fp16_onnx_path=files.get("fp16_model"),
-                   fp16_onnx_sha256=(manifest.get("fp16_model") or {}).get("sha256"), fingerprint=fingerprint,
+                   fp16_onnx_sha256=(manifest.get("fp16_model") or {}).get("sha256"),
+                   int8_onnx_path=files.get("int8_model"),
+                   int8_onnx_sha256=(manifest.get("int8_model") or {}).get("sha256"),
+                   int8_trt_onnx_path=files.get("int8_tensorrt_model"),
+                   int8_trt_onnx_sha256=(manifest.get("int8_tensorrt_model") or {}).get("sha256"),
+                   fingerprint=fingerprint,
                    fingerprint_recorded="fingerprint" in manifest)
 
     def summary(self) -> dict:
@@ -333,11 +366,18 @@ class Bundle:
                                                              " (computed at open: exported before metaedge recorded "
                                                              "one, so manifest edits cannot be detected; re-export)"),
             "fp16 onnx": (f"{self.manifest['fp16_model']['file']}" if self.fp16_onnx_path else "no"),
+            "int8 onnx": ", ".join(f"{self.manifest[k]['file']} ({self.manifest[k]['bytes'] / 2**20:.1f} MiB)"
+                                   for k in ("int8_model", "int8_tensorrt_model") if self.manifest.get(k)) or "no",
         }
         parity = (self.manifest.get("verification") or {}).get("fp32")
         if isinstance(parity, dict) and "max_abs" in parity:
             cosine = parity.get("min_cosine", float("nan"))
             out["parity fp32"] = f"max abs {parity['max_abs']:.2e}, min cosine {cosine:.6f}"
+        int8 = (self.manifest.get("verification") or {}).get("int8")
+        for target in ("cpu", "tensorrt"):
+            check = int8.get(target) if isinstance(int8, dict) else None
+            if isinstance(check, dict):
+                out[f"int8 check ({target})"] = _int8_check_text(check)
         return out
 
     def engines(self) -> list[dict]:

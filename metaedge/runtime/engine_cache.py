@@ -19,7 +19,7 @@ from typing import Callable
 from metaedge.runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 
 SIDECAR_SCHEMA = 1
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
 PLAN_SUFFIX = ".plan"
 SIDECAR_SUFFIX = ".json"
 MAX_SIDECAR_BYTES = 1024 * 1024

@@ -11,7 +11,11 @@ samples/python/simple_progress_monitor, "Migrating from TensorRT 10.x to 11.x"):
   persistent timing cache, ``progress_monitor``) -> ``build_serialized_network``.
 * Precision: TensorRT 10 uses ``BuilderFlag.FP16`` on the fp32 ONNX; TensorRT 11 removed every precision
   builder flag (strong typing), so fp16 comes from the bundle's fp16 ONNX and no flag is touched.
-* No INT8 calibration (removed in 11; not used on 10 either).
+* INT8 only from the bundle's explicitly quantised ONNX (``model.int8.trt.onnx``: symmetric int8 Q/DQ, written by
+  ``metaedge export --int8``): TensorRT 10 builds it in explicit-quantisation mode (``BuilderFlag.INT8`` on a
+  weakly typed network - the Q/DQ scales decide, no calibrator), TensorRT 11 as the strongly typed network it
+  always builds (no flag). No implicit INT8 calibration anywhere (removed in 11, deprecated in 10).
+  Unverified on hardware until ``tools/gpu_check.sh`` runs it on a GPU.
 Everything that does not need TensorRT itself (keys, cache, precision choice) is plain Python and tested.
 """
 from __future__ import annotations
@@ -71,23 +75,31 @@ def current_device(index: int = 0) -> DeviceIdentity:
                           cuda_version=str(cuda.get("runtime") or "unknown"))
 
 
-def choose_onnx(bundle: Bundle, precision: str, trt_major: int) -> tuple[Path, str, bool]:
-    """``(onnx file, its sha256, set the FP16 builder flag?)`` for a precision on this TensorRT major."""
-    if precision not in ("fp16", "fp32"):
-        raise ValueError(f"precision: expected 'fp16' or 'fp32', got {precision!r}")
+def choose_onnx(bundle: Bundle, precision: str, trt_major: int) -> tuple[Path, str, tuple[str, ...]]:
+    """``(onnx file, its sha256, builder flags to set)`` for a precision on this TensorRT major."""
+    if precision not in ("fp16", "fp32", "int8"):
+        raise ValueError(f"precision: expected 'fp16', 'fp32' or 'int8', got {precision!r}")
     if precision == "fp32":
-        return bundle.onnx_path, bundle.onnx_sha256, False
+        return bundle.onnx_path, bundle.onnx_sha256, ()
+    if precision == "int8":
+        if bundle.int8_trt_onnx_path is None:
+            raise EngineBuildError("INT8 engines are built from the bundle's explicitly quantised ONNX "
+                                   "(model.int8.trt.onnx), and this bundle has none. Re-export with "
+                                   "`metaedge export --int8` (export_bundle(..., int8=Int8Options(...))).")
+        # TensorRT 10: Q/DQ layers + the INT8 flag = explicit quantisation; 11: strongly typed, no flags exist.
+        return bundle.int8_trt_onnx_path, bundle.int8_trt_onnx_sha256, (("INT8",) if trt_major < 11 else ())
     if trt_major < 11:
-        return bundle.onnx_path, bundle.onnx_sha256, True
+        return bundle.onnx_path, bundle.onnx_sha256, ("FP16",)
     if bundle.fp16_onnx_path is None:
         raise EngineBuildError(f"TensorRT {trt_major}.x builds fp16 engines only from an fp16 ONNX (strong typing; "
                                "the FP16 builder flag is gone), and this bundle has none. Re-export with "
                                "`metaedge export --fp16-onnx` (export_bundle(..., fp16_onnx=True)) or use fp32.")
-    return bundle.fp16_onnx_path, bundle.fp16_onnx_sha256, False
+    return bundle.fp16_onnx_path, bundle.fp16_onnx_sha256, ()
 
 
 def resolve_precision(bundle: Bundle, precision: str, trt_major: int) -> str:
-    """``"auto"``: fp16 wherever this TensorRT can build it from the bundle, else fp32."""
+    """``"auto"``: fp16 wherever this TensorRT can build it from the bundle, else fp32. INT8 is never chosen
+    automatically on a GPU: it is asked for (``precision="int8"``) until it has been verified on hardware."""
     if precision != "auto":
         return precision
     return "fp16" if trt_major < 11 or bundle.fp16_onnx_path is not None else "fp32"
@@ -172,15 +184,19 @@ def _parser_error_text(error) -> str:
     return f"{where}: {error.desc()} [{error.code()}]"
 
 
-def build_serialized(onnx_path: Path, *, input_name: str, input_shape: tuple[int, int, int], fp16_flag: bool,
+def build_serialized(onnx_path: Path, *, input_name: str, input_shape: tuple[int, int, int], fp16_flag: bool = False,
                      max_batch: int, opt_batch: int, workspace_bytes: int, timing_cache: Path | None,
-                     progress: Callable[[str], None] | None = None, verbose: bool = False, trt=None) -> bytes:
+                     progress: Callable[[str], None] | None = None, verbose: bool = False, trt=None,
+                     flags: tuple[str, ...] = ()) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine for batch 1..``max_batch`` (optimised for
-    ``opt_batch``). ``fp16_flag`` sets ``BuilderFlag.FP16`` and is only legal before TensorRT 11."""
+    ``opt_batch``). ``flags``: ``BuilderFlag`` names to set (``"FP16"``, ``"INT8"``; ``fp16_flag`` = FP16), only
+    legal before TensorRT 11."""
     trt = trt or tensorrt_module()
     major = tensorrt_major(trt.__version__)
-    if fp16_flag and major >= 11:
-        raise EngineBuildError("BuilderFlag.FP16 does not exist in TensorRT 11; build fp16 from the fp16 ONNX")
+    flags = tuple(dict.fromkeys((*flags, *(("FP16",) if fp16_flag else ()))))
+    if flags and major >= 11:
+        raise EngineBuildError(f"BuilderFlag.{'/'.join(flags)} does not exist in TensorRT 11 (strong typing); build "
+                               "fp16 from the fp16 ONNX and INT8 from the Q/DQ ONNX")
     if not 1 <= opt_batch <= max_batch:
         raise ValueError(f"opt_batch: expected 1..max_batch ({max_batch}), got {opt_batch}")
     logger = make_logger(trt, verbose)
@@ -197,8 +213,8 @@ def build_serialized(onnx_path: Path, *, input_name: str, input_shape: tuple[int
                                f"[{input_name!r}]")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, (1, *input_shape), (opt_batch, *input_shape), (max_batch, *input_shape))
     config.add_optimization_profile(profile)
@@ -247,13 +263,13 @@ def get_engine(bundle: Bundle | str | Path, *, precision: str = "fp16", max_batc
     device = device or current_device()
     major = tensorrt_major(trt.__version__)
     precision = resolve_precision(bundle, precision, major)
-    onnx_path, _, fp16_flag = choose_onnx(bundle, precision, major)
+    onnx_path, _, flags = choose_onnx(bundle, precision, major)
     key = engine_key(bundle, precision, max_batch, trt.__version__, device, opt_batch)
     spec = bundle.spec
 
     def build() -> bytes:
         return build_serialized(onnx_path, input_name=spec.input_name, input_shape=tuple(spec.input_shape),
-                                fp16_flag=fp16_flag, max_batch=key.max_batch, opt_batch=key.opt_batch,
+                                flags=flags, max_batch=key.max_batch, opt_batch=key.opt_batch,
                                 workspace_bytes=int(workspace_mib) << 20,
                                 timing_cache=timing_cache_path(bundle.engines_dir, trt.__version__, device),
                                 progress=progress, verbose=verbose, trt=trt)

@@ -12,6 +12,8 @@
 - ``weights``: a local file (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only=True``) of
   torchvision weights for resnet18 / mobilenet_v3_small; classifier keys are ignored, a 3-channel first
   convolution is summed over its input channels for gray inputs. Nothing is ever downloaded.
+- ``pruned``: ``{layer: shape}`` of a channel-pruned network (written by ``metaedge.train.prune``; checkpoints
+  of ``metaedge compress`` carry it): those layers are rebuilt smaller before any weights are loaded.
 """
 from __future__ import annotations
 
@@ -195,6 +197,7 @@ def build_backbone(name: str = "conv4", **options) -> EmbeddingModel:
         raise BackboneError(f"backbone: expected one of {BACKBONES}, got {name!r}")
     opts = dict(options)
     weights = opts.pop("weights", None)
+    pruned = opts.pop("pruned", None)
     preprocess = _preprocess_from_options(name, opts)
     metric = opts.pop("metric", "euclidean")
     embedding_dim = opts.pop("embedding_dim", None)
@@ -214,8 +217,18 @@ def build_backbone(name: str = "conv4", **options) -> EmbeddingModel:
         _load_trunk_weights(trunk, weights, "", ())
     if opts:
         raise BackboneError(f"unknown option(s) for backbone {name!r}: {sorted(opts)}")
+    if pruned:
+        from metaedge.train.prune import PruneError, apply_pruned_shapes
+        dense_dim = _trunk_output_dim(trunk, in_channels, preprocess.size)
+        if embedding_dim is not None and int(embedding_dim) != dense_dim:  # the projection the dense model had
+            trunk = nn.Sequential(trunk, nn.Linear(dense_dim, int(embedding_dim)))
+        try:
+            apply_pruned_shapes(trunk, pruned)
+        except PruneError as exc:
+            raise BackboneError(str(exc)) from None
+        arch["pruned"] = pruned
     trunk_dim = _trunk_output_dim(trunk, in_channels, preprocess.size)
-    if embedding_dim is not None and int(embedding_dim) != trunk_dim:
+    if embedding_dim is not None and int(embedding_dim) != trunk_dim and not pruned:
         trunk = nn.Sequential(trunk, nn.Linear(trunk_dim, int(embedding_dim)))
         trunk_dim = int(embedding_dim)
     stored = {"preprocess": preprocess.to_dict(), "metric": metric, **arch}

@@ -30,7 +30,8 @@ class EpisodeBatches:
         ep = self.sampler.sample(episode)
         return Batch(query=self.data.batch(ep.query, self.augment, generator), query_labels=ep.query_labels,
                      support=self.data.batch(ep.support, self.augment, generator),
-                     support_labels=ep.support_labels, ways=ep.ways, generator=generator)
+                     support_labels=ep.support_labels, ways=ep.ways, generator=generator, images_of=self.data,
+                     indices=torch.cat([torch.as_tensor(ep.support), torch.as_tensor(ep.query)]))
 
 
 class SupervisedBatches:
@@ -43,7 +44,8 @@ class SupervisedBatches:
     def __call__(self, episode: int, generator: torch.Generator) -> Batch:
         idx, labels = self.sampler.sample(episode)
         return Batch(query=self.data.batch(idx, self.augment, generator), query_labels=labels,
-                     ways=self.data.num_classes, generator=generator)
+                     ways=self.data.num_classes, generator=generator, images_of=self.data,
+                     indices=torch.as_tensor(idx))
 
 
 class MixedBatches:

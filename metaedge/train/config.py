@@ -93,6 +93,7 @@ _HOW_LONG = "how long"
 _OPT = "optimisation"
 _VAL = "validation (held-out classes; the best model is kept)"
 _RUN = "run"
+_DISTILL = "distillation (a bigger trained model teaches this one)"
 
 
 @dataclass
@@ -133,6 +134,19 @@ class TrainConfig:
         "auto", "with --unlabelled: augmentation of the unsupervised episodes (their only source of 'same class')",
         group="semi-supervised (labelled + unlabelled images in one run)", metavar="PRESET|JSON",
         parse=parse_augment, commands=("train",))
+    distill_from: str | None = option(
+        None, "distil from this teacher checkpoint or run directory (e.g. a resnet12 trained on the same data): "
+        "the student also learns to match the teacher's embeddings (through a learned linear map used only in "
+        "training: the exported student keeps its own) and, for protonet, its episode logits; the teacher "
+        "pre-processes the images by its own spec", group=_DISTILL, metavar="TEACHER_CKPT", parse=_abspath,
+        commands=("train",))
+    distill_weight: float = option(1.0, "weight of the embedding term, 1 - cos(W student, teacher)",
+                                   group=_DISTILL, commands=("train",))
+    distill_logit_weight: float = option(1.0, "weight of the episode-logit term, T^2 KL(teacher || student) of "
+                                         "the queries' nearest-prototype logits (protonet)", group=_DISTILL,
+                                         commands=("train",))
+    distill_temperature: float = option(4.0, "softmax temperature T of the episode-logit term", group=_DISTILL,
+                                        commands=("train",))
     episodes: int | None = option(None, "stop after this many episodes (steps)", group=_HOW_LONG, resumable=True)
     time_budget_s: float | None = option(
         None, "stop after this much training time (e.g. 1200, 20m, 1h); with --episodes, whichever first",
@@ -204,6 +218,13 @@ class TrainConfig:
         need(self.val_method in VAL_METHODS, f"val_method: unknown {self.val_method!r}")
         need(0 <= self.label_smoothing < 1, "label_smoothing: expected in [0, 1)")
         need(0 <= self.unlabelled_ratio <= 1, f"unlabelled_ratio: expected in [0, 1], got {self.unlabelled_ratio}")
+        if self.distill_from:
+            need(self.distill_weight >= 0 and self.distill_logit_weight >= 0
+                 and self.distill_weight + self.distill_logit_weight > 0,
+                 f"distill_weight (--distill-weight) and distill_logit_weight (--distill-logit-weight): expected >= "
+                 f"0 and not both 0, got {self.distill_weight} and {self.distill_logit_weight}")
+            need(self.distill_temperature > 0, f"distill_temperature (--distill-temperature): expected > 0, got "
+                                               f"{self.distill_temperature}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,7 +296,8 @@ DATA_HELP = ("where the images come from. Labelled: 'synthetic' (built-in proced
              "'video:FILE' (frames of a video file); a labelled source used there loses its labels")
 _DATA = "data"
 _SEMI = "semi-supervised (labelled + unlabelled images in one run)"
-_EVERYWHERE = ("train", "pretrain", "eval")
+_EVERYWHERE = ("train", "pretrain", "eval", "compress")
+_FINE_TUNING = ("train", "pretrain", "compress")   # validation of a run, or of `metaedge compress`'s fine-tuning
 
 
 @dataclass
@@ -326,13 +348,14 @@ class DataConfig:
     max_frames: int | None = option(None, "video: stop after this many frames", group=_DATA, default_text="all")
     val_split: float | None = option(
         None, "hold out this fraction of the training classes for validation (--split-by group holds out whole "
-        "alphabets/folders)", group=_VAL, metavar="FRACTION", commands=("train",))
+        "alphabets/folders)", group=_VAL, metavar="FRACTION", commands=("train", "compress"))
     val_data: str | None = option(None, "validate on labelled classes of another source (see --data)", group=_VAL,
-                                  metavar="SOURCE")
-    val_sets: list[str] | None = option(None, "Omniglot sets of --val-data", group=_VAL, parse=_csv, metavar="A,B")
+                                  metavar="SOURCE", commands=_FINE_TUNING)
+    val_sets: list[str] | None = option(None, "Omniglot sets of --val-data", group=_VAL, parse=_csv, metavar="A,B",
+                                        commands=_FINE_TUNING)
     val_alphabets: list[str] | None = option(None, "Omniglot alphabets of --val-data", group=_VAL, parse=_csv,
-                                             metavar="A,B")
-    no_val: bool = option(False, "no validation: the last model is the result", group=_VAL)
+                                             metavar="A,B", commands=_FINE_TUNING)
+    no_val: bool = option(False, "no validation: the last model is the result", group=_VAL, commands=_FINE_TUNING)
     unlabelled: str | None = option(
         None, "also learn from these unlabelled images (a SOURCE as for --data, with its pre-processing and "
         "Omniglot options; Omniglot: all classes, other labelled sources: their train split)", group=_SEMI,

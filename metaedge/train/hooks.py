@@ -187,5 +187,6 @@ class Callback(Hook):
     def on_step(self, session, result: StepResult) -> None:
         if session.dist.main and self.fn({"episode": result.episode, "loss": result.loss,
                                           "accuracy": result.accuracy, "lr": result.lr,
-                                          "elapsed_s": session.state.elapsed_s, "model": session.model}):
+                                          "elapsed_s": session.state.elapsed_s, "model": session.model,
+                                          "extra": dict(result.extra)}):
             session.stop.request("callback")

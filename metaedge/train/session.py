@@ -43,14 +43,16 @@ def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 class _Joint(torch.nn.Module):
-    """Backbone + method in one module, so DistributedDataParallel sees (and syncs) both."""
+    """Backbone + method (+ the distiller's projection) in one module, so DistributedDataParallel sees (and
+    syncs) all of them."""
 
-    def __init__(self, model, method):
+    def __init__(self, model, method, distiller=None):
         super().__init__()
-        self.model, self.method = model, method
+        self.model, self.method, self.distiller = model, method, distiller
 
     def forward(self, batch: Batch):
-        return self.method.forward_loss(self.model, batch)
+        out = self.method.forward_loss(self.model, batch)
+        return out if self.distiller is None else self.distiller.add_to(self.model, batch, out)
 
 
 @dataclass
@@ -191,6 +193,8 @@ class TrainingSession:
             self.model = self.model.to(memory_format=torch.channels_last)
         method.setup(self.model)
         self.method = method.to(self.device)
+        from metaedge.train.distill import build_distiller
+        self.distiller = build_distiller(c, self.model, self.data, self.device)
         self.model.train_info = {"method": c.method, "method_options": method.options()}
 
     def _load_init(self, model):
@@ -217,9 +221,9 @@ class TrainingSession:
         self.amp_name = amp
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler("cuda") if (self.amp_dtype == torch.float16 and self.is_cuda) else None
-        self.params = [p for p in list(self.model.parameters()) + list(self.method.parameters()) if p.requires_grad]
+        self.joint = _Joint(self.model, self.method, self.distiller)
+        self.params = [p for p in self.joint.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(c, self.params)
-        self.joint = _Joint(self.model, self.method)
         self.forward_module = self.joint
         if self.dist.world_size > 1 and self.method.ddp_compatible:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -239,6 +243,8 @@ class TrainingSession:
         opt_state, st = load_resume_state(last)
         self.model.load_state_dict(load_file(os.path.join(last, "model.safetensors")))
         self.method.load_state_dict(st["method"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(st["distill"])
         self.optimizer.load_state_dict(opt_state)
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
@@ -329,6 +335,8 @@ class TrainingSession:
                                                   random_start=c.adversarial == "pgd")
         self.optimizer.zero_grad(set_to_none=True)
         out = self.method.compute_grads(self.model, batch, self._loss_fn, self._backward)
+        if self.distiller is not None and "distill" not in out.extra:
+            out = self._distill_separately(batch, out)
         if self.dist.world_size > 1 and self.forward_module is self.joint:  # not DDP-wrapped: average here
             self._allreduce_grads()
         if self.scaler is not None:
@@ -340,7 +348,20 @@ class TrainingSession:
         else:
             self.optimizer.step()
         self.method.after_step(self.model, progress)
-        return StepResult(episode + 1, float(out.loss.detach()), out.accuracy, lr, grad_norm)
+        return StepResult(episode + 1, float(out.loss.detach()), out.accuracy, lr, grad_norm, dict(out.extra))
+
+    def _distill_separately(self, batch: Batch, out):
+        """The distillation terms' own pass and gradients, for methods whose ``compute_grads`` filled the
+        gradients without the joint forward pass (Reptile's weight difference)."""
+        if self.amp_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                found = self.distiller.terms(self.model, batch)
+        else:
+            found = self.distiller.terms(self.model, batch)
+        if found is None:
+            return out
+        self._backward(found["total"])
+        return dataclasses.replace(out, extra={**out.extra, **self.distiller.logged(found)})
 
     # ------------------------------------------------------------------------ validation, checkpoints
     def validate(self) -> dict[str, float] | None:
@@ -361,6 +382,10 @@ class TrainingSession:
                   "channels_last_resolved": self.channels_last}
         if getattr(self, "init_from", None):
             record["init_from"] = self.init_from
+        if self.distiller is not None:
+            teacher = self.distiller.teacher
+            record["distilled_from"] = {"checkpoint": self.config.distill_from, "backbone": teacher.backbone_name,
+                                        "embedding_dim": teacher.spec.embedding_dim}
         return record
 
     def keep_best(self, metrics: dict[str, float]) -> None:
@@ -377,6 +402,8 @@ class TrainingSession:
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state(self.device) if self.is_cuda else None,
                         "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        if self.distiller is not None:   # the projection W (the teacher is not part of the run's state)
+            resume_state["distill"] = self.distiller.state_dict()
         save_checkpoint(self.model, os.path.join(self.run_dir, "last"), training=self.training_record(),
                         metrics={"episode": self.state.episode, "elapsed_s": self.state.elapsed_s,
                                  "last_val": self.state.last_val},
@@ -393,7 +420,8 @@ class TrainingSession:
                             "best_val_accuracy": self.state.best_val if best else None,
                             "best_val_ci95": self.state.best_val_ci95 if best else None,
                             "best_episode": self.state.best_episode, "stopped_by": why,
-                            "amp": self.amp_name, "channels_last": self.channels_last}
+                            "amp": self.amp_name, "channels_last": self.channels_last,
+                            "distill_from": self.config.distill_from}
         return model
 
     def agree(self, flag: bool) -> bool:

@@ -73,10 +73,11 @@ def fit(backbone: str = "conv4", method: str = "protonet", data: FewShotDataset 
     images without labels (``UnlabelledImages``, or any data set: its labels are ignored); ``unlabelled_ratio``
     of the episodes are then unsupervised episodes of them. ``options``: any ``TrainConfig`` field (ways,
     shots, queries, episodes, time_budget_s, lr, optimizer, schedule, init, ...; ``init=CHECKPOINT`` starts
-    from a pretrained backbone). ``run_dir``: where ``config.json``, ``metrics.jsonl``, TensorBoard scalars
+    from a pretrained backbone; ``distill_from=TEACHER`` distils a bigger model into this one, see ``distill.py``). ``run_dir``: where ``config.json``, ``metrics.jsonl``, TensorBoard scalars
     and the ``best``/``last`` checkpoints go; with ``resume=True`` training continues from ``run_dir/last``.
     ``data_options``: the ``DataConfig`` the data was built from, stored so that ``metaedge eval`` can rebuild
-    the class split. ``callback(info)`` is called after every step on rank 0; returning True stops training
+    the class split. ``callback(info)`` is called after every step on rank 0 (``info``: episode, loss, accuracy,
+    lr, elapsed_s, model, and ``extra``: the method's and distillation's own terms); returning True stops training
     cleanly (the last checkpoint is written, so the run can be resumed). Ctrl-C does the same (a second
     Ctrl-C aborts).
     """

@@ -104,7 +104,7 @@ def make_fake_tensorrt(version: str = "10.3.0", memory: FakeMemory | None = None
 
     class Network:
         def __init__(self):
-            self.inputs, self.onnx_path = [], None
+            self.inputs, self.onnx_path, self.has_qdq = [], None, False
 
         @property
         def num_inputs(self):
@@ -127,6 +127,7 @@ def make_fake_tensorrt(version: str = "10.3.0", memory: FakeMemory | None = None
 
         def parse_from_file(self, path):
             import onnx
+            import onnx.numpy_helper
             calls.append(("parse_from_file", path))
             model = onnx.load(path)
             opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"]
@@ -135,6 +136,18 @@ def make_fake_tensorrt(version: str = "10.3.0", memory: FakeMemory | None = None
             for i, node in enumerate(model.graph.node):
                 if node.op_type in unsupported_ops:
                     self.errors.append(ParserError(i, node.name, node.op_type, "no importer"))
+            # TensorRT quantises symmetrically only: Q/DQ zero points must be int8 zeros (the uint8 CPU model fails)
+            inits = {t.name: t for t in model.graph.initializer}
+            for i, node in enumerate(model.graph.node):
+                if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                    self.network.has_qdq = True
+                    zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+                    if zp is not None and (zp.data_type != onnx.TensorProto.INT8
+                                           or onnx.numpy_helper.to_array(zp).any()):
+                        self.errors.append(ParserError(i, node.name, node.op_type,
+                                                       "TensorRT supports only symmetric INT8 quantization "
+                                                       "(int8 zero point 0)"))
+                        break
             if self.errors:
                 return False
             inp = model.graph.input[0]
@@ -223,9 +236,13 @@ def make_fake_tensorrt(version: str = "10.3.0", memory: FakeMemory | None = None
                 pm.phase_finish("Building engine")
             if config.cache is not None:
                 config.cache.entries["n"] += 1
+            if network.has_qdq and major < 11 and "INT8" not in config.flags:
+                self.logger.log(Severity.ERROR, "Network has Q/DQ layers but the INT8 builder flag is not set")
+                return None
             (name, (lo, opt, hi)), = config.profiles[0].shapes.items()
             plan = {"trt": version, "onnx": network.onnx_path, "input": name, "output": network.output,
-                    "min": lo, "opt": opt, "max": hi, "fp16": "FP16" in config.flags}
+                    "min": lo, "opt": opt, "max": hi, "fp16": "FP16" in config.flags,
+                    "int8": network.has_qdq}
             return HostMemory(json.dumps(plan).encode())
 
     class Context:

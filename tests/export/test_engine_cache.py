@@ -17,14 +17,14 @@ def test_key_round_trip_digest_and_name():
     assert KEY.file_stem.startswith("fp16-b32-sm87-trt10.3.0-") and len(KEY.digest()) == 16
     stems = {replace(KEY, **{f: v}).file_stem for f, v in [
         ("onnx_sha256", "cd" * 32), ("tensorrt_version", "10.7.0"), ("cuda_version", "12.8"),
-        ("gpu_name", "Thor"), ("compute_capability", "11.0"), ("precision", "fp32"), ("max_batch", 8),
+        ("gpu_name", "Thor"), ("compute_capability", "11.0"), ("precision", "fp32"), ("precision", "int8"), ("max_batch", 8),
         ("opt_batch", 4)]}
-    assert len(stems | {KEY.file_stem}) == 9  # every field changes the file name
+    assert len(stems | {KEY.file_stem}) == 10  # every field changes the file name
 
 
 @pytest.mark.parametrize("field,value,words", [
     ("onnx_sha256", "xyz", "onnx_sha256"), ("tensorrt_version", "", "tensorrt_version"),
-    ("gpu_name", None, "gpu_name"), ("precision", "int8", "precision"), ("max_batch", 0, "max_batch"),
+    ("gpu_name", None, "gpu_name"), ("precision", "int4", "precision"), ("max_batch", 0, "max_batch"),
     ("max_batch", True, "max_batch"), ("opt_batch", 33, "opt_batch"), ("opt_batch", 0, "opt_batch")])
 def test_key_validation(field, value, words):
     with pytest.raises(EngineCacheError, match=words):

@@ -92,3 +92,42 @@ def test_auto_backend_picks_tensorrt(trt_bundle):
     backend = open_backend(trt_bundle, max_batch=8)
     assert backend.name == "tensorrt", backend.selection_log
     backend.close()
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
+    """conv4 with its INT8 Q/DQ models, calibrated on seeded glyph-like images (the held-out check is skipped:
+    this test compares TensorRT with ONNX Runtime on the same Q/DQ file)."""
+    _requirements()
+    pytest.importorskip("onnxruntime.quantization")
+    import torch
+
+    from metaedge.export import Int8Options, export_bundle
+    from metaedge.train import build_backbone
+    torch.manual_seed(0)
+    model = build_backbone("conv4", input_size=28, invert=True, metric="cosine").eval()
+    rng = np.random.default_rng(0)
+    calib = [np.where(rng.random((28, 28)) < 0.2, 0, 255).astype(np.uint8) for _ in range(64)]
+    return export_bundle(model, tmp_path_factory.mktemp("trt-int8") / "bundle",
+                         int8=Int8Options(calibration=calib, targets=("tensorrt",)))
+
+
+def test_int8_engine_from_the_qdq_model_matches_onnxruntime_on_it(int8_bundle):
+    """TensorRT's explicit quantisation (10.x: INT8 flag; 11.x: strongly typed) of model.int8.trt.onnx against
+    ONNX Runtime running the same Q/DQ file (the same quantised arithmetic, other kernels)."""
+    trt = _requirements()
+    import onnxruntime
+
+    from metaedge.export import build_engine
+    from metaedge.runtime.backends.tensorrt import TensorRTBackend
+    path = build_engine(int8_bundle, precision="int8", max_batch=8)
+    assert path.name.startswith("int8-b8-")
+    x = int8_bundle.spec.preprocess.apply(
+        np.where(np.random.default_rng(1).random((11, 28, 28, 1)) < 0.2, 0, 255).astype(np.uint8))
+    session = onnxruntime.InferenceSession(str(int8_bundle.int8_trt_onnx_path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"images": x})[0]
+    with TensorRTBackend(int8_bundle, precision="int8", max_batch=8) as backend:
+        got = backend.embed(x).to_numpy()
+    cos = _cosine_rows(got, expected)
+    print(f"TensorRT {trt.__version__} int8 vs ONNX Runtime on the Q/DQ file: min cosine {cos.min():.6f}")
+    assert cos.min() >= 0.99

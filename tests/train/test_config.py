@@ -48,7 +48,8 @@ def test_every_config_field_is_a_flag_with_its_default_in_the_help(cls, command)
     hidden = {f.name for f in dataclasses.fields(cls)} - {f.name for f in cli_fields(cls, command)}
     # the fields a command hides are the other command's only
     assert hidden <= ({"init", "unlabelled_ratio", "unlabelled_augment", "classes_per_batch", "adversarial",
-                       "adv_eps", "adv_steps", "adv_alpha"} if command == "pretrain" else set())
+                       "adv_eps", "adv_steps", "adv_alpha", "distill_from", "distill_weight", "distill_logit_weight",
+                       "distill_temperature"} if command == "pretrain" else set())
     for f in cli_fields(cls, command):
         action = by_dest[f.name]
         assert action.option_strings == [flag_of(f)] or flag_of(f) in action.option_strings

@@ -33,7 +33,8 @@ def _open_ort(device):
         from metaedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
         return OnnxRuntimeBackend(bundle, device=device, intra_op_threads=opts.get("threads"),
                                   tensorrt_ep=opts.get("ort_tensorrt_ep", True),
-                                  fp16=opts.get("precision", "auto") != "fp32")
+                                  fp16=opts.get("precision", "auto") in ("auto", "fp16"),
+                                  precision=opts.get("precision", "auto"))
     return opener
 
 
@@ -56,7 +57,10 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "auto", max_
     """Open the bundle (a directory or a loaded ``Bundle``) on ``backend``.
 
     ``"auto"`` tries ``BACKENDS`` in order; a named backend is the only one tried and its failure is raised.
-    TensorRT options: ``precision`` (auto/fp16/fp32), ``max_batch``, ``build`` (build a missing engine:
+    ``precision``: auto/fp32/fp16/int8. TensorRT: auto = fp16 where it can be built; int8 builds from the
+    bundle's TensorRT INT8 Q/DQ model. ONNX Runtime CPU: auto = the bundle's INT8 model when it has one and the
+    CPU has fast 8-bit dot products (VNNI / ARM dot product), else fp32 (the selection log says why).
+    TensorRT options: ``max_batch``, ``build`` (build a missing engine:
     minutes, once), ``progress`` (callable for build messages). ONNX Runtime CPU: ``threads`` (intra-op,
     default = usable cores). ONNX Runtime CUDA: ``ort_tensorrt_ep`` puts onnxruntime's own TensorRT provider
     first when it has one (engines cached in bundle/engines/ort-trt). torch: ``model`` (the torch module; a

@@ -13,6 +13,7 @@ from metaedge.runtime.bundle import Bundle
 
 
 CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 def usable_cores() -> int:
@@ -31,15 +32,24 @@ class OnnxRuntimeBackend(Backend):
     ``bundle/engines/ort-trt``, fp16 when ``fp16``), CPU as fallback for unsupported nodes; output comes back
     as numpy either way. ``embed`` may be called from several threads at once (``InferenceSession.run`` is
     thread-safe).
+
+    ``precision`` (CPU): ``"fp32"`` runs ``model.onnx``; ``"int8"`` the bundle's INT8 Q/DQ model
+    (``model.int8.onnx``, exported with ``--int8``); ``"auto"`` picks INT8 when the bundle has it and this CPU
+    has fast 8-bit dot products (``metaedge.runtime.cpu_int8``), else fp32 - ``describe()`` says which and why.
+    ``"fp16"`` runs the fp32 model on the CPU (ONNX Runtime's CPU fp16 kernels are slower). On CUDA, INT8 is
+    the TensorRT backend's job; this backend runs the fp32 model there.
     """
 
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", intra_op_threads: int | None = None,
-                 inter_op_threads: int = 1, tensorrt_ep: bool = False, fp16: bool = False):
+                 inter_op_threads: int = 1, tensorrt_ep: bool = False, fp16: bool = False, precision: str = "fp32"):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         ort = require("onnxruntime", "the ONNX Runtime backend")
         self._bundle = Bundle.load(bundle)
         spec = self._bundle.spec
+        self.precision, self._precision_why, model_path = self._choose_model(device, precision)
         available = ort.get_available_providers()
         if device == "cpu":
             providers: list = [CPU_EP]
@@ -65,10 +75,9 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = int(inter_op_threads)
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(self._bundle.onnx_path), sess_options=options,
-                                                 providers=providers)
+            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise BackendUnavailable(f"onnxruntime could not open {self._bundle.onnx_path.name} with "
+            raise BackendUnavailable(f"onnxruntime could not open {model_path.name} with "
                                      f"{[p if isinstance(p, str) else p[0] for p in providers]}: {exc}") from exc
         active = self._session.get_providers()
         if device == "cuda" and CUDA_EP not in active:
@@ -82,6 +91,33 @@ class OnnxRuntimeBackend(Backend):
         self._dim = spec.embedding_dim
         self._outputs = [spec.output_name]
         self._run = self._session.run
+
+    def _choose_model(self, device: str, precision: str) -> tuple[str, str, Path]:
+        """``(precision run, why, ONNX file)`` for the asked precision on this device and CPU."""
+        bundle = self._bundle
+        has_int8 = bundle.int8_onnx_path is not None
+        if device == "cuda":
+            if precision == "int8":
+                raise BackendUnavailable("INT8 on a GPU is the TensorRT backend's (backend='tensorrt', "
+                                         "precision='int8'); ONNX Runtime CUDA runs the fp32 model")
+            return "fp32", "fp32 ONNX", bundle.onnx_path
+        if precision == "int8":
+            if not has_int8:
+                raise BackendUnavailable("precision 'int8' asked, but the bundle has no INT8 model (re-export with "
+                                         "`metaedge export --int8`)")
+            return "int8", f"INT8 ONNX {bundle.int8_onnx_path.name} (asked for)", bundle.int8_onnx_path
+        if precision == "auto" and has_int8:
+            from metaedge.runtime.cpu_int8 import fast_int8
+            fast, why = fast_int8()
+            if fast:
+                return "int8", f"INT8 ONNX {bundle.int8_onnx_path.name} (auto: the bundle has one and {why})", \
+                    bundle.int8_onnx_path
+            return "fp32", f"fp32 ONNX (auto: the bundle has an INT8 model, but {why})", bundle.onnx_path
+        if precision == "fp16":
+            return "fp32", "fp32 ONNX (fp16 asked: ONNX Runtime's CPU runs fp16 slower, so the fp32 model)", \
+                bundle.onnx_path
+        return "fp32", "fp32 ONNX" + (" (auto: the bundle has no INT8 model)" if precision == "auto" else ""), \
+            bundle.onnx_path
 
     @property
     def bundle(self) -> Bundle:
@@ -106,7 +142,7 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> str:
         eps = ", ".join(p.replace("ExecutionProvider", "") for p in self._providers)
-        return f"{self.name}: onnxruntime {self._version} [{eps}], {self._threads} intra-op threads, fp32 ONNX"
+        return f"{self.name}: onnxruntime {self._version} [{eps}], {self._threads} intra-op threads, {self._precision_why}"
 
     def close(self) -> None:
         self._session = None

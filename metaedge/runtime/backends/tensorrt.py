@@ -65,8 +65,8 @@ class CudaMemory:
 
 
 class TensorRTBackend(Backend):
-    """``precision``: ``"auto"`` (fp16 where this TensorRT can build it from the bundle), ``"fp16"`` or
-    ``"fp32"``; ``max_batch``: the engine's batch range (larger batches run in chunks). Streams: a CUDA-array
+    """``precision``: ``"auto"`` (fp16 where this TensorRT can build it from the bundle), ``"fp16"``, ``"fp32"``
+    or ``"int8"`` (from the bundle's INT8 Q/DQ model; unverified on hardware until run on a GPU); ``max_batch``: the engine's batch range (larger batches run in chunks). Streams: a CUDA-array
     input is processed on the stream its ``__cuda_array_interface__`` names (so it is ordered after whatever
     produced it, e.g. the CUDA pre-processing), a numpy input on the backend's own non-blocking stream (or the
     ``stream`` handle given); the returned DeviceArray lives on that stream, which metaedge's kernels and

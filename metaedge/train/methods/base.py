@@ -15,6 +15,8 @@ class Batch:
 
     Episodic methods: ``support``/``support_labels`` and ``query``/``query_labels`` (episode labels 0..N-1).
     Supervised methods (the Baseline): ``query``/``query_labels`` hold the batch and its dataset labels.
+    ``images_of``/``indices``: the data set the images were drawn from and their indices there, support first
+    (what a distillation teacher looks its cached embeddings up by); None for batches made otherwise.
     """
     query: torch.Tensor
     query_labels: torch.Tensor
@@ -22,6 +24,8 @@ class Batch:
     support_labels: torch.Tensor | None = None
     ways: int = 0
     generator: torch.Generator | None = None   # for randomness inside the step (adversarial init)
+    images_of: Any = None
+    indices: torch.Tensor | None = None
 
 
 @dataclass
@@ -30,6 +34,11 @@ class StepOutput:
     logits: torch.Tensor
     targets: torch.Tensor
     extra: dict[str, float] = field(default_factory=dict)
+    # attached (not detached) outputs that distillation reuses instead of a second pass through the backbone:
+    # the backbone's embeddings of the batch's images in ``Batch.indices`` order, and the query logits of an
+    # episode whose support and query were embedded together (nearest-prototype methods)
+    embeddings: torch.Tensor | None = None
+    episode_logits: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:

@@ -48,4 +48,5 @@ class Baseline(Method):
                 nn.functional.normalize(self.weight, dim=-1).t()
         else:
             logits = self.linear(emb)
-        return StepOutput(self.cross_entropy(logits, batch.query_labels), logits.detach(), batch.query_labels)
+        return StepOutput(self.cross_entropy(logits, batch.query_labels), logits.detach(), batch.query_labels,
+                          embeddings=emb)

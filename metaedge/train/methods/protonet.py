@@ -50,4 +50,5 @@ class ProtoNet(Method):
         n_support = batch.support.shape[0]
         emb = model(torch.cat([batch.support, batch.query]))
         logits = self.logits(emb[:n_support], batch.support_labels, emb[n_support:], batch.ways)
-        return StepOutput(self.cross_entropy(logits, batch.query_labels), logits.detach(), batch.query_labels)
+        return StepOutput(self.cross_entropy(logits, batch.query_labels), logits.detach(), batch.query_labels,
+                          embeddings=emb, episode_logits=logits)
