@@ -117,6 +117,20 @@ DOCS: dict[str, Doc] = {
                 "metaedge enroll bundle/ classes.metaedge mug --source /dev/video0 --shots 10 --every 0.5s --roi "
                 "200,120,240,240": "a V4L2 camera at /dev/video0"}),
         }),
+    "docs/compress.md": Doc(
+        fixtures=("r18_run", "photos", "new_classes"),
+        subs=(("--finetune 5m -o", "--finetune 5m --finetune-episodes 2 -o"),
+              ("--data omniglot:/data/omniglot --backbone resnet12 --time-budget 20m",
+               "--data synthetic --backbone resnet12 --backbone-option widths=[8,16,16,32] --episodes 2 --val-every 2 --val-episodes 2"),
+              ("--data omniglot:/data/omniglot --backbone conv4 --time-budget 5m",
+               "--data synthetic --backbone conv4 --episodes 2 --val-every 2 --val-episodes 2")),
+        blocks={
+            "metaedge export runs/r18/best -o bundle/ --int8                   # calibration + checks from the "
+            "checkpoint's data": Run(),
+            "metaedge compress runs/r18/best --prune 0.5 --finetune 5m -o runs/r18-p50": Run(),
+            "metaedge train --data omniglot:/data/omniglot --backbone resnet12 --time-budget 20m --run-dir "
+            "runs/teacher": Run(),
+        }),
     "docs/gallery.md": Doc(
         fixtures=("bundle", "legacy_gallery"),
         blocks={
@@ -165,7 +179,7 @@ DOCS: dict[str, Doc] = {
             "metaedge train --data myimages --size 32 --color rgb --augment standard \\": Run(),
             "metaedge train --resume frun --episodes 60      # continue exactly; only the length and a few run "
             "options may change": Run(),
-            "metaedge eval frun/best --ways 3 --shots 1 5 --queries 5 --episodes 50": Run(),
+            "metaedge eval frun/best --ways 3 --shots 1 5 --queries 5 --episodes 50 --plot eval.png": Run(),
             "metaedge export frun/best -o fbundle --images myimages/parts/item_10": Run(),
         }),
     "docs/jetson.md": Doc(
@@ -471,6 +485,28 @@ def fixture_myimages(cwd: Path, bundle: Path):
     for c in range(20):
         group = "tools" if c < 10 else "parts"
         _colour_images(cwd / "myimages" / group / f"item_{c:02d}", 12, seed=200 + c, shape=(40, 40))
+
+
+def fixture_r18_run(cwd: Path, bundle: Path):
+    """runs/r18/: a run of `metaedge train` (a small conv4 on synthetic glyphs; the page's resnet18 stands for
+    any backbone), so that its checkpoint records the training data the INT8 calibration and compress reuse."""
+    proc = subprocess.run([sys.executable, "-m", "metaedge", "train", "--data", "synthetic", "--episodes", "3",
+                           "--val-every", "3", "--val-episodes", "2", "--run-dir", "runs/r18", "--no-progress"],
+                          cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def fixture_photos(cwd: Path, bundle: Path):
+    """photos/: 30 unlabelled images of the domain (INT8 calibration)."""
+    for c in range(6):
+        _save_glyph_images(cwd / "photos", c, 5, prefix=f"class{c}_")
+
+
+def fixture_new_classes(cwd: Path, bundle: Path):
+    """new_classes/: 6 class folders never seen in training (the INT8 held-out check)."""
+    for c in range(6):
+        _save_glyph_images(cwd / "new_classes" / f"glyph_{c}", c, 6)
 
 
 def fixture_legacy_gallery(cwd: Path, bundle: Path):
