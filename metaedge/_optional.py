@@ -17,6 +17,10 @@ _INSTALL_HINTS = {
     "PIL": "pip install pillow",
     "cv2": "pip install 'metaedge[video]' (on a Jetson: sudo apt install python3-opencv, JetPack's OpenCV with GStreamer)",
     "safetensors": "pip install safetensors",
+    "fastapi": "pip install 'metaedge[serve]'",
+    "uvicorn": "pip install 'metaedge[serve]'",
+    "prometheus_client": "pip install 'metaedge[serve]'",
+    "python_multipart": "pip install 'metaedge[serve]'",
 }
 
 

@@ -8,7 +8,7 @@ import sys
 
 # (module, commands it registers) - the order is the order of `metaedge --help`.
 COMMAND_MODULES = ("demo", "train", "evaluate", "export", "build", "enroll", "predict", "adapt", "classes",
-                   "info", "bench")
+                   "serve", "token", "info", "bench")
 
 
 class CliError(Exception):
