@@ -55,13 +55,11 @@ class Server:
 
     @property
     def stdout(self) -> str:
-        self._out.flush()
-        with open(self._out.name) as f:
+        with open(self._out.name) as f:  # (the server process writes it; this side only reads)
             return f.read()
 
     @property
     def stderr(self) -> str:
-        self._err.flush()
         with open(self._err.name) as f:
             return f.read()
 

@@ -7,9 +7,12 @@ configuration in ``METAEDGE_SERVE_CONFIG``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from importlib import resources
 
@@ -119,9 +122,32 @@ def _error_response(state, status: int, code: str, message: str, headers: dict |
     return JSONResponse({"error": code, "message": message, "status": status}, status_code=status, headers=headers)
 
 
+def _end_streams_on_stop(state) -> None:
+    """Chain the ASGI server's SIGINT/SIGTERM handlers (installed while it runs) so that long-lived streams
+    (MJPEG, events) end at once instead of holding the graceful shutdown until it times out."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            state.stopping = True
+            previous(signum, frame)
+        signal.signal(sig, handler)
+
+
 def create_app(state) -> FastAPI:
     from metaedge.runtime.serve import api, live
-    app = FastAPI(title="metaedge", version=state.version, docs_url=None, redoc_url=None,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        _end_streams_on_stop(state)
+        yield
+        state.stopping = True
+
+    app = FastAPI(title="metaedge", version=state.version, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Few-shot recognition on the device: classify images and camera frames, enroll new "
                               "classes from a few shots, watch the live view. Send `Authorization: Bearer <token>` "
                               "(tokens: `metaedge token create NAME --role viewer|operator|admin`).")

@@ -34,6 +34,7 @@ class FrameLoop:
         self.roi = [list(b) for b in config.roi] if config.roi else None
         self.status = "starting"
         self.error: str | None = None
+        self._rate = _Rate()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "FrameLoop":
@@ -82,7 +83,7 @@ class FrameLoop:
                 frame = source.read()
                 if frame is None:
                     return
-                self._emit(frame, (), False, 0.0, 0.0)
+                self._emit(frame, (), False, 0.0)
                 pacer.wait(self._stop)
                 continue
             roi, restart = self.roi, False
@@ -91,8 +92,7 @@ class FrameLoop:
             try:
                 for result in stream:
                     timings = self.clf.last_timings if result.classified else None
-                    self._emit(result.frame, result.predictions, result.classified, result.fps, result.latency,
-                               timings)
+                    self._emit(result.frame, result.predictions, result.classified, result.latency, timings)
                     pacer.wait(self._stop)
                     if self._stop.is_set() or self._apply_control():
                         restart = True
@@ -124,7 +124,7 @@ class FrameLoop:
         return True
 
     # ------------------------------------------------------------------ publishing
-    def _emit(self, frame, predictions, classified: bool, fps: float, latency: float, timings=None) -> None:
+    def _emit(self, frame, predictions, classified: bool, latency: float, timings=None) -> None:
         import cv2
 
         from metaedge.runtime.video import to_bgr
@@ -134,6 +134,7 @@ class FrameLoop:
             raise RuntimeError("JPEG encoding of a live frame failed")
         self._seq += 1
         now = time.time()
+        fps = self._rate.tick()
         meta = {"seq": self._seq, "index": frame.index, "timestamp": frame.timestamp, "time": now,
                 "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "classified": classified,
                 "fps": round(fps, 3), "latency_ms": round(latency * 1e3, 3), "roi": self.roi,
@@ -155,6 +156,22 @@ class FrameLoop:
         meta = {**meta, "seq": self._seq, "status": self.status, "error": self.error, "time": time.time(),
                 "source": self.config.source, "predictions": [], "classified": False, "fps": 0.0}
         self.feed.publish(jpeg, meta)
+
+
+class _Rate:
+    """Frames per second published, smoothed (an exponential moving average of the intervals)."""
+
+    def __init__(self):
+        self.last = None
+        self.interval = None
+
+    def tick(self) -> float:
+        now = time.monotonic()
+        if self.last is not None:
+            dt = now - self.last
+            self.interval = dt if self.interval is None else 0.9 * self.interval + 0.1 * dt
+        self.last = now
+        return 1.0 / self.interval if self.interval else 0.0
 
 
 class _Pacer:

@@ -54,7 +54,7 @@ def check_config(config: ServeConfig) -> None:
     control (or --insecure), TLS files load, workers can share the gallery."""
     config.validate()
     if not os.path.isdir(config.bundle):
-        raise ServeError(f"{config.bundle}: not a bundle directory (make one with `metaedge export`)")
+        raise FileNotFoundError(f"{config.bundle}: not a bundle directory (make one with `metaedge export`)")
     has_tokens = config.tokens is not None and os.path.exists(config.tokens)
     if not is_loopback(config.host) and not has_tokens and not config.insecure:
         raise ServeError(f"--host {config.host}: other machines could reach this server, and it has no token store "
@@ -171,7 +171,7 @@ def _run_uvicorn(config: ServeConfig, state, sock: socket.socket) -> None:
     import uvicorn
     options = dict(host=config.host, port=config.port, log_config=None, access_log=False, server_header=False,
                    timeout_graceful_shutdown=3, ssl_certfile=config.certfile, ssl_keyfile=config.keyfile,
-                   proxy_headers=False, lifespan="off")
+                   proxy_headers=False, lifespan="on")
     if config.workers == 1:
         from metaedge.runtime.serve.app import create_app
         server = uvicorn.Server(uvicorn.Config(create_app(state), **options))
