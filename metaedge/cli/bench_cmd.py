@@ -18,6 +18,7 @@ SUITES = {
     "sdk": ("sdk.py", "--json", None, ("torch", "onnxruntime")),
     "train": ("train.py", "--json", "--quick", ("torch",)),
     "kernels_gpu": ("kernels_gpu.py", "--json", "--quick", ("torch",)),
+    "serve": ("serve.py", "--json", "--quick", ("torch", "onnxruntime", "fastapi", "uvicorn", "prometheus_client")),
 }
 
 
@@ -25,7 +26,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmarks that apply to this machine",
                        description="Run the benchmark suites in tools/bench (a source checkout is needed) that apply "
                                    "to this machine - kernels (always), backbones and sdk (torch + onnxruntime), "
-                                   "train (torch), kernels_gpu (a CUDA build and a GPU) - each comparing metaedge "
+                                   "train (torch), kernels_gpu (a CUDA build and a GPU), serve (the HTTP server "
+                                   "under load on 127.0.0.1; torch + the [serve] extra) - each comparing metaedge "
                                    "with its baselines in the same run, then print one table of the ratios.")
     p.add_argument("--suites", nargs="+", choices=sorted(SUITES), help="suites to run (default: all that apply)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions where a suite supports it")

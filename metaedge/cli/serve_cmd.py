@@ -54,7 +54,10 @@ def register(sub) -> None:
                    help="worker processes sharing the socket and the gallery (default 1); each opens its own "
                         "classifier")
     g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime threads per worker (default: the CPU cores divided by --workers)")
+                   help="ONNX Runtime threads per network call (default: the CPU cores divided by workers x "
+                        "--max-concurrent, at least 1)")
+    g.add_argument("--max-concurrent", type=int, default=4, metavar="N",
+                   help="image requests each worker runs at once (default 4); more wait their turn")
     g.add_argument("--certfile", default=None, help="TLS certificate (PEM); serve HTTPS")
     g.add_argument("--keyfile", default=None, help="TLS private key (PEM) of --certfile")
     g.add_argument("--read-only", action="store_true",
@@ -108,7 +111,7 @@ def config_from_args(args):
         raise CliError(f"--max-upload-mb: expected a size > 0, got {args.max_upload_mb}", _sdk.EXIT_USAGE)
     config = ServeConfig(
         bundle=args.bundle, gallery=args.gallery, host=args.host, port=args.port, workers=args.workers,
-        backend=args.backend, threads=args.threads, tokens=args.tokens or default_token_path(),
+        backend=args.backend, threads=args.threads, inference_slots=args.max_concurrent, tokens=args.tokens or default_token_path(),
         insecure=args.insecure, read_only=args.read_only, certfile=args.certfile, keyfile=args.keyfile,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
         max_images=args.max_images, rate_limit=args.rate_limit, keep_shots=args.keep_shots, threshold=args.threshold,

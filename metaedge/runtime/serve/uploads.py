@@ -125,19 +125,30 @@ def _clean(message: str) -> str:
     return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the upload", message)
 
 
-def _header_pixels(data: bytes, what: str) -> int:
+def _open(data: bytes, what: str, max_pixels: int):
+    """The upload opened with PIL: its size read from the header and checked before anything is decoded."""
     from PIL import Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                w, h = img.size
+            img = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as exc:
         raise ApiError(413, "too_many_pixels", f"{what}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for data that is not an image
         raise ApiError(400, "bad_image", f"{what}: cannot decode as an image "
                                          f"({type(exc).__name__}: {_clean(str(exc))})") from None
-    return int(w) * int(h)
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ApiError(413, "too_many_pixels", f"{what}: {w}x{h} = {w * h} pixels, more than the server's limit of "
+                                               f"{max_pixels} (--max-pixels)")
+    try:
+        img.load()  # decode now: a truncated or corrupt file fails here
+    except Exception as exc:  # noqa: BLE001
+        img.close()
+        raise ApiError(400, "bad_image", f"{what}: cannot decode as an image "
+                                         f"({type(exc).__name__}: {_clean(str(exc))})") from None
+    return img
 
 
 def _raw_frame(part: Part, what: str, width: int | None, height: int | None, pixel_format: str | None,
@@ -186,14 +197,11 @@ def decode_images(parts: list[Part], max_pixels: int, *, width: int | None = Non
     arrays = []
     for index, part in enumerate(files):
         what = part.describe(index)
-        pixels = _header_pixels(part.data, what)
-        if pixels > max_pixels:
-            raise ApiError(413, "too_many_pixels", f"{what}: {pixels} pixels, more than the server's limit of "
-                                                   f"{max_pixels} (--max-pixels)")
-        try:
-            (arr,) = load_images([part.data])
-        except (ImageError, TypeError) as exc:
-            raise ApiError(400, "bad_image", f"{what}: {_clean(str(exc).split(': ', 1)[-1])}") from None
+        with _open(part.data, what, max_pixels) as img:
+            try:  # (EXIF orientation and pixel modes as every image metaedge reads)
+                (arr,) = load_images([img])
+            except (ImageError, TypeError) as exc:
+                raise ApiError(400, "bad_image", f"{what}: {_clean(str(exc).split(': ', 1)[-1])}") from None
         arrays.append(arr)
     return arrays, "auto"
 
