@@ -132,7 +132,9 @@ function onFrame(meta) {
   $("frame-count").textContent = meta.index !== undefined ? meta.index : "-";
   const status = meta.status === "error" ? `source error: ${meta.error}` : (meta.error || meta.status || "");
   $("live-status").textContent = status;
-  $("live-stats").textContent = meta.fps ? `${meta.fps.toFixed(1)} fps · ${meta.latency_ms.toFixed(1)} ms` : "";
+  if (meta.predict_ms !== null && meta.predict_ms !== undefined) page.predictMs = meta.predict_ms;
+  const perFrame = page.predictMs !== undefined ? ` · ${page.predictMs.toFixed(1)} ms/frame` : "";
+  $("live-stats").textContent = meta.fps ? `${meta.fps.toFixed(1)} fps${perFrame}` : "";
   const label = $("live-label");
   const preds = meta.predictions || [];
   const topk = $("live-topk");
@@ -442,12 +444,22 @@ async function loadClasses() {
 }
 
 // ------------------------------------------------------------------------------------------ charts
-function quantileBound(now, then, q) {
+function quantile(now, then, q) {
+  // Like Prometheus' histogram_quantile: the bucket that holds quantile q, interpolated linearly inside it.
   const rows = Object.entries(now).map(([le, v]) => [le === "+Inf" ? Infinity : Number(le), v - (then[le] || 0)]);
   rows.sort((a, b) => a[0] - b[0]);
   const total = rows.length ? rows[rows.length - 1][1] : 0;
   if (total <= 0) return null;
-  for (const [le, count] of rows) if (count >= q * total) return le;
+  const rank = q * total;
+  let lower = 0, below = 0;
+  for (const [le, count] of rows) {
+    if (count >= rank) {
+      if (!isFinite(le)) return lower;
+      return lower + (le - lower) * (count > below ? (rank - below) / (count - below) : 1);
+    }
+    lower = le;
+    below = count;
+  }
   return null;
 }
 
@@ -458,7 +470,7 @@ async function pollStats() {
   if (!last) return;
   const predictions = s.predictions - last.predictions;
   const count = s.latency_count - last.latency_count;
-  const p90 = quantileBound(s.latency_buckets, last.latency_buckets, 0.9);
+  const p90 = quantile(s.latency_buckets, last.latency_buckets, 0.9);
   page.stats.push({
     t: s.time,
     unknown: predictions > 0 ? (s.unknown - last.unknown) / predictions : null,
