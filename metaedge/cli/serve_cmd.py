@@ -27,9 +27,9 @@ the API (all under /v1 need a token once a token store exists; roles nest viewer
 
 exit codes:
   0  stopped by SIGINT/SIGTERM
-  2  bad arguments (a missing bundle, a refused bind, TLS files that do not load, an alert rule that does not parse)
-  3  the server stack is missing: pip install 'metaedge[serve]'
-  4  the bundle or gallery is damaged or made for another bundle
+  2  bad arguments (a refused bind, TLS files that do not load, an alert rule that does not parse)
+  3  the server stack is missing: pip install 'metaedge[serve]' (with --source also 'metaedge[video]')
+  4  the bundle is missing or damaged, the gallery damaged or made for another bundle, the token store damaged
   5  the gallery could not be written
 """
 
@@ -58,13 +58,13 @@ def register(sub) -> None:
                         "--max-concurrent, at least 1)")
     g.add_argument("--max-concurrent", type=int, default=4, metavar="N",
                    help="image requests each worker runs at once (default 4); more wait their turn")
-    g.add_argument("--certfile", default=None, help="TLS certificate (PEM); serve HTTPS")
-    g.add_argument("--keyfile", default=None, help="TLS private key (PEM) of --certfile")
+    g.add_argument("--certfile", default=None, metavar="PEM", help="TLS certificate (PEM); serve HTTPS")
+    g.add_argument("--keyfile", default=None, metavar="PEM", help="TLS private key (PEM) of --certfile")
     g.add_argument("--read-only", action="store_true",
                    help="predictions only: enroll, forget, rename, adapt and calibrate are refused")
     g.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
     _sdk.add_backend_arg(g)
-    g.add_argument("--threshold", type=float, default=None,
+    g.add_argument("--threshold", type=float, default=None, metavar="SCORE",
                    help="open-set threshold (default: the gallery's calibrated value, else the bundle's)")
     g.add_argument("--resize-mode", default=None, choices=("squeeze", "letterbox", "center_crop"),
                    help="how images of another shape fit the network input (default: the bundle's policy)")
@@ -80,10 +80,10 @@ def register(sub) -> None:
     a.add_argument("--rate-limit", default="50/s", metavar="RATE",
                    help="requests per token (per client address without tokens): '50/s', '600/m', '20/s:40' "
                         "(burst 40), or 'off' (default 50/s)")
-    a.add_argument("--max-upload-mb", type=float, default=16.0, help="largest request body (default 16 MB): 413")
-    a.add_argument("--max-pixels", type=int, default=4096 * 4096,
+    a.add_argument("--max-upload-mb", type=float, default=16.0, metavar="MB", help="largest request body (default 16 MB): 413")
+    a.add_argument("--max-pixels", type=int, default=4096 * 4096, metavar="N",
                    help="largest image, width x height, checked before decoding (default 4096x4096): 413")
-    a.add_argument("--max-images", type=int, default=64, help="images per request (default 64): 413")
+    a.add_argument("--max-images", type=int, default=64, metavar="N", help="images per request (default 64): 413")
     a.add_argument("--keep-shots", default=None, metavar="DIR",
                    help="keep the images of every enrollment in DIR/<label>/ (default: images are never stored)")
     s = p.add_argument_group("live source")
@@ -95,7 +95,7 @@ def register(sub) -> None:
     s.add_argument("--every", default=None, metavar="N|Ts",
                    help="classify every N-th frame or at most every T seconds ('0.5s'); default: every frame")
     s.add_argument("--smooth", type=int, default=1, metavar="N", help="average the scores of the last N frames")
-    s.add_argument("--max-fps", type=float, default=30.0, help="frames read per second at most (default 30)")
+    s.add_argument("--max-fps", type=float, default=30.0, metavar="FPS", help="frames read per second at most (default 30)")
     m = p.add_argument_group("monitoring")
     m.add_argument("--alert", action="append", default=[], metavar="RULE",
                    help="an alert rule (repeatable): 'unknown_rate > 0.5 over 60s [min 20]', "

@@ -139,6 +139,9 @@ def _end_streams_on_stop(state) -> None:
 
 
 def create_app(state) -> FastAPI:
+    """The FastAPI app around a :class:`~metaedge.runtime.serve.state.ServerState` (``ServerState(config, clf)``)
+    - what `metaedge serve` runs; mount it in another ASGI server, or test it in-process. Without
+    ``PROMETHEUS_MULTIPROC_DIR`` its metrics live in its own registry."""
     from metaedge.runtime.serve import api, live
 
     @contextlib.asynccontextmanager

@@ -133,5 +133,6 @@ class ServerState:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._slots)
 
     def close(self) -> None:
+        """Release the rate limiter's files (the classifier belongs to the caller)."""
         if self.limiter is not None:
             self.limiter.close()

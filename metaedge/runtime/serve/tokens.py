@@ -184,6 +184,7 @@ class TokenStore:
 
     # ------------------------------------------------------------------ reading
     def exists(self) -> bool:
+        """Whether the file exists (a server turns access control on once it does)."""
         return os.path.exists(self.path)
 
     def _read(self) -> tuple[tuple | None, list[TokenRecord]]:
@@ -221,6 +222,7 @@ class TokenStore:
         return self._by_id
 
     def records(self) -> list[TokenRecord]:
+        """Every token of the store, revoked ones too (re-read when the file changed)."""
         self._current()
         return list(self._records)
 
