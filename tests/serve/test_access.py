@@ -71,7 +71,7 @@ def test_roles(secured, objects):
     with secured.client(secured.tokens["viewer"]) as viewer:
         r = post_image(viewer, "/v1/predict", image(objects, "shape0-r", 4))
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "red"
-        entries = viewer.get("/v1/history").json()["entries"]
+        entries = [e for e in viewer.get("/v1/history").json()["entries"] if e["op"] in ("enroll", "rename")]
     assert [(e["op"], e["label"], e["actor"]) for e in entries] == [
         ("enroll", "red", "otto"), ("enroll", "blue", "otto"), ("rename", "navy", "otto")]
 
@@ -105,7 +105,8 @@ def test_revoked_tokens_are_refused_at_once(secured, objects):
 def test_the_token_store_holds_only_hashes(secured):
     text = open(secured.tokens_path).read()
     for token in secured.tokens.values():
-        assert token not in text and token.split("_")[2] not in text
+        secret = token[len("me_") + 12 + 1:]  # (the secret may itself contain '_')
+        assert token not in text and secret not in text
     assert oct(os.stat(secured.tokens_path).st_mode & 0o777) == "0o600"
 
 

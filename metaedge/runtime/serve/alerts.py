@@ -210,10 +210,10 @@ class AlertMonitor:
                 log.error("alert webhook: %d events waiting; dropping %s", self._outbox.qsize(), message)
 
     def _write(self) -> None:
-        from metaedge.runtime.serve.feed import _replace
+        from metaedge.runtime.fileio import atomic_write_bytes
         doc = {"rules": [r.to_dict() for r in self.rules], "firing": list(self.firing.values()),
                "events": list(self.events), "webhook": bool(self.webhook)}
-        _replace(self.run_dir, ALERTS_FILE, json.dumps(doc).encode())
+        atomic_write_bytes(os.path.join(self.run_dir, ALERTS_FILE), json.dumps(doc).encode(), durable=False)
 
     # ------------------------------------------------------------------ the webhook
     def _deliver(self) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import threading
+
+from metaedge.runtime.fileio import atomic_write_bytes
 
 __all__ = ["LiveFeed", "MAX_FRAME_BYTES"]
 
@@ -22,20 +23,6 @@ _MAGIC = b"MEF1"
 _HEADER = struct.Struct("<4sI")
 FRAME_FILE = "live-frame.bin"
 CONTROL_FILE = "live-control.json"
-
-
-def _replace(directory: str, name: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class _Watched:
@@ -98,7 +85,9 @@ class LiveFeed:
         head = json.dumps(meta, allow_nan=False).encode()
         if len(head) + len(jpeg) + _HEADER.size > MAX_FRAME_BYTES:
             raise ValueError(f"live frame of {len(jpeg)} bytes is larger than the feed takes ({MAX_FRAME_BYTES})")
-        _replace(self.directory, FRAME_FILE, _HEADER.pack(_MAGIC, len(head)) + head + jpeg)
+        # transient (the run directory is removed at exit): atomic, but no fsync at every frame
+        atomic_write_bytes(os.path.join(self.directory, FRAME_FILE), _HEADER.pack(_MAGIC, len(head)) + head + jpeg,
+                           durable=False)
 
     def latest(self) -> tuple[dict, bytes] | None:
         return self._frame.get()
@@ -113,5 +102,6 @@ class LiveFeed:
             current = dict(self.control())
             current.update(settings)
             current["seq"] = int(current.get("seq", 0)) + 1
-            _replace(self.directory, CONTROL_FILE, json.dumps(current).encode())
+            atomic_write_bytes(os.path.join(self.directory, CONTROL_FILE), json.dumps(current).encode(),
+                               durable=False)
         return current
