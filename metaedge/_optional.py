@@ -51,7 +51,8 @@ def version_of(module: str) -> str | None:
         return None
     try:
         from importlib.metadata import PackageNotFoundError, version
-        dist = {"PIL": "pillow", "faiss": "faiss-cpu"}.get(module, module)
+        dist = {"PIL": "pillow", "faiss": "faiss-cpu", "cv2": "opencv-python-headless",
+                "prometheus_client": "prometheus-client"}.get(module, module)
         try:
             return version(dist)
         except PackageNotFoundError:
