@@ -225,3 +225,17 @@ def test_sigint_stops_the_server_cleanly(bundle, tmp_path):
         assert c.get("/healthz").status_code == 200
     assert s.stop() == 0
     assert "Traceback" not in s.stderr
+
+
+def test_pages_of_other_sites_cannot_use_a_server_without_tokens(http, server, objects):
+    data = png(objects["shape0-r"][0])
+    r = http.post("/v1/classes/csrf/shots", content=data,
+                  headers={"Content-Type": "image/png", "Origin": "http://evil.example"})
+    assert r.status_code == 403 and r.json()["error"] == "cross_origin"
+    own = server.url  # the page of the server itself may
+    r = http.post("/v1/predict", content=data, headers={"Content-Type": "image/png", "Origin": own})
+    assert r.status_code == 200
+    r = http.get("/v1/classes", headers={"Host": "rebound.example:8080"})  # DNS rebinding: a foreign name
+    assert r.status_code == 403 and r.json()["error"] == "bad_host"
+    assert http.get("/v1/classes", headers={"Host": "localhost"}).status_code == 200
+    assert "csrf" not in [c["label"] for c in http.get("/v1/classes").json()["classes"]]

@@ -160,9 +160,9 @@ async def enroll(request: Request, label: str, roi: list[str] | None = Query(Non
 @router.get("/classes", summary="the enrolled classes with their shots and times (viewer)")
 async def classes(request: Request, principal=Depends(need("viewer"))):
     state = _state(request)
-    items = await state.run(lambda: [c.to_dict() for c in state.clf.classes()])
+    items, adapted = await state.run(lambda: ([c.to_dict() for c in state.clf.classes()], state.clf.adapted))
     state.metrics.classes.set(len(items))
-    return {"classes": items, "count": len(items), "adapted": state.clf.adapted}
+    return {"classes": items, "count": len(items), "adapted": adapted}
 
 
 @router.delete("/classes/{label:path}", summary="forget a class (operator)")
@@ -284,15 +284,19 @@ async def info(request: Request, principal=Depends(need("viewer"))):
     state = _state(request)
     clf, cfg = state.clf, state.config
     spec = clf.spec
+
+    def gallery():  # (a store may read its database: off the event loop)
+        return {"path": cfg.gallery, "classes": len(clf), "adapted": clf.adapted,
+                "unknown_threshold": clf.unknown_threshold, "audit": state.audit.source,
+                "shared_between_processes": state.audit.shared}
+
     return {
         "version": state.version, "pid": os.getpid(), "started": state.started,
         "you": {"name": principal.name, "role": principal.role},
         "backend": state.backend,
         "bundle": {"path": cfg.bundle, "fingerprint": state.fingerprint, "backbone": spec.backbone,
                    "input_shape": list(spec.input_shape), "embedding_dim": spec.embedding_dim, "metric": spec.metric},
-        "gallery": {"path": cfg.gallery, "classes": len(clf), "adapted": clf.adapted,
-                    "unknown_threshold": clf.unknown_threshold, "audit": state.audit.source,
-                    "shared_between_processes": state.audit.shared},
+        "gallery": await state.run(gallery),
         "server": {"workers": cfg.workers, "tls": cfg.tls, "access_control": state.auth_required,
                    "read_only": cfg.read_only, "keep_shots": cfg.keep_shots is not None,
                    "rate_limit": cfg.rate_limit, "max_upload_bytes": cfg.max_upload_bytes,

@@ -181,21 +181,24 @@ def create_app(state) -> FastAPI:
 
     @app.get("/readyz", summary="readiness: the backend is loaded and the gallery open")
     async def readyz():
-        clf = state.clf
+        def check():
+            clf = state.clf
+            if clf.backend is None or getattr(clf, "_closed", False):
+                raise RuntimeError("the classifier is closed")
+            return len(clf)  # (reads the gallery: a store that cannot be read fails here)
         try:
-            classes = len(clf)
-            ready = clf.backend is not None and not getattr(clf, "_closed", False)
-        except Exception as exc:  # noqa: BLE001 - a gallery that cannot be read: not ready, say why
+            classes = await state.run(check)
+        except Exception as exc:  # noqa: BLE001 - not ready, and why
             return JSONResponse({"ready": False, "reason": f"{type(exc).__name__}: {exc}"}, status_code=503)
-        if not ready:
-            return JSONResponse({"ready": False, "reason": "the classifier is closed"}, status_code=503)
         return {"ready": True, "backend": state.backend, "classes": classes, "pid": os.getpid()}
 
     @app.get("/metrics", summary="Prometheus metrics of every process of the server (viewer)",
              response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics(principal=Depends(need("viewer"))):
-        state.metrics.classes.set(len(state.clf))
-        body, content_type = await state.run(state.metrics.exposition)
+        def collect():
+            state.metrics.classes.set(len(state.clf))
+            return state.metrics.exposition()
+        body, content_type = await state.run(collect)
         return Response(body, media_type=content_type)
 
     app.include_router(api.router)

@@ -4,11 +4,20 @@
 requests, so the live view's GET endpoints (``/v1/live/...``) also take ``?access_token=``; the server's access
 log never prints query strings. Without a token store (loopback only, or ``--insecure``) every request is
 ``anonymous@ADDRESS`` with every role.
+
+Browsers are kept from acting for other sites: a request that changes something and carries an ``Origin`` other
+than the server's own is refused (403 ``cross_origin``; tokens already stop forms, which cannot send the
+header, but a server without tokens has only this), and without tokens a request must name the server by a
+loopback host (``localhost``, ``127.x``, ``[::1]``) - a page on another domain that resolves to 127.0.0.1
+(DNS rebinding) is refused (403 ``bad_host``).
 """
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import Request
 
+from metaedge.runtime.serve.config import is_loopback
 from metaedge.runtime.serve.errors import ApiError
 from metaedge.runtime.serve.tokens import Principal
 
@@ -34,9 +43,26 @@ def _presented_token(request: Request) -> str | None:
     return None
 
 
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _check_browser_context(request: Request, auth: bool) -> None:
+    host = request.headers.get("host", "")
+    if request.method not in _SAFE_METHODS:
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc.lower() != host.lower():
+            raise ApiError(403, "cross_origin", f"a page of {origin} may not change this server")
+    if not auth:
+        name = urlsplit(f"//{host}").hostname or ""
+        if not is_loopback(name) and request.app.state.server.config.insecure is False:
+            raise ApiError(403, "bad_host", f"Host {host!r}: this server without tokens answers only to loopback "
+                                            f"names (localhost, 127.0.0.1, [::1])")
+
+
 def principal_of(request: Request) -> Principal:
-    """The caller, authenticated and within its rate limit (401 / 429 otherwise)."""
+    """The caller, authenticated and within its rate limit (401 / 403 / 429 otherwise)."""
     state = request.app.state.server
+    _check_browser_context(request, state.auth_required)
     if not state.auth_required:
         principal = Principal(f"anonymous@{client_address(request)}", "admin")
     else:

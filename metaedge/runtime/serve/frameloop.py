@@ -49,11 +49,11 @@ class FrameLoop:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
-        from metaedge.runtime.video import VideoSourceError, open_source
+        from metaedge.runtime.video import open_source
         while not self._stop.is_set():
             try:
                 source = open_source(self.config.source, loop=True, queue_size=1)  # (files: no backlog)
-            except (VideoSourceError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - VideoSourceError, OSError, a driver's own: report, retry
                 self._failed(f"cannot open {self.config.source}: {exc}")
                 continue
             log.info("live source %s opened (%s)", self.config.source, source.describe())

@@ -19,6 +19,7 @@ import time
 __all__ = ["RateLimiter"]
 
 _SLOT = struct.Struct("<d")
+_MAX_OPEN = 1024  # keys whose file stays open (the oldest is closed beyond that: many client addresses)
 
 
 class RateLimiter:
@@ -43,6 +44,8 @@ class RateLimiter:
                     name = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:32]
                     fd = os.open(os.path.join(self._directory, name), os.O_RDWR | os.O_CREAT, 0o600)
                     self._fds[key] = fd
+                    if len(self._fds) > _MAX_OPEN:
+                        os.close(self._fds.pop(next(iter(self._fds))))
         return fd
 
     def acquire(self, key: str) -> float:

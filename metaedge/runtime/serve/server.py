@@ -69,6 +69,9 @@ def check_config(config: ServeConfig) -> None:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.certfile, config.keyfile)
         except (ssl.SSLError, OSError) as exc:
             raise ServeError(f"--certfile/--keyfile: cannot load the certificate and key ({exc})") from None
+    if config.source is not None and not os.path.isdir(config.source):
+        from metaedge._optional import require
+        require("cv2", "--source (video files, cameras and streams)")  # exit 3, with the install line
     if config.keep_shots is not None:
         os.makedirs(config.keep_shots, exist_ok=True)
         if not os.access(config.keep_shots, os.W_OK):
