@@ -252,7 +252,8 @@ class TokenStore:
 
     def _write(self, records: list[TokenRecord]) -> None:
         try:
-            atomic_write_bytes(self.path, _serialise(records))  # mkstemp: the file is 0600
+            atomic_write_bytes(self.path, _serialise(records))
+            os.chmod(self.path, 0o600)  # only its owner reads it (whatever mode the write helper gave it)
         except OSError as exc:
             raise OSError(exc.errno, f"{self.path}: cannot write the token store ({exc.strerror})") from None
 
