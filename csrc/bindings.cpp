@@ -350,6 +350,28 @@ PYBIND11_MODULE(_C, m) {
     metaedge::pack_prototypes(tp, parsed, tpk);
   }, py::arg("protos"), py::arg("metric"), py::arg("packed"));
 
+  // The compact class matrix (metaedge.kernels.CompactClassMatrix owns the buffers and keeps them in step).
+  m.def("compact_encode", [](py::handle rows, py::handle slots, const std::string& metric, py::handle center,
+                             py::handle codes, py::handle meta) {
+    Tensor tr = to_tensor(rows, "rows"), ts = to_tensor(slots, "slots"), tcen = to_tensor(center, "center"),
+           tc = to_tensor(codes, "codes"), tm = to_tensor(meta, "meta");
+    const metaedge::Metric parsed = metaedge::parse_metric(metric);
+    py::gil_scoped_release nogil;
+    metaedge::compact_encode(tr, ts, parsed, tcen, tc, tm);
+  }, py::arg("rows"), py::arg("slots"), py::arg("metric"), py::arg("center"), py::arg("codes"), py::arg("meta"));
+  m.def("compact_topk", [](py::handle queries, py::handle rows, py::handle codes, py::handle meta, py::handle center,
+                           int64_t k, const std::string& metric, py::handle scores, py::handle indices,
+                           py::handle fp32_rows) {
+    Tensor tq = to_tensor(queries, "queries"), tr = to_tensor(rows, "rows"), tc = to_tensor(codes, "codes"),
+           tm = to_tensor(meta, "meta"), tcen = to_tensor(center, "center"), ts = to_tensor(scores, "scores"),
+           ti = to_tensor(indices, "indices"), tf = to_tensor(fp32_rows, "fp32_rows");
+    const metaedge::Metric parsed = metaedge::parse_metric(metric);
+    py::gil_scoped_release nogil;
+    metaedge::compact_topk(tq, tr, tc, tm, tcen, k, parsed, ts, ti, tf);
+  }, py::arg("queries"), py::arg("rows"), py::arg("codes"), py::arg("meta"), py::arg("center"), py::arg("k"),
+     py::arg("metric"), py::arg("scores"), py::arg("indices"), py::arg("fp32_rows"));
+  m.def("compact_kernel", &metaedge::compact_kernel_name);
+
   m.def("adapt_head", [](py::handle weights, py::handle velocity, py::handle support, py::handle labels,
                          int64_t steps, double lr, double momentum, double weight_decay, double scale,
                          py::handle losses) {

@@ -8,7 +8,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['BoundPreprocess', 'BoundTopk', 'CudaDeviceProperties', 'adapt_head', 'class_prototypes', 'cuda_built', 'cuda_current_device', 'cuda_device_count', 'cuda_device_properties', 'cuda_device_synchronize', 'cuda_driver_version', 'cuda_free', 'cuda_free_host', 'cuda_host_alloc', 'cuda_host_device_pointer', 'cuda_malloc', 'cuda_memcpy', 'cuda_memset', 'cuda_pointer_device', 'cuda_runtime_version', 'cuda_stream_create', 'cuda_stream_destroy', 'cuda_stream_synchronize', 'l2_normalize', 'openmp_max_threads', 'pack_prototypes', 'preprocess', 'preprocess_output_shape', 'simd_level', 'topk', 'update_prototypes']
+__all__: list[str] = ['BoundPreprocess', 'BoundTopk', 'CudaDeviceProperties', 'adapt_head', 'class_prototypes', 'compact_encode', 'compact_kernel', 'compact_topk', 'cuda_built', 'cuda_current_device', 'cuda_device_count', 'cuda_device_properties', 'cuda_device_synchronize', 'cuda_driver_version', 'cuda_free', 'cuda_free_host', 'cuda_host_alloc', 'cuda_host_device_pointer', 'cuda_malloc', 'cuda_memcpy', 'cuda_memset', 'cuda_pointer_device', 'cuda_runtime_version', 'cuda_stream_create', 'cuda_stream_destroy', 'cuda_stream_synchronize', 'l2_normalize', 'openmp_max_threads', 'pack_prototypes', 'preprocess', 'preprocess_output_shape', 'simd_level', 'topk', 'update_prototypes']
 class BoundTopk:
     max_packed_bytes: typing.ClassVar[float] = 8388608.0
     def __init__(self, protos: numpy.ndarray, metric: str) -> None:
@@ -50,6 +50,12 @@ def _sgemm_for_tests(trans_a: bool, trans_b: bool, a: numpy.ndarray, b: numpy.nd
 def adapt_head(weights: typing.Any, velocity: typing.Any, support: typing.Any, labels: typing.Any, steps: typing.SupportsInt | typing.SupportsIndex, lr: typing.SupportsFloat | typing.SupportsIndex, momentum: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, scale: typing.SupportsFloat | typing.SupportsIndex, losses: typing.Any) -> None:
     ...
 def class_prototypes(emb: typing.Any, labels: typing.Any, num_classes: typing.SupportsInt | typing.SupportsIndex, protos: typing.Any, counts: typing.Any) -> None:
+    ...
+def compact_encode(rows: typing.Any, slots: typing.Any, metric: str, center: typing.Any, codes: typing.Any, meta: typing.Any) -> None:
+    ...
+def compact_kernel() -> str:
+    ...
+def compact_topk(queries: typing.Any, rows: typing.Any, codes: typing.Any, meta: typing.Any, center: typing.Any, k: typing.SupportsInt | typing.SupportsIndex, metric: str, scores: typing.Any, indices: typing.Any, fp32_rows: typing.Any) -> None:
     ...
 def cuda_current_device() -> int:
     ...

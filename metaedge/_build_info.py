@@ -48,10 +48,11 @@ def _cuda_status(native, config: dict) -> dict:
 
 def build_info(backends: bool = True) -> dict:
     """Version, compiler, OpenMP threads, SIMD level, CUDA (built? archs, runtime/driver, devices or why not),
-    the optional packages present, the system (a Jetson's JetPack, L4T, module and GPU arch) and
-    (``backends``) which inference backends could run here with their versions - and, for each one that
-    cannot, what is missing and the command that installs it on this machine, plus install traps found
-    (``warnings``). Never raises for a missing optional piece."""
+    the optional packages present, the system (a Jetson's JetPack, L4T, module and GPU arch), how class
+    matrices are matched (``matching``: see ``metaedge.compact.matching_policy``) and (``backends``) which
+    inference backends could run here with their versions - and, for each one that cannot, what is missing and
+    the command that installs it on this machine, plus install traps found (``warnings``). Never raises for a
+    missing optional piece."""
     from metaedge import __version__
     from metaedge._jetson import detect_jetson
     info: dict = {"version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
@@ -68,6 +69,8 @@ def build_info(backends: bool = True) -> dict:
                           "simd": C.simd_level(), "openmp_threads": C.openmp_max_threads(),
                           "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
         info["cuda"] = _cuda_status(C, config)
+        from metaedge.compact import matching_policy
+        info["matching"] = matching_policy()
     jetson = detect_jetson()
     info["jetson"] = jetson.to_dict() if jetson else None
     info["packages"] = {name: version_of(name) for name in OPTIONAL_PACKAGES}

@@ -438,12 +438,20 @@ class DeviceArray:
                            device=self._device, stream=self._stream, owner=self._owner)
 
     def __getitem__(self, index) -> "DeviceArray":
-        """``a[i]``: a view of row i along the first axis (the only indexing offered)."""
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError("DeviceArray supports only integer indexing along the first axis; "
-                            "copy to the host with to_numpy() for anything else")
+        """``a[i]``: a view of row i along the first axis; ``a[start:stop]``: a view of rows start..stop-1
+        (step 1; C-contiguous like the array). The only indexing offered."""
         if self.ndim == 0:
             raise IndexError("a 0-d DeviceArray cannot be indexed")
+        if isinstance(index, slice) and index.step in (None, 1):
+            start, stop, _ = index.indices(self._shape[0])
+            stop = max(start, stop)
+            row_bytes = math.prod(self._shape[1:]) * self._dtype.itemsize
+            return DeviceArray(buffer=self._buffer, offset=self._offset + start * row_bytes,
+                               shape=(stop - start, *self._shape[1:]), dtype=self._dtype, device=self._device,
+                               stream=self._stream, owner=self._owner)
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError("DeviceArray supports only an integer or a slice (step 1) along the first axis; "
+                            "copy to the host with to_numpy() for anything else")
         n = self._shape[0]
         i = int(index) + (n if index < 0 else 0)
         if not 0 <= i < n:

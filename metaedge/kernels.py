@@ -20,9 +20,9 @@ import numpy as np
 
 from metaedge._native import native
 
-__all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "PrototypeMatcher", "adapt_head",
-           "preprocess", "Preprocessor", "as_rois", "METRICS", "COLOR_MODES", "PIXEL_FORMATS", "RESIZE_MODES",
-           "YUV_MATRICES"]
+__all__ = ["l2_normalize", "class_prototypes", "update_prototypes", "topk", "PrototypeMatcher",
+           "CompactClassMatrix", "adapt_head", "preprocess", "Preprocessor", "as_rois", "METRICS", "COLOR_MODES",
+           "PIXEL_FORMATS", "RESIZE_MODES", "YUV_MATRICES"]
 
 METRICS = ("cosine", "dot", "euclidean")
 COLOR_MODES = ("keep", "gray", "rgb")
@@ -534,3 +534,7 @@ class Preprocessor:
         return (f"Preprocessor(size={self.size}, mean={self.mean!r}, std={self.std!r}, color={self.color!r}, "
                 f"invert={self.invert}, pixel_format={self.pixel_format!r}, resize={self.resize!r}, "
                 f"antialias={self.antialias}, pad={self.pad:g}, yuv_matrix={self.yuv_matrix!r})")
+
+
+# The class matrix with its compact copy lives in its own module (metaedge.compact); it is part of this face.
+from metaedge.compact import CompactClassMatrix  # noqa: E402 - needs the helpers above

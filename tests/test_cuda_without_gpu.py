@@ -108,8 +108,12 @@ def test_device_array_views_and_interface_without_a_gpu():
         a.reshape(5, -1)
     with pytest.raises(IndexError):
         a[3]
-    with pytest.raises(TypeError, match="integer indexing"):
-        a[0:2]
+    assert a[1:3].shape == (2, 4) and a[1:3].ptr == a[1].ptr and a[1:].shape == (2, 4) and a[2:1].shape == (0, 4)
+    assert a[:-1].shape == (2, 4) and a[:].ptr == a.ptr
+    with pytest.raises(TypeError, match="integer or a slice"):
+        a[0:3:2]
+    with pytest.raises(TypeError, match="integer or a slice"):
+        a[0, 1]
     cai = a.__cuda_array_interface__
     assert cai == {"shape": (3, 4), "typestr": "<f2", "data": (a.ptr, False), "version": 3, "strides": None,
                    "stream": 1}

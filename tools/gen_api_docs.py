@@ -22,7 +22,12 @@ if str(ROOT) not in sys.path:
 PUBLIC: list[tuple[str, str, list[str] | None]] = [
     ("metaedge", "metaedge", ["build_info", "EdgeClassifier", "Prediction", "Gallery", "Bundle"]),
     ("metaedge.kernels", "metaedge.kernels", None),
+    ("metaedge.compact", "metaedge.compact", None),
     ("metaedge.cuda", "metaedge.cuda", ["is_available", "DeviceArray"]),
+    ("metaedge.runtime.gallery", "metaedge.runtime.gallery",
+     ["AuditEntry", "ImportReport", "TrainingSet", "ClassInfo", "ClassMatrix", "GalleryError", "GalleryCorruptError",
+      "GalleryMismatchError", "GalleryVersionError", "GalleryReadOnlyError", "GalleryWriteError",
+      "LabelConflictError", "UnknownLabelError"]),
     ("metaedge.runtime.spec", "metaedge.runtime.spec", ["ModelSpec", "PreprocessSpec"]),
     ("metaedge.runtime.backends", "metaedge.runtime.backends", ["open_backend", "Backend"]),
     ("metaedge.runtime.serve", "metaedge.runtime.serve", ["serve", "ServeConfig", "create_app", "ServerState",

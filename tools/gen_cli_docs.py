@@ -30,8 +30,11 @@ def render() -> str:
     parts = ["# `metaedge` command reference", "",
              "Generated from each command's `--help` by `python tools/gen_cli_docs.py`; do not edit by hand.", "",
              "```", help_text([]), "```", ""]
-    for name in sub.choices:
+    for name, command in sub.choices.items():
         parts += [f"## metaedge {name}", "", "```", help_text([name]), "```", ""]
+        actions = [a for a in command._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for action in actions[0].choices if actions else ():  # e.g. metaedge classes history
+            parts += [f"### metaedge {name} {action}", "", "```", help_text([name, action]), "```", ""]
     return "\n".join(parts)
 
 

@@ -1,17 +1,24 @@
 #!/usr/bin/env python
-"""Crash-safety stress test of the gallery file: SIGKILL a writer at random moments, check what survives.
+"""Stress tests of the shared gallery store, with real processes.
 
-A worker process loops over a deterministic sequence of changes (enroll new classes, add shots, forget,
-rename; numpy-only embeddings, no torch, no network) and saves the gallery after each one, printing the
-number of changes saved. The driver kills it with SIGKILL after a random delay, then loads the file: it
-must load without error and equal - exactly - a replica of the gallery after either the last reported
-change or the one after it (the save that may have completed before the report). The worker restarts from
-the file and the cycle repeats.
+``mixed``: WORKERS processes each make OPS random changes and predictions on one gallery - enroll a new class,
+enroll more shots, forget, rename, adapt, predict - each either through the Python API (an EdgeClassifier the
+worker keeps open) or by running the ``metaedge`` CLI, while a reader process predicts continuously. Checked at
+the end: the final gallery equals its audit trail replayed from the start; every acknowledged change is in the
+trail, attributed to whoever made it, and no failed one is; and every prediction the reader started after a
+change was acknowledged saw that change (it sees each change within one predict).
 
-    python tools/stress_gallery.py --iterations 5000 --min-kills 200      # the long run
-    python tools/stress_gallery.py --autosave                             # via Gallery(autosave=True)
+``kill``: WRITERS processes enroll and forget in transactions of several changes while the driver SIGKILLs
+random subsets of them at random moments, ROUNDS times. After every round the gallery must open, pass
+``Gallery.check()`` (every page, row and checksum), equal its audit trail replayed, hold every acknowledged
+change (and at most the one change per killed writer that committed before its acknowledgement was printed),
+and a long-lived reader must have caught up to exactly the same state.
 
-Exit status 0 and a JSON summary on success; 1 with the first violation otherwise.
+    python tools/stress_gallery.py mixed --workers 4 --ops 50
+    python tools/stress_gallery.py kill --writers 3 --rounds 200       # the long run
+
+Prints a JSON summary and exits 0; prints the first violation and exits 1. The bundle for ``mixed`` is a tiny
+ONNX network made on the fly (needs the ``onnx`` package) unless ``--bundle`` names one.
 """
 from __future__ import annotations
 
@@ -27,147 +34,371 @@ import time
 
 import numpy as np
 
-if "--worker" in sys.argv:  # the writer must not need torch: make any import of it fail loudly
-    sys.modules["torch"] = None
+if "--worker" in sys.argv or "--writer" in sys.argv or "--reader" in sys.argv:
+    sys.modules["torch"] = None  # the device side must not need torch: any import of it now fails loudly
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from metaedge.runtime.gallery import Gallery  # noqa: E402  (numpy + kernels only: no torch)
+from metaedge.runtime.gallery import Gallery  # noqa: E402
 
-DIM = 64
-FINGERPRINT = "stress-" + "5" * 57
-
-
-def apply_change(g: Gallery, i: int) -> None:
-    """Change number ``i``: a function of i and the gallery's current labels only (so replicas agree)."""
-    rng = np.random.default_rng(i)
-    kind = i % 10
-    labels = g.labels
-    if len(labels) < 3 or kind in (0, 1, 2, 3, 4):
-        g.add(f"class {i}", rng.standard_normal((int(rng.integers(1, 6)), DIM)).astype(np.float32), now=float(i))
-    elif kind in (5, 6, 7):
-        g.add(labels[int(rng.integers(len(labels)))], rng.standard_normal((3, DIM)).astype(np.float32),
-              now=float(i))
-    elif kind == 8:
-        g.remove(labels[int(rng.integers(len(labels)))])
-    else:
-        g.rename(labels[int(rng.integers(len(labels)))], f"renamed {i}")
+KILL_DIM = 32
+KILL_FINGERPRINT = "stress-" + "5" * 57
 
 
-def new_gallery(path=None, autosave=False) -> Gallery:
-    return Gallery(DIM, "cosine", FINGERPRINT, support_cap=4, seed=7, path=path, autosave=autosave)
+# ---------------------------------------------------------------------------------------------- the audit replay
+def replay(history) -> tuple[list[str], list[int], bool, dict[int, tuple]]:
+    """The classes (labels, shots, in enrollment order) and whether the head is adapted, as the audit trail says
+    they must be; and per version the label set after it (for the reader check)."""
+    classes: dict[int, list] = {}
+    adapted = False
+    sets: dict[int, tuple] = {}
+    for e in history:
+        d = e.detail or {}
+        if e.op == "enroll":
+            if d.get("new_class"):
+                classes[e.uid] = [e.label, e.shots]
+            else:
+                classes[e.uid][1] += e.shots
+        elif e.op == "import":
+            if d.get("action") == "added":
+                classes[e.uid] = [e.label, e.shots]
+            elif d.get("action") == "replace":
+                classes[e.uid][1] = e.shots
+            else:
+                classes[e.uid][1] += e.shots
+        elif e.op == "forget":
+            del classes[e.uid]
+            adapted = adapted and bool(classes)
+        elif e.op == "rename":
+            classes[e.uid][0] = e.label
+        elif e.op == "adapt":
+            adapted = True
+        elif e.op in ("reset_adaptation",):
+            adapted = False
+        elif e.op == "clear":
+            classes, adapted = {}, False
+        elif e.op not in ("create", "threshold", "fingerprint"):
+            raise AssertionError(f"the stress run made no {e.op!r} change (audit entry {e.seq})")
+        sets[e.version] = tuple(sorted(v[0] for v in classes.values()))
+    order = sorted(classes)
+    return [classes[u][0] for u in order], [classes[u][1] for u in order], adapted, sets
 
 
-def worker(path: str, start: int, autosave: bool) -> None:
-    if os.path.exists(path):
-        g = Gallery.load(path, fingerprint=FINGERPRINT, embedding_dim=DIM, autosave=autosave)
-    else:
-        g = new_gallery(path, autosave)
-    print("ready", flush=True)
-    i = start
-    while True:
-        apply_change(g, i)
-        if not autosave:
-            g.save()
-        i += 1
-        print(f"saved {i}", flush=True)
+def check_against_history(g: Gallery) -> list:
+    history = g.history()
+    labels, shots, adapted, _ = replay(history)
+    have = list(zip(g.labels, g.counts().tolist()))
+    want = list(zip(labels, shots))
+    if have != want or g.adapted != adapted:
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(have, want)) if a != b][:3]
+        raise AssertionError(f"the gallery is not its audit trail replayed: {len(have)} vs {len(want)} classes, "
+                             f"first differences (index, gallery, trail) {diff}, adapted {g.adapted} vs {adapted}")
+    return history
 
 
-def same(a: Gallery, b: Gallery) -> bool:
-    if a.labels != b.labels or a.counts().tolist() != b.counts().tolist():
-        return False
-    if not np.array_equal(a.prototypes(), b.prototypes()):
-        return False
-    sa, sb = a.support_set(), b.support_set()
-    return np.array_equal(sa[0], sb[0]) and np.array_equal(sa[1], sb[1])
+# ---------------------------------------------------------------------------------------------- mixed
+def _images(directory: str, worker: int, count: int = 6) -> list[str]:
+    from PIL import Image
+    rng = np.random.default_rng(1000 + worker)
+    paths = []
+    for i in range(count):
+        path = os.path.join(directory, f"w{worker}-{i}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
 
 
-def stress(path: str, iterations: int = 200, min_kills: int = 10, seed: int = 0, autosave: bool = False,
-           max_delay: float = 0.25, log=None) -> dict:
-    """Run the kill/verify cycle until ``iterations`` changes were saved and ``min_kills`` kills happened."""
-    rnd = random.Random(seed)
-    replica = new_gallery()          # state after `done` changes
-    done = kills = restarts_from_next = 0
+def mixed_worker(gallery: str, bundle: str, worker: int, ops: int, cli_share: float, log_path: str,
+                 deadline: float) -> None:
+    from metaedge.runtime.classifier import EdgeClassifier
+    rnd = random.Random(worker)
+    images = _images(os.path.dirname(log_path), worker)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    started = time.perf_counter()
-    while done < iterations or kills < min_kills:
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", path, "--start", str(done)]
-                                + (["--autosave"] if autosave else []),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-        ready = proc.stdout.readline().strip()
-        if ready != "ready":
-            proc.kill()
-            raise AssertionError(f"worker failed to start from {done} changes: {ready!r} {proc.stderr.read()}")
-        time.sleep(rnd.uniform(0.0, max_delay))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
-        kills += 1
-        reported = [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved ")]
-        last = reported[-1] if reported else done
-        if "Traceback" in err:
-            raise AssertionError(f"worker crashed by itself: {err}")
-        # Bring the replica to `last`, then check the file equals it or the state one change later.
-        for i in range(done, last):
-            apply_change(replica, i)
-        candidates = [(last, replica)]
-        ahead = new_gallery()
-        try:
-            ahead = Gallery.from_bytes(replica.to_bytes())
-            apply_change(ahead, last)
-            candidates.append((last + 1, ahead))
-        except Exception as exc:  # pragma: no cover - apply_change itself failing is a bug in the driver
-            raise AssertionError(f"replica cannot apply change {last}: {exc}")
-        if not os.path.exists(path):
-            if last != 0:
-                raise AssertionError(f"gallery file vanished after {last} saved changes")
-            continue
-        try:
-            loaded = Gallery.load(path, fingerprint=FINGERPRINT, embedding_dim=DIM)
-        except Exception as exc:
-            raise AssertionError(f"after kill {kills} (reported {last} changes) the file does not load: {exc}")
-        match = [n for n, g in candidates if same(loaded, g)]
-        if not match:
-            raise AssertionError(f"after kill {kills} the file is neither the state after change {last} nor "
-                                 f"{last + 1} (labels {loaded.labels[-3:]} vs {replica.labels[-3:]})")
-        if match[0] == last + 1:
-            replica = ahead
-            restarts_from_next += 1
-        done = match[0]
-        if log:
-            log(f"kill {kills}: {done} changes on disk")
-    def temp_files() -> int:
-        return len([n for n in os.listdir(os.path.dirname(path)) if n.endswith(".tmp")])
+    with EdgeClassifier(bundle, gallery=gallery, backend="ort-cpu") as clf, open(log_path, "w") as log:
+        clf.gallery.actor = f"stress-worker-{worker}"
+        for i in range(ops):
+            if time.monotonic() > deadline:
+                break
+            labels = clf.labels
+            kind = rnd.choice(["new", "new", "more", "forget", "rename", "predict", "adapt"])
+            if kind != "new" and len(labels) < 3:
+                kind = "new"
+            label = f"w{worker}-{i}" if kind == "new" else rnd.choice(labels)
+            shots = rnd.sample(images, rnd.randint(1, 3))
+            via = "cli" if rnd.random() < cli_share else "api"
+            record = {"i": i, "op": kind, "label": label, "via": via, "shots": len(shots)}
+            try:
+                if via == "api":
+                    if kind in ("new", "more"):
+                        clf.enroll(label, shots)
+                    elif kind == "forget":
+                        clf.forget(label)
+                    elif kind == "rename":
+                        clf.rename(label, f"w{worker}-r{i}")
+                    elif kind == "adapt":
+                        clf.adapt(steps=3)
+                    else:
+                        clf.predict(shots[0], k=3)
+                    record["ok"] = True
+                else:
+                    argv = {"new": ["enroll", bundle, gallery, label, *shots],
+                            "more": ["enroll", bundle, gallery, label, *shots],
+                            "forget": ["classes", "forget", gallery, label],
+                            "rename": ["classes", "rename", gallery, label, f"w{worker}-r{i}"],
+                            "adapt": ["adapt", bundle, gallery, "--steps", "3", "--no-progress"],
+                            "predict": ["predict", bundle, gallery, shots[0]]}[kind]
+                    proc = subprocess.Popen([sys.executable, "-m", "metaedge", *argv], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                    _, err = proc.communicate(timeout=120)
+                    record.update(pid=proc.pid, ok=proc.returncode == 0, code=proc.returncode, error=err.strip())
+                    if proc.returncode not in (0, 2):  # 2: the class was changed by another worker meanwhile
+                        raise AssertionError(f"metaedge {' '.join(argv[:2])} exited {proc.returncode}: {err}")
+            except (KeyError, ValueError) as exc:  # a class another worker forgot or renamed meanwhile
+                record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            record["t"] = time.monotonic()
+            log.write(json.dumps(record) + "\n")
+            log.flush()
 
-    # Each killed writer may leave its temporary file (several in a row when writers die before their first
-    # save completes); the next completed save removes those of dead processes.
-    left_by_kills = temp_files()
-    Gallery.load(path, fingerprint=FINGERPRINT, embedding_dim=DIM).save()
-    return {"changes": done, "kills": kills, "kills_after_save_before_report": restarts_from_next,
-            "classes": len(replica), "seconds": round(time.perf_counter() - started, 2),
-            "temp_files_left_by_kills": left_by_kills, "temp_files_after_next_save": temp_files()}
+
+def mixed_reader(gallery: str, bundle: str, log_path: str, stop_path: str, deadline: float) -> None:
+    from metaedge.runtime.classifier import EdgeClassifier, EmptyGalleryError
+    frame = np.random.default_rng(7).integers(0, 256, (16, 16), dtype=np.uint8)
+    with EdgeClassifier(bundle, gallery=gallery, backend="ort-cpu") as clf, open(log_path, "w") as log:
+        while not os.path.exists(stop_path) and time.monotonic() < deadline:
+            start = time.monotonic()
+            try:
+                labels = sorted(lab for lab, _ in clf.predict(frame, k=100000).topk)
+            except EmptyGalleryError:
+                labels = []
+            log.write(json.dumps({"t": start, "labels": labels}) + "\n")
+            time.sleep(0.01)
+
+
+def _tiny_bundle(directory: str) -> str:
+    from tests.runtime.bundles import make_bundle
+    return str(make_bundle(os.path.join(directory, "bundle")))
+
+
+def mixed(directory: str, workers: int = 4, ops: int = 50, cli_share: float = 0.25, seconds: float = 300,
+          bundle: str | None = None) -> dict:
+    bundle = bundle or _tiny_bundle(directory)
+    gallery = os.path.join(directory, "shared.metaedge")
+    deadline = time.monotonic() + seconds
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    me = [sys.executable, os.path.abspath(__file__)]
+    stop = os.path.join(directory, "stop")
+    reader = subprocess.Popen(me + ["--reader", gallery, bundle, os.path.join(directory, "reader.log"), stop,
+                                    str(seconds)], env=env)
+    procs = [subprocess.Popen(me + ["--worker", gallery, bundle, str(w), str(ops), str(cli_share),
+                                    os.path.join(directory, f"worker{w}.log"), str(seconds)], env=env)
+             for w in range(workers)]
+    started = time.perf_counter()
+    try:
+        for p in procs:
+            if p.wait(timeout=max(1.0, deadline - time.monotonic() + 30)) != 0:
+                raise AssertionError(f"a worker failed (exit {p.returncode})")
+    finally:
+        open(stop, "w").close()
+        for p in procs + [reader]:
+            if p.poll() is None:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    raise AssertionError("a stress process did not stop in time") from None
+    if reader.returncode != 0:
+        raise AssertionError(f"the reader failed (exit {reader.returncode})")
+    g = Gallery.load(gallery)
+    history = check_against_history(g)
+    problems = g.check()
+    if problems:
+        raise AssertionError(f"the gallery fails its check: {problems}")
+    # every acknowledged change is in the trail under its actor, and no failed one is
+    acked: list[tuple[float, int]] = []  # (acknowledgement time, version of the change)
+    counts = {"api": 0, "cli": 0, "failed": 0, "changes": 0}
+    for w in range(workers):
+        records = [json.loads(line) for line in open(os.path.join(directory, f"worker{w}.log"))]
+        mine = [e for e in history if e.actor == f"stress-worker-{w}"]
+        api_changes = [r for r in records if r["via"] == "api" and r["ok"] and r["op"] != "predict"]
+        if [(e.op, e.label) for e in mine] != [(_op(r["op"]), r["label"] if r["op"] != "rename" else
+                                                f"w{w}-r{r['i']}") if r["op"] != "adapt" else ("adapt", None)
+                                               for r in api_changes]:
+            raise AssertionError(f"worker {w}: its acknowledged API changes and its audit entries differ")
+        acked += [(r["t"], e.version) for r, e in zip(api_changes, mine)]
+        for r in records:
+            counts[r["via"]] += 1
+            counts["failed"] += not r["ok"]
+            if r["via"] != "cli" or r["op"] == "predict":
+                continue
+            theirs = [e for e in history if e.actor.endswith(f", pid {r['pid']})")]
+            if r["ok"] != bool(theirs) or len(theirs) > 1:
+                raise AssertionError(f"worker {w}: CLI {r['op']} {r['label']!r} exited {r['code']} but has "
+                                     f"{len(theirs)} audit entries")
+            if theirs:
+                acked.append((r["t"], theirs[0].version))
+        counts["changes"] += len(mine)
+    # the reader saw every change acknowledged before its prediction started
+    _, _, _, sets = replay(history)
+    versions = sorted(sets)
+    acked.sort()
+    reads = [json.loads(line) for line in open(os.path.join(directory, "reader.log"))]
+    j, required = 0, 0
+    for r in reads:
+        while j < len(acked) and acked[j][0] < r["t"]:
+            required = max(required, acked[j][1])
+            j += 1
+        seen = tuple(r["labels"])
+        if not any(sets[v] == seen for v in versions if v >= required):
+            raise AssertionError(f"a prediction started after version {required} was acknowledged saw an older "
+                                 f"gallery ({len(seen)} classes)")
+    return {"workers": workers, "operations": counts, "audit_entries": len(history), "classes": len(g),
+            "reader_predictions": len(reads), "acknowledged_changes": len(acked),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _op(kind: str) -> str:
+    return {"new": "enroll", "more": "enroll", "forget": "forget", "rename": "rename", "adapt": "adapt"}[kind]
+
+
+# ---------------------------------------------------------------------------------------------- kill
+def kill_writer(gallery: str, name: str, seed: int) -> None:
+    """Enroll and forget in transactions of 1-4 changes; print each acknowledged transaction."""
+    g = Gallery.open(gallery, embedding_dim=KILL_DIM, fingerprint=KILL_FINGERPRINT, support_cap=4, seed=7)
+    g.actor = name
+    rng = np.random.default_rng(seed)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        changes = []
+        with g.transaction():
+            for _ in range(int(rng.integers(1, 5))):
+                mine = [lab for lab in g.labels if lab.startswith(name + ":")]
+                if mine and rng.random() < 0.2:
+                    label = mine[int(rng.integers(len(mine)))]
+                    g.remove(label)
+                    changes.append(["forget", label, None])
+                else:
+                    label = f"{name}:{int(rng.integers(0, 6))}"
+                    n = int(rng.integers(1, 6))
+                    g.add(label, rng.standard_normal((n, KILL_DIM)).astype(np.float32))
+                    changes.append(["enroll", label, n])
+        i += 1
+        print("ack " + json.dumps(changes), flush=True)
+
+
+def kill(directory: str, writers: int = 3, rounds: int = 20, seed: int = 0, max_delay: float = 0.4,
+         log=None) -> dict:
+    rnd = random.Random(seed)
+    gallery = os.path.join(directory, "kill.metaedge")
+    Gallery.open(gallery, embedding_dim=KILL_DIM, fingerprint=KILL_FINGERPRINT, support_cap=4, seed=7).close()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    watcher = Gallery.load(gallery)  # a long-lived reader: must catch up with whatever survives the kills
+    incarnation = 0
+    live: dict[str, subprocess.Popen] = {}
+    acked: dict[str, list] = {}
+    kills = in_flight = 0
+    started = time.perf_counter()
+
+    def spawn():
+        nonlocal incarnation
+        name = f"writer-{incarnation}"
+        incarnation += 1
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--writer", gallery, name,
+                                 str(rnd.randrange(1 << 30))], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, text=True)
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise AssertionError(f"a writer failed to start: {proc.stderr.read()}")
+        live[name] = proc
+        acked[name] = []
+
+    for _ in range(writers):
+        spawn()
+    for rnd_i in range(rounds):
+        time.sleep(rnd.uniform(0.02, max_delay))
+        victims = rnd.sample(sorted(live), rnd.randint(1, len(live)))  # several at once, often
+        for name in victims:
+            live[name].send_signal(signal.SIGKILL)
+        for name in victims:
+            proc = live.pop(name)
+            out, err = proc.communicate()
+            if "Traceback" in err:
+                raise AssertionError(f"{name} failed by itself: {err}")
+            acked[name] += [json.loads(line[4:]) for line in out.splitlines() if line.startswith("ack ")]
+            kills += 1
+        for proc in live.values():  # the survivors pause (maybe mid-transaction) while the state is compared
+            proc.send_signal(signal.SIGSTOP)  # with its history: both must be read at one moment
+        g = Gallery.load(gallery)  # opens after every round
+        problems = g.check()
+        if problems:
+            raise AssertionError(f"round {rnd_i}: the gallery fails its check: {problems}")
+        history = check_against_history(g)
+        for name in victims:
+            entries = [[e.op, e.label, e.shots if e.op == "enroll" else None] for e in history if e.actor == name]
+            done = [c for transaction in acked[name] for c in transaction]
+            if entries[:len(done)] != done:
+                raise AssertionError(f"round {rnd_i}: {name}: acknowledged changes missing from the gallery")
+            extra = entries[len(done):]
+            if len(extra) > 4:  # at most the one transaction that committed before its acknowledgement
+                raise AssertionError(f"round {rnd_i}: {name}: {len(extra)} changes beyond the acknowledged ones")
+            in_flight += bool(extra)
+        watcher.refresh()
+        if (watcher.labels, watcher.counts().tolist(), watcher.version) != (g.labels, g.counts().tolist(),
+                                                                           g.version):
+            raise AssertionError(f"round {rnd_i}: the long-lived reader did not catch up")
+        g.close()
+        for proc in live.values():
+            proc.send_signal(signal.SIGCONT)
+        while len(live) < writers:
+            spawn()
+        if log:
+            log(f"round {rnd_i}: killed {len(victims)}, {len(g)} classes, version {watcher.version}")
+    for proc in live.values():
+        proc.kill()
+        proc.communicate()
+    return {"writers": writers, "rounds": rounds, "kills": kills, "committed_but_unacknowledged": in_flight,
+            "classes": len(watcher), "version": watcher.version, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=int, default=3000, help="changes to save in total (default 3000)")
-    p.add_argument("--min-kills", type=int, default=100, help="SIGKILLs at least (default 100)")
-    p.add_argument("--max-delay", type=float, default=0.25, help="longest time a worker lives, seconds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--autosave", action="store_true", help="save through Gallery(autosave=True)")
-    p.add_argument("--dir", help="where to put the gallery (default: a temporary directory)")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--worker", metavar="PATH", help=argparse.SUPPRESS)
-    p.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        worker(args.worker, args.start, args.autosave)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        gallery, bundle, w, ops, share, log, seconds = argv[1:8]
+        mixed_worker(gallery, bundle, int(w), int(ops), float(share), log, time.monotonic() + float(seconds))
         return 0
+    if argv and argv[0] == "--reader":
+        gallery, bundle, log, stop, seconds = argv[1:6]
+        mixed_reader(gallery, bundle, log, stop, time.monotonic() + float(seconds))
+        return 0
+    if argv and argv[0] == "--writer":
+        kill_writer(argv[1], argv[2], int(argv[3]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    m = sub.add_parser("mixed", help="processes mixing API and CLI changes, and a reader")
+    m.add_argument("--workers", type=int, default=4)
+    m.add_argument("--ops", type=int, default=50, help="operations per worker (default 50)")
+    m.add_argument("--cli-share", type=float, default=0.25, help="fraction of operations run through the CLI")
+    m.add_argument("--seconds", type=float, default=300, help="stop after this long (default 300)")
+    m.add_argument("--bundle", help="bundle directory (default: a tiny one made on the fly)")
+    k = sub.add_parser("kill", help="SIGKILL writers mid-transaction, several at once")
+    k.add_argument("--writers", type=int, default=3)
+    k.add_argument("--rounds", type=int, default=50)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--max-delay", type=float, default=0.4, help="longest time between kill rounds, seconds")
+    for q in (m, k):
+        q.add_argument("--dir", help="where to work (default: a temporary directory)")
+        q.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         try:
-            summary = stress(os.path.join(d, "stress.metaedge"), args.iterations, args.min_kills, args.seed,
-                             args.autosave, args.max_delay, log=print if args.verbose else None)
+            if args.mode == "mixed":
+                summary = mixed(d, args.workers, args.ops, args.cli_share, args.seconds, args.bundle)
+            else:
+                summary = kill(d, args.writers, args.rounds, args.seed, args.max_delay,
+                               log=print if args.verbose else None)
         except AssertionError as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1

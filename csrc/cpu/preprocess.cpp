@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <vector>
 
 #include "cpu_kernels.h"
@@ -20,6 +22,7 @@ struct ImageJob {
   const uint8_t* frame;   // first byte of the frame
   int64_t row_stride;     // bytes
   int64_t frame_height;   // rows of the (Y) plane: nv12's chroma rows follow it
+  int64_t frame_width;    // pixels per row
   ImageGeometry g;
   float* out;             // [out_channels, out_h, out_w] of this image
   int64_t out_h, out_w, out_channels;
@@ -35,10 +38,12 @@ struct ImageJob {
   const int64_t* y_hi;
   const float* y_w0;
   const float* y_w1;
-  bool wide_sums;         // 32-bit box sums (fx * fy > 257), else 16-bit
-  void* scratch_acc;      // integer sums of a reduced row (+ padding)
-  void* scratch_acc2;     // a second integer plane (chroma at pixel resolution)
-  void* scratch_partial;  // sliding-sum partials / chroma pairs
+  bool wide_sums;         // 32-bit horizontal box sums (fx * fy > 257), else 16-bit
+  uint16_t* scratch_acc;  // vertical sums of a reduced row (+ padding)
+  uint16_t* scratch_acc2; // chroma sums at pixel resolution
+  uint16_t* scratch_pairs;  // nv12 chroma sums per cell
+  void* scratch_wide;     // a plane widened to 32 bits
+  void* scratch_partial;  // sliding-sum partials
   float* scratch_sums;    // a reduced row's box sums, dense float planes [channel][box]
   const uint8_t** scratch_rows;  // pointers to the source rows of one box (<= 256)
   float* cache;           // two reduced rows of H: 2 * used channels * dst_w floats
@@ -81,6 +86,25 @@ ImageRowsFn image_rows_loop() {
   }
 }
 
+// 64-byte aligned storage (the box sums are read as 16-byte vectors).
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+
 // Taps of one axis for one (in, out, f, origin) - reused while they repeat (a camera's frames, one ROI size).
 class AxisTaps {
  public:
@@ -113,8 +137,9 @@ class AxisTaps {
 
 struct Scratch {
   AxisTaps xt, yt;
-  std::vector<uint32_t> acc, acc2, partial;  // 32-bit words; the 16-bit path uses them as twice as many halves
-  std::vector<float> sums;
+  std::vector<uint16_t> acc, acc2, pairs;
+  std::vector<uint32_t> wide, partial;  // (the 16-bit path uses `partial` as twice as many halves)
+  std::vector<float, AlignedAllocator<float>> sums;
   std::vector<const uint8_t*> rows = std::vector<const uint8_t*>(256);
   std::vector<float> cache;
 };
@@ -135,13 +160,16 @@ void run_image(const ImageJob& base, Scratch& s, ImageRowsFn rows_loop) {
     // Room for any format: 4 elements per pixel (interleaved rgba, or yuyv's Y/U/Y/V), chroma at pixel
     // resolution (2 per pixel), the sliding sums' padding, and the float planes.
     const size_t elems = static_cast<size_t>(4 * (g.src_w + g.fx + 4));
-    const size_t acc_words = (elems * (job.wide_sums ? 4 : 2) + 3) / 4 + 16;
-    s.acc.resize(acc_words);
-    s.acc2.resize(acc_words);
-    s.partial.resize(acc_words);
-    s.sums.resize(elems + 16);
+    s.acc.resize(elems);
+    s.acc2.resize(elems);
+    s.pairs.resize(elems);
+    s.wide.resize(elems);
+    s.partial.resize(elems);
+    s.sums.resize(elems);
     job.scratch_acc = s.acc.data();
     job.scratch_acc2 = s.acc2.data();
+    job.scratch_pairs = s.pairs.data();
+    job.scratch_wide = s.wide.data();
     job.scratch_partial = s.partial.data();
     job.scratch_sums = s.sums.data();
     job.scratch_rows = s.rows.data();
@@ -161,6 +189,7 @@ void preprocess(const Tensor& frames, const FrameLayout& layout, PixelFormat for
   base.format = format;
   base.row_stride = layout.row_stride;
   base.frame_height = layout.height;
+  base.frame_width = layout.width;
   base.out_h = H, base.out_w = W, base.out_channels = C;
   base.affine = make_preprocess_affine(format, C, params);
   base.row_begin = 0, base.row_end = H;

@@ -11,6 +11,36 @@
 // sums by doubling, written as floats), from which the taps read. Box averages are divided out by the tap
 // weights.
 
+// Four channels of one pixel in a vector: loaded from 4 bytes or 4 uint16 at once and converted in one go
+// (the fourth lane is the next pixel's first channel, alpha or padding, and is never used).
+typedef float F4 __attribute__((vector_size(16)));
+typedef uint8_t U8x16 __attribute__((vector_size(16)));
+typedef uint16_t U16x8 __attribute__((vector_size(16)));
+typedef uint32_t U32x4 __attribute__((vector_size(16)));
+typedef int32_t I32x4 __attribute__((vector_size(16)));
+
+// (Zero-extension by a shuffle with a zero vector, then one int -> float conversion: converting a 4-byte vector
+// directly is done lane by lane by the compiler.)
+static inline F4 load4(const uint8_t* p) {
+  U8x16 v = {};
+  __builtin_memcpy(&v, p, 4);
+  const U8x16 spread = __builtin_shuffle(v, U8x16{}, U8x16{0, 16, 16, 16, 1, 16, 16, 16, 2, 16, 16, 16, 3, 16, 16, 16});
+  return __builtin_convertvector(__builtin_bit_cast(I32x4, spread), F4);
+}
+template <typename Sum>
+static inline F4 load4(const Sum* p) {
+  if constexpr (sizeof(Sum) == 2) {
+    U16x8 v = {};
+    __builtin_memcpy(&v, p, 8);
+    const U16x8 spread = __builtin_shuffle(v, U16x8{}, U16x8{0, 8, 1, 8, 2, 8, 3, 8});
+    return __builtin_convertvector(__builtin_bit_cast(I32x4, spread), F4);
+  } else {  // 32-bit sums stay far below 2^31: exact as int32
+    U32x4 v;
+    __builtin_memcpy(&v, p, 16);
+    return __builtin_convertvector(__builtin_bit_cast(I32x4, v), F4);
+  }
+}
+
 // dst[i] (=|+=) the sum of rows[0..n_rows)[i] for i < n: the vertical box sum of source rows (vectorised: bytes
 // -> 16/32 bits), up to four rows per pass over `dst`.
 template <typename Acc>
@@ -108,71 +138,89 @@ static void chroma_per_pixel(const Acc* __restrict cells, Acc* __restrict uv_ful
   }
 }
 
+// The sliding sums of one plane of vertical sums (uint16: fy <= 256 rows of uint8 always fit), in Sum arithmetic
+// (uint16 while fx * fy * 255 fits, else uint32: the plane is widened first); the planes hold n elements plus
+// room for the padding.
+template <typename Sum>
+static const Sum* plane_sums(uint16_t* __restrict plane, int64_t n, int64_t f, int64_t step, Sum* __restrict wide,
+                             Sum* __restrict partial) {
+  Sum* a;
+  if constexpr (sizeof(Sum) == sizeof(uint16_t)) {
+    a = reinterpret_cast<Sum*>(plane);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) wide[i] = plane[i];
+    a = wide;
+  }
+  for (int64_t i = n; i < n + f * step; ++i) a[i] = 0;
+  return sliding_sums(a, n, f, step, partial);
+}
+
 // Reduced row j with the box prefilter: the fy source rows summed (exact integers), then fx pixels summed along
-// the row (sliding sums), then each box's sum per channel gathered into dense float planes:
-// out[k * boxes + p] = the sum of channel k over box p.
-template <PixelFormat F, typename Acc>
+// the row (sliding sums), then each box's sums as floats: out[p] (gray), or out[4 p + k] for colour channels k
+// (four floats a box, 16-byte aligned: one vector per box for the taps).
+template <PixelFormat F, typename Sum>
 static void box_sums(const ImageJob& job, int64_t j, float* __restrict out) {
   const ImageGeometry& g = job.g;
   const int64_t r0 = g.src_y + j * g.fy, rows = box_size(j, g.src_h, g.fy);
-  const uint8_t** row_ptrs = job.scratch_rows;       // the source rows of the box (at most 256)
-  Acc* acc = static_cast<Acc*>(job.scratch_acc);      // integer sums, + padding
-  Acc* acc2 = static_cast<Acc*>(job.scratch_acc2) + 2;  // chroma per pixel (room for one pair before it)
-  Acc* partial = static_cast<Acc*>(job.scratch_partial);
+  const uint8_t** row_ptrs = job.scratch_rows;           // the source rows of the box (at most 256)
+  uint16_t* acc = job.scratch_acc;                        // vertical sums, + padding
+  uint16_t* acc2 = job.scratch_acc2 + 2;                  // chroma per pixel (room for one pair before it)
+  Sum* wide = static_cast<Sum*>(job.scratch_wide);        // a plane widened to 32 bits (when Sum is)
+  Sum* partial = static_cast<Sum*>(job.scratch_partial);
   const int64_t w = g.src_w, f = g.fx, boxes = box_count(w, f);
   if constexpr (F == PixelFormat::kNV12 || F == PixelFormat::kYUYV) {
     const int64_t c0 = g.src_x >> 1, cells = ((g.src_x + w - 1) >> 1) - c0 + 1;
-    Acc* pairs = partial;  // (chroma pairs or quads; `partial` is free until the sliding sums)
     int64_t y_step = 1, y_offset = 0;
     if constexpr (F == PixelFormat::kNV12) {
+      uint16_t* pairs = job.scratch_pairs;
       for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x;
       accumulate_rows(acc, row_ptrs, rows, w);
       for (int64_t r = 0; r < rows; ++r)  // a chroma row per luma row: rows of one cell pair count twice
         row_ptrs[r] = job.frame + (job.frame_height + ((r0 + r) >> 1)) * job.row_stride + 2 * c0;
       accumulate_rows(pairs, row_ptrs, rows, 2 * cells);
-      chroma_per_pixel<Acc, false>(pairs, acc2, g.src_x, w);
+      chroma_per_pixel<uint16_t, false>(pairs, acc2, g.src_x, w);
     } else {
       for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + 4 * c0;
       accumulate_rows(acc, row_ptrs, rows, 4 * cells);
-      chroma_per_pixel<Acc, true>(acc, acc2, g.src_x, w);
+      chroma_per_pixel<uint16_t, true>(acc, acc2, g.src_x, w);
       // Y of pixel i sits at 2 (i + (x0 & 1)): a plane with step 2 (the odd elements, U/V sums, are not read)
       y_step = 2, y_offset = 2 * (g.src_x & 1);
     }
-    const int64_t n_y = w * y_step + y_offset;
-    for (int64_t i = n_y; i < n_y + (f + 1) * y_step; ++i) acc[i] = 0;
-    for (int64_t i = 2 * w; i < 2 * w + 2 * f; ++i) acc2[i] = 0;
-    const Acc* ys = sliding_sums(acc, n_y, f, y_step, partial);
-    compact(ys + y_offset, f * y_step, boxes, out);
-    const Acc* uv = sliding_sums(acc2, 2 * w, f, 2, partial);
-    compact(uv, 2 * f, boxes, out + boxes);
-    compact(uv + 1, 2 * f, boxes, out + 2 * boxes);
+    const Sum* ys = plane_sums(acc, w * y_step + y_offset, f, y_step, wide, partial);
+    for (int64_t p = 0; p < boxes; ++p) out[4 * p] = static_cast<float>(ys[y_offset + p * f * y_step]);
+    const Sum* uv = plane_sums(acc2, 2 * w, f, 2, wide, partial);
+    for (int64_t p = 0; p < boxes; ++p) {
+      out[4 * p + 1] = static_cast<float>(uv[2 * f * p]);
+      out[4 * p + 2] = static_cast<float>(uv[2 * f * p + 1]);
+      out[4 * p + 3] = 0.f;
+    }
   } else {
     constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
-    constexpr int kUsed = F == PixelFormat::kGray ? 1 : 3;
-    const int64_t n = w * kCanon;
     for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x * kCanon;
-    accumulate_rows(acc, row_ptrs, rows, n);
-    for (int64_t i = n; i < n + f * kCanon; ++i) acc[i] = 0;
-    const Acc* sums = sliding_sums(acc, n, f, kCanon, partial);
-    for (int k = 0; k < kUsed; ++k) compact(sums + k, f * kCanon, boxes, out + k * boxes);
+    accumulate_rows(acc, row_ptrs, rows, w * kCanon);
+    const Sum* sums = plane_sums(acc, w * kCanon, f, kCanon, wide, partial);
+    if constexpr (kCanon == 1) {
+      compact(sums, f, boxes, out);
+    } else {  // (the fourth element read is the next box's R, or the padding: in the buffer either way)
+      for (int64_t p = 0; p < boxes; ++p) *reinterpret_cast<F4*>(out + 4 * p) = load4(sums + p * f * kCanon);
+    }
   }
 }
 
-// H[k][x] = w0[x] * box(lo[x]) + w1[x] * box(hi[x]) for the colour channels k; taps are box indices into the
-// dense planes of box_sums.
+// H[k][x] = w0[x] * box(lo[x]) + w1[x] * box(hi[x]) for the colour channels k; taps are box indices into
+// box_sums' output.
 template <int kUsed>
-static void gather_boxes(const float* __restrict planes, int64_t boxes, const ImageJob& job, float* __restrict h) {
+static void gather_boxes(const float* __restrict boxes, const ImageJob& job, float* __restrict h) {
   const int64_t w = job.g.dst_w;
-  const float* p0 = planes;
-  const float* p1 = planes + (kUsed > 1 ? boxes : 0);
-  const float* p2 = planes + (kUsed > 2 ? 2 * boxes : 0);
-  for (int64_t x = 0; x < w; ++x) {  // the taps loaded once for all channels
-    const int64_t a = job.x_lo[x], b = job.x_hi[x];
+  for (int64_t x = 0; x < w; ++x) {
     const float w0 = job.x_w0[x], w1 = job.x_w1[x];
-    h[x] = w0 * p0[a] + w1 * p0[b];
-    if constexpr (kUsed > 1) {
-      h[w + x] = w0 * p1[a] + w1 * p1[b];
-      h[2 * w + x] = w0 * p2[a] + w1 * p2[b];
+    if constexpr (kUsed == 1) {
+      h[x] = w0 * boxes[job.x_lo[x]] + w1 * boxes[job.x_hi[x]];
+    } else {
+      const F4 v = w0 * *reinterpret_cast<const F4*>(boxes + 4 * job.x_lo[x]) +
+                   w1 * *reinterpret_cast<const F4*>(boxes + 4 * job.x_hi[x]);
+      h[x] = v[0], h[w + x] = v[1], h[2 * w + x] = v[2];
     }
   }
 }
@@ -202,11 +250,20 @@ static void gather_direct(const ImageJob& job, int64_t sy, float* __restrict h) 
   } else {
     constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
     constexpr int kUsed = F == PixelFormat::kGray ? 1 : 3;
+    // Colour pixels are read 4 bytes at a time; for RGB/BGR the fourth is the next pixel's, so the frame's last
+    // column (whose next byte may lie past the buffer) is read byte by byte.
+    const int64_t last = job.frame_width - 1;
     for (int64_t x = 0; x < w; ++x) {
-      const uint8_t* a = row + job.x_lo[x] * kCanon;
-      const uint8_t* b = row + job.x_hi[x] * kCanon;
+      const int64_t ia = job.x_lo[x], ib = job.x_hi[x];
+      const uint8_t* a = row + ia * kCanon;
+      const uint8_t* b = row + ib * kCanon;
       const float w0 = job.x_w0[x], w1 = job.x_w1[x];
-      for (int k = 0; k < kUsed; ++k) h[k * w + x] = w0 * a[k] + w1 * b[k];
+      if (kUsed == 3 && (kCanon == 4 || (ia < last && ib < last))) {
+        const F4 v = w0 * load4(a) + w1 * load4(b);
+        h[x] = v[0], h[w + x] = v[1], h[2 * w + x] = v[2];
+      } else {
+        for (int k = 0; k < kUsed; ++k) h[k * w + x] = w0 * a[k] + w1 * b[k];
+      }
     }
   }
 }
@@ -217,7 +274,7 @@ static void reduced_row(const ImageJob& job, int64_t j, float* h) {
   const ImageGeometry& g = job.g;
   if (g.fx == 1 && g.fy == 1) return gather_direct<F>(job, g.src_y + j, h);
   box_sums<F, Acc>(job, j, job.scratch_sums);
-  gather_boxes<kUsed>(job.scratch_sums, box_count(g.src_w, g.fx), job, h);
+  gather_boxes<kUsed>(job.scratch_sums, job, h);
 }
 
 // Output rows [row_begin, row_end) of one image: v_k = a * H_lo[k] + b * H_hi[k], out = M v + bias.

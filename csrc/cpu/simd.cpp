@@ -37,6 +37,17 @@ SimdTarget simd_target() {
   return chosen;
 }
 
+bool simd_has_avx512_vnni() {
+  static const bool has = [] {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    return simd_target() == SimdTarget::kAvx512 && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+  }();
+  return has;
+}
+
 const char* simd_target_name(SimdTarget target) {
   switch (target) {
     case SimdTarget::kBaseline:

@@ -14,5 +14,8 @@ enum class SimdTarget : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 // (for tests of every variant, and to compare them); asking for more than the CPU has falls back to the best.
 SimdTarget simd_target();
 const char* simd_target_name(SimdTarget target);
+// Whether the chosen target is AVX-512 and the CPU has its VNNI extension (the int8 dot-product instruction the
+// compact class matrix streams with; Ice Lake and Zen 4 on, not Skylake-X).
+bool simd_has_avx512_vnni();
 
 }  // namespace metaedge::cpu

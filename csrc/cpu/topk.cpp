@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -34,8 +33,10 @@
 
 #include "cpu_kernels.h"
 #include "gemm_internal.h"
+#include "parallel_tasks.h"
 #include "metaedge/checks.h"
 #include "simd.h"
+#include "topk_select.h"
 
 namespace metaedge::cpu {
 
@@ -108,64 +109,6 @@ int64_t gemm_min_batch(int64_t d) {
 constexpr int64_t kStreamQueriesPerPass = 4;  // stream_rows handles up to 4 queries per read of a row
 constexpr int64_t kStreamBlockRows = 256;
 constexpr int64_t kGemmQueryBlock = 128;
-
-struct Candidate {
-  float score;
-  int64_t index;
-};
-
-inline bool better(const Candidate& a, const Candidate& b) {
-  return a.score > b.score || (a.score == b.score && a.index < b.index);
-}
-
-// The best k candidates of one query among the classes one task visits, in increasing class order.
-// Small k (the per-frame case): the k best so far, kept sorted by insertion, so the entry threshold is always
-// the exact k-th best and few scores get past it. Larger k: up to 2k entries, shrunk back to the best k when
-// full, so a push costs O(1) amortised for any k.
-class Selector {
- public:
-  // Ready for a new query, keeping the memory it already has (per-frame calls reuse their selectors).
-  void reset(int64_t k) {
-    k_ = k;
-    sorted_ = k <= kSortedMaxK;
-    capacity_ = sorted_ ? k + 1 : std::max<int64_t>(2 * k, k + 32);
-    threshold_ = -std::numeric_limits<float>::infinity();
-    items_.clear();
-    items_.reserve(static_cast<size_t>(std::min<int64_t>(capacity_, 256)));
-  }
-  // Scores at or below this cannot enter: once k better-or-equal ones are kept, an equal score from a later
-  // (higher) class index loses the tie.
-  float threshold() const { return threshold_; }
-  void push(float score, int64_t index) {
-    if (sorted_) {
-      // Classes arrive in increasing index order, so an equal score goes after the ones already kept.
-      size_t pos = items_.size();
-      items_.push_back({score, index});
-      for (; pos > 0 && items_[pos - 1].score < score; --pos) items_[pos] = items_[pos - 1];
-      items_[pos] = {score, index};
-      if (static_cast<int64_t>(items_.size()) > k_) items_.pop_back();
-      if (static_cast<int64_t>(items_.size()) == k_) threshold_ = items_.back().score;
-      return;
-    }
-    items_.push_back({score, index});
-    if (static_cast<int64_t>(items_.size()) >= capacity_) shrink();
-  }
-  void shrink() {
-    if (static_cast<int64_t>(items_.size()) <= k_) return;
-    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.end(), better);
-    items_.resize(static_cast<size_t>(k_));
-    threshold_ = items_.back().score;
-  }
-  const std::vector<Candidate>& items() const { return items_; }
-
- private:
-  static constexpr int64_t kSortedMaxK = 16;
-  int64_t k_ = 1;
-  bool sorted_ = true;
-  int64_t capacity_ = 2;
-  float threshold_ = -std::numeric_limits<float>::infinity();
-  std::vector<Candidate> items_;
-};
 
 // A non-finite score seen while selecting: class and query of the first one in this task's order.
 struct BadScore {
@@ -409,79 +352,65 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
   std::vector<BadScore>& bad_scores = reused_bad_scores;
   bad_scores.assign(static_cast<size_t>(tasks), BadScore{});
   std::atomic<bool> failed{false};
-  std::exception_ptr error;
 
   auto run_task = [&](int64_t task) {
-    try {
-      const int64_t qb = task / class_chunks, chunk = task % class_chunks;
-      const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
-      const int64_t c_begin = chunk_start(chunk), c_end = chunk_start(chunk + 1);
-      std::vector<Selector>& selectors = results[task];
-      if (static_cast<int64_t>(selectors.size()) < nq) selectors.resize(static_cast<size_t>(nq));
-      for (int64_t j = 0; j < nq; ++j) selectors[j].reset(k);
-      static thread_local std::vector<float> thresholds;  // (nq <= kGemmQueryBlock)
-      thresholds.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
-      static thread_local ScratchBuffer raw_buffer, aux_buffer;
-      // (+ one group: the packed loop writes the padding lanes of the last group too)
-      float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
-      float* aux = aux_buffer.get(static_cast<size_t>(class_block));
-      BadScore& bad = bad_scores[task];
-      static thread_local std::vector<const float*> query_ptrs;
-      query_ptrs.resize(static_cast<size_t>(nq));
-      for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
+    const int64_t qb = task / class_chunks, chunk = task % class_chunks;
+    const int64_t q0 = qb * query_block, nq = std::min(query_block, b - q0);
+    const int64_t c_begin = chunk_start(chunk), c_end = chunk_start(chunk + 1);
+    std::vector<Selector>& selectors = results[task];
+    if (static_cast<int64_t>(selectors.size()) < nq) selectors.resize(static_cast<size_t>(nq));
+    for (int64_t j = 0; j < nq; ++j) selectors[j].reset(k);
+    static thread_local std::vector<float> thresholds;  // (nq <= kGemmQueryBlock)
+    thresholds.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+    static thread_local ScratchBuffer raw_buffer, aux_buffer;
+    // (+ one group: the packed loop writes the padding lanes of the last group too)
+    float* raw = raw_buffer.get(static_cast<size_t>((class_block + kPackedLanes) * nq));
+    float* aux = aux_buffer.get(static_cast<size_t>(class_block));
+    BadScore& bad = bad_scores[task];
+    static thread_local std::vector<const float*> query_ptrs;
+    query_ptrs.resize(static_cast<size_t>(nq));
+    for (int64_t i = 0; i < nq; ++i) query_ptrs[i] = q_rows + (q0 + i) * d;
 
-      for (int64_t c0 = c_begin; c0 < c_end; c0 += class_block) {
-        if (failed.load(std::memory_order_relaxed)) break;
-        const int64_t rows = std::min(class_block, c_end - c0);
-        const float* block = P + c0 * d;
-        if (use_gemm) {
-          if (needs_sumsq) loops.row_sumsq(block, d, rows, aux);
-          GemmProblem g;
-          g.M = rows, g.N = nq, g.K = d;
-          g.a = block, g.lda = d, g.a_row_major = true;
-          g.b = q_rows + q0 * d, g.ldb = d, g.b_row_major = false;
-          g.c = raw, g.rs_c = nq, g.cs_c = 1;
-          gemm_serial(gemm_best_orientation(g));
-        } else if (packed_classes != nullptr) {
-          // A group is 4 KiB at d = 64: it stays in L1 while every query of the batch reads it.
-          const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
-          const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
-          for (int64_t j = 0; j < nq; ++j)
-            loops.packed_rows(metric == Metric::kEuclidean, first_group, d, groups, query_ptrs[j], raw + j, nq);
-        } else {
-          for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
-            const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
-            int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
-            if (metric == Metric::kCosine && g0 == 0) mode = kStreamDotAndNorm;
-            loops.stream_rows(mode, group, block, d, rows, query_ptrs.data() + g0, raw + g0, nq, aux);
-          }
-        }
-        if (metric == Metric::kCosine && packed_classes == nullptr)
-          for (int64_t c = 0; c < rows; ++c)
-            aux[c] = cosine_scale(aux[c], block + c * d, d, query_ptrs.data(), nq, raw + c * nq);
-        scan_block(transform, raw, nq, rows, nq, c0, aux,
-                   query_sq_norms.empty() ? nullptr : query_sq_norms.data() + q0, selectors.data(),
-                   thresholds.data(), bad);
-        if (bad.cls >= 0) {
-          bad.query += q0;
-          failed.store(true, std::memory_order_relaxed);
-          break;
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += class_block) {
+      if (failed.load(std::memory_order_relaxed)) break;
+      const int64_t rows = std::min(class_block, c_end - c0);
+      const float* block = P + c0 * d;
+      if (use_gemm) {
+        if (needs_sumsq) loops.row_sumsq(block, d, rows, aux);
+        GemmProblem g;
+        g.M = rows, g.N = nq, g.K = d;
+        g.a = block, g.lda = d, g.a_row_major = true;
+        g.b = q_rows + q0 * d, g.ldb = d, g.b_row_major = false;
+        g.c = raw, g.rs_c = nq, g.cs_c = 1;
+        gemm_serial(gemm_best_orientation(g));
+      } else if (packed_classes != nullptr) {
+        // A group is 4 KiB at d = 64: it stays in L1 while every query of the batch reads it.
+        const int64_t groups = (rows + kPackedLanes - 1) / kPackedLanes;
+        const float* first_group = packed_classes + c0 * d;  // c0 is a multiple of kPackedLanes
+        for (int64_t j = 0; j < nq; ++j)
+          loops.packed_rows(metric == Metric::kEuclidean, first_group, d, groups, query_ptrs[j], raw + j, nq);
+      } else {
+        for (int64_t g0 = 0; g0 < nq; g0 += kStreamQueriesPerPass) {
+          const int group = static_cast<int>(std::min(kStreamQueriesPerPass, nq - g0));
+          int mode = metric == Metric::kEuclidean ? kStreamSquaredDistance : kStreamDot;
+          if (metric == Metric::kCosine && g0 == 0) mode = kStreamDotAndNorm;
+          loops.stream_rows(mode, group, block, d, rows, query_ptrs.data() + g0, raw + g0, nq, aux);
         }
       }
-    } catch (...) {
-#pragma omp critical(metaedge_topk_error)
-      if (!error) error = std::current_exception();
-      failed.store(true, std::memory_order_relaxed);
+      if (metric == Metric::kCosine && packed_classes == nullptr)
+        for (int64_t c = 0; c < rows; ++c)
+          aux[c] = cosine_scale(aux[c], block + c * d, d, query_ptrs.data(), nq, raw + c * nq);
+      scan_block(transform, raw, nq, rows, nq, c0, aux,
+                 query_sq_norms.empty() ? nullptr : query_sq_norms.data() + q0, selectors.data(),
+                 thresholds.data(), bad);
+      if (bad.cls >= 0) {
+        bad.query += q0;
+        failed.store(true, std::memory_order_relaxed);
+        break;
+      }
     }
   };
-  // One thread enters no OpenMP region at all: a one-thread team still costs about a microsecond per call.
-  if (threads > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t task = 0; task < tasks; ++task) run_task(task);
-  } else {
-    for (int64_t task = 0; task < tasks; ++task) run_task(task);
-  }
-  if (error) std::rethrow_exception(error);
+  run_tasks(tasks, threads, failed, run_task);
   if (failed.load()) {
     BadScore first;
     for (const BadScore& bs : bad_scores)

@@ -126,6 +126,12 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+__device__ __forceinline__ double warp_max(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
 // Reduces NV per-lane values across the warp with NV-1+ (5 - log2 NV) shuffles instead of 5 NV: every stage
 // halves the values each lane holds by trading the half it does not keep with its partner. Afterwards lane L
 // holds the warp total of value index (L >> (5 - log2 NV)). The summation tree is the same for every index,
@@ -173,14 +179,16 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
   return total;
 }
 
-__device__ __forceinline__ float block_max(float v, float* scratch) {
+// Block-wide maximum (float or double), result returned to every thread; `scratch` as for block_sum.
+template <typename T>
+__device__ __forceinline__ T block_max(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   v = warp_max(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float m = scratch[0];
-  for (int w = 1; w < warps; ++w) m = fmaxf(m, scratch[w]);
+  T m = scratch[0];
+  for (int w = 1; w < warps; ++w) m = fmax(m, scratch[w]);
   return m;
 }
 

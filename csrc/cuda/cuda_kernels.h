@@ -38,6 +38,11 @@ void class_prototypes(const Tensor& emb, const Tensor& labels, int64_t num_class
 void update_prototypes(const Tensor& protos, const Tensor& counts, const Tensor& emb, const Tensor& labels);
 void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric, const Tensor& scores,
           const Tensor& indices);
+void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& center, const Tensor& codes,
+                    const Tensor& meta);
+void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta,
+                  const Tensor& center, int64_t k, Metric metric, const Tensor& scores, const Tensor& indices,
+                  const Tensor& fp32_rows);
 void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,
                 int64_t steps, double lr, double momentum, double weight_decay, double scale,
                 const Tensor& losses);

@@ -217,12 +217,6 @@ __device__ __forceinline__ unsigned long long warp_min_u64(unsigned long long v)
   return v;
 }
 
-__device__ __forceinline__ double warp_max_d(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
-
 // The same, by a whole warp (call from warp-uniform code only).
 template <typename T>
 __device__ __noinline__ float exact_inverse_norm_warp(const T* protos, int64_t row, int64_t d, int lane, unsigned long long* bad) {
@@ -239,7 +233,7 @@ __device__ __noinline__ float exact_inverse_norm_warp(const T* protos, int64_t r
     if (lane == 0) atomicMin(bad, static_cast<unsigned long long>(row * d) + first_bad);
     return 0.f;
   }
-  peak = warp_max_d(peak);
+  peak = warp_max(peak);
   if (!(peak > 0.0)) return 0.f;
   double sq = 0.0;
   for (int64_t j = lane; j < d; j += 32) {

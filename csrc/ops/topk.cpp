@@ -8,6 +8,17 @@ void check_topk_k(int64_t k, int64_t classes) {
                         std::to_string(k));
 }
 
+void check_topk_outputs(const Tensor& scores, const Tensor& indices, int64_t b, int64_t k) {
+  check_ndim(scores, "scores", 2, "[b, k]");
+  check_dtype(scores, "scores", {DType::kFloat32});
+  check_dim(scores, "scores", 0, b, "rows of `queries`");
+  check_dim(scores, "scores", 1, k, "`k`");
+  check_ndim(indices, "indices", 2, "[b, k]");
+  check_dtype(indices, "indices", {DType::kInt64});
+  check_dim(indices, "indices", 0, b, "rows of `queries`");
+  check_dim(indices, "indices", 1, k, "`k`");
+}
+
 static void check_topk(const Tensor& queries, const Tensor& protos, int64_t k, const Tensor& scores,
                        const Tensor& indices) {
   check_ndim(queries, "queries", 2, "[b, d]");
@@ -17,14 +28,7 @@ static void check_topk(const Tensor& queries, const Tensor& protos, int64_t k, c
   check_dim(protos, "protos", 1, queries.size(1), "the embedding dim of `queries`");
   if (protos.size(0) == 0) throw ArgumentError("`protos`: expected at least one class, got shape [0, d]");
   check_topk_k(k, protos.size(0));
-  check_ndim(scores, "scores", 2, "[b, k]");
-  check_dtype(scores, "scores", {DType::kFloat32});
-  check_dim(scores, "scores", 0, queries.size(0), "rows of `queries`");
-  check_dim(scores, "scores", 1, k, "`k`");
-  check_ndim(indices, "indices", 2, "[b, k]");
-  check_dtype(indices, "indices", {DType::kInt64});
-  check_dim(indices, "indices", 0, queries.size(0), "rows of `queries`");
-  check_dim(indices, "indices", 1, k, "`k`");
+  check_topk_outputs(scores, indices, queries.size(0), k);
   check_same_device(queries, "queries", protos, "protos");
   check_same_device(queries, "queries", scores, "scores");
   check_same_device(queries, "queries", indices, "indices");

@@ -1,5 +1,6 @@
 """What the device-side commands (enroll, predict, adapt, classes) share: exit codes, error mapping, image
-path expansion, opening a classifier, and a lock so that two commands never edit one gallery at once."""
+path expansion, opening a classifier or a gallery. Two commands (or a command and an app) editing one gallery
+at once need no lock of ours: every change is a transaction of the gallery store."""
 from __future__ import annotations
 
 import argparse
@@ -12,17 +13,21 @@ from metaedge.cli.main import CliError
 
 # Exit codes scripts can rely on (also listed in every command's --help).
 EXIT_OK = 0
+EXIT_INTERNAL = 1     # a bug in metaedge (the message says how to get the traceback)
 EXIT_USAGE = 2        # bad arguments or bad input: unreadable image, bad label, unknown class, empty gallery
 EXIT_DEPENDENCY = 3   # an optional package is missing, or the requested backend cannot run here
-EXIT_DATA = 4         # gallery or bundle missing, corrupted, of another bundle/embedding size, or too new
-EXIT_IO = 5           # the gallery could not be written (permissions, disk full)
+EXIT_DATA = 4         # gallery or bundle missing, corrupted, edited, of another bundle/embedding size, or too new
+EXIT_IO = 5           # a write failed (disk full, read-only, permission, gallery busy for too long)
 
 EXIT_CODES_HELP = """exit codes:
   0  success
-  2  bad arguments or bad input (unreadable image, bad label, unknown class, empty gallery)
+  2  bad arguments or bad input (unreadable or special file, oversized image, bad label, unknown class,
+     empty gallery, class pack conflict)
   3  a required package is missing, or the backend cannot run here (the message says why)
-  4  gallery or bundle missing, corrupted, made for another bundle, or written by a newer metaedge
-  5  the gallery could not be written (permissions, disk full); the previous file is intact
+  4  gallery or bundle missing, corrupted, edited after export, made for another bundle, in the old format
+     (run `metaedge classes migrate`), or written by a newer metaedge
+  5  a write failed (disk full, read-only file system, permission, gallery busy); nothing was changed
+  1  an internal error (a bug: METAEDGE_DEBUG=1 shows the traceback)
 """
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -100,64 +105,64 @@ def errors_to_exit_codes():
     """Library exceptions -> CliError with the documented exit code and the library's message."""
     from metaedge._optional import MissingDependencyError
     from metaedge.runtime.backends.base import BackendUnavailable
+    from metaedge.runtime.bundle import BundleError
+    from metaedge.runtime.engine_cache import EngineCacheError
+    from metaedge.runtime.fileio import WriteError
     from metaedge.runtime.gallery import GalleryError, UnknownLabelError
     from metaedge.runtime.spec import SpecError
-    from metaedge.runtime.bundle import BundleError
     from metaedge.runtime.video import VideoSourceError
-    data_errors = (GalleryError, SpecError, BundleError)
     try:
         yield
     except CliError:
         raise
     except (MissingDependencyError, BackendUnavailable) as exc:
         raise CliError(str(exc), EXIT_DEPENDENCY) from None
-    except data_errors as exc:
+    except (GalleryError, SpecError, BundleError, EngineCacheError) as exc:
         raise CliError(str(exc), EXIT_DATA) from None
+    except WriteError as exc:
+        raise CliError(str(exc), EXIT_IO) from None
     except UnknownLabelError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except VideoSourceError as exc:  # an unreadable file, an unreachable camera or stream
         raise CliError(str(exc), EXIT_USAGE) from None
     except (ValueError, TypeError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    except PermissionError as exc:
-        raise CliError(f"cannot write: {exc}", EXIT_IO) from None
-    except OSError as exc:
-        raise CliError(f"I/O error: {exc}", EXIT_IO) from None
+    except OSError as exc:  # reading an input failed (missing, permission, I/O): writes are WriteErrors
+        what = f"{exc.filename}: " if exc.filename else ""
+        raise CliError(f"cannot read {what}{exc.strerror or exc}", EXIT_USAGE) from None
 
 
-@contextlib.contextmanager
-def gallery_lock(path: str):
-    """An exclusive advisory lock on ``PATH.lock`` while a command edits the gallery, so that two commands
-    run at once (e.g. from cron and a shell) serialise instead of the last writer silently winning."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock
-        yield
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CliError(f"{path}: directory {directory!r} does not exist", EXIT_USAGE)
-    try:
-        fd = os.open(os.path.abspath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise CliError(f"cannot create the lock file for {path}: {exc}", EXIT_IO) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def cli_actor(args) -> str:
+    """Who a command's changes are attributed to in the gallery's audit trail."""
+    from metaedge.runtime.gallery import default_actor
+    command = " ".join(str(x) for x in (getattr(args, "command", None), getattr(args, "action", None)) if x)
+    base = default_actor()
+    return (base[:base.index(" (")] if " (" in base else base) + f" (metaedge {command}, pid {os.getpid()})"
 
 
 def open_classifier(args, gallery: str | None, must_exist: bool, autosave: bool = True):
     """An EdgeClassifier on ``args.bundle`` with ``args.backend`` and the gallery file (hook for tests)."""
     from metaedge.runtime.classifier import EdgeClassifier
-    if gallery is not None and must_exist and not os.path.exists(gallery):
+    if gallery is not None and must_exist and not os.path.lexists(gallery):
         raise CliError(f"{gallery}: no such gallery (enroll some classes first: metaedge enroll BUNDLE {gallery} "
                        f"LABEL IMAGES...)", EXIT_DATA)
     if not os.path.isdir(args.bundle):
         raise CliError(f"{args.bundle}: not a bundle directory (make one with `metaedge export`)", EXIT_DATA)
     frames = {"resize_mode": getattr(args, "resize_mode", None), "yuv_matrix": getattr(args, "yuv_matrix", "bt601")}
-    return EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave, **frames)
+    clf = EdgeClassifier(args.bundle, gallery=gallery, backend=args.backend, autosave=autosave, **frames)
+    clf.gallery.actor = cli_actor(args)
+    return clf
+
+
+def open_gallery(path: str, args, *, must_exist: bool = True):
+    """The gallery at ``path`` (store or old-format file) for the `classes` commands, changes attributed to
+    this command."""
+    from metaedge.runtime.gallery import Gallery
+    if must_exist and not os.path.lexists(path):
+        raise CliError(f"{path}: no such gallery", EXIT_DATA)
+    g = Gallery.load(path)
+    g.actor = cli_actor(args)
+    return g
 
 
 def timings_line(t) -> str:

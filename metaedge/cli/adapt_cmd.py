@@ -38,34 +38,38 @@ def _progress_bar(total: int, enabled: bool):
         from tqdm import tqdm
     except ImportError:
         return None, lambda: None
-    bar = tqdm(total=total, desc="adapt", unit="step", file=sys.stderr, leave=False)
+    bars = []  # made at the first step: a refused adapt (too few classes) prints no bar
 
     def update(done, steps, loss):
+        if not bars:
+            bars.append(tqdm(total=total, desc="adapt", unit="step", file=sys.stderr, leave=False))
+        bar = bars[0]
         bar.n = done
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.refresh()
-    return update, bar.close
+
+    def close():
+        for bar in bars:
+            bar.close()
+    return update, close
 
 
 def run(args) -> int:
     with _sdk.errors_to_exit_codes():
-        with _sdk.gallery_lock(args.gallery):
-            with _sdk.open_classifier(args, args.gallery, must_exist=True, autosave=False) as clf:
-                if args.reset:
-                    was = clf.adapted
-                    clf.reset_adaptation()
-                    clf.save()
-                    result = {"reset": True, "was_adapted": was, "classes": len(clf)}
-                    report = None
-                else:
-                    update, close = _progress_bar(args.steps, not args.no_progress and not args.json)
-                    try:
-                        report = clf.adapt(steps=args.steps, lr=args.lr, momentum=args.momentum,
-                                           weight_decay=args.weight_decay, scale=args.scale, progress=update)
-                    finally:
-                        close()
-                    clf.save()
-                    result = report.to_dict()
+        with _sdk.open_classifier(args, args.gallery, must_exist=True) as clf:
+            if args.reset:
+                was = clf.adapted
+                clf.reset_adaptation()
+                result = {"reset": True, "was_adapted": was, "classes": len(clf)}
+                report = None
+            else:
+                update, close = _progress_bar(args.steps, not args.no_progress and not args.json)
+                try:
+                    report = clf.adapt(steps=args.steps, lr=args.lr, momentum=args.momentum,
+                                       weight_decay=args.weight_decay, scale=args.scale, progress=update)
+                finally:
+                    close()
+                result = report.to_dict()
     if args.json:
         _sdk.print_json(result)
     elif report is None:

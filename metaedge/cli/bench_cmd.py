@@ -16,6 +16,7 @@ SUITES = {
     "kernels": ("kernels.py", "--json", "--quick", ()),
     "backbones": ("backbones.py", "--out", None, ("torch", "onnxruntime")),
     "sdk": ("sdk.py", "--json", None, ("torch", "onnxruntime")),
+    "gallery": ("gallery.py", "--json", "--quick", ()),
     "train": ("train.py", "--json", "--quick", ("torch",)),
     "kernels_gpu": ("kernels_gpu.py", "--json", "--quick", ("torch",)),
     "serve": ("serve.py", "--json", "--quick", ("torch", "onnxruntime", "fastapi", "uvicorn", "prometheus_client")),
@@ -25,10 +26,10 @@ SUITES = {
 def register(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmarks that apply to this machine",
                        description="Run the benchmark suites in tools/bench (a source checkout is needed) that apply "
-                                   "to this machine - kernels (always), backbones and sdk (torch + onnxruntime), "
-                                   "train (torch), kernels_gpu (a CUDA build and a GPU), serve (the HTTP server "
-                                   "under load on 127.0.0.1; torch + the [serve] extra) - each comparing metaedge "
-                                   "with its baselines in the same run, then print one table of the ratios.")
+                                   "to this machine - kernels and gallery (always), backbones and sdk (torch + "
+                                   "onnxruntime), train (torch), kernels_gpu (a CUDA build and a GPU), serve (the "
+                                   "HTTP server under load on 127.0.0.1; torch + the [serve] extra) - each comparing "
+                                   "metaedge with its baselines in the same run, then print one table of the ratios.")
     p.add_argument("--suites", nargs="+", choices=sorted(SUITES), help="suites to run (default: all that apply)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions where a suite supports it")
     p.add_argument("--json", metavar="PATH", help="write all results to this JSON file")
@@ -117,5 +118,6 @@ def run(args) -> int:
     for name, why in skipped.items():
         print(f"   {name}: {why}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "skipped": skipped}, indent=2))
+        from metaedge.runtime.fileio import atomic_write_json
+        atomic_write_json(args.json, {"results": results, "skipped": skipped})
     return 0 if results else 1

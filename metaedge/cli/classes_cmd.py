@@ -1,7 +1,9 @@
-"""`metaedge classes`: list, forget, rename the classes of a gallery; calibrate its open-set threshold."""
+"""`metaedge classes`: list, forget, rename the classes of a gallery; its history; class packs; calibration;
+conversion of old gallery files; an integrity check."""
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import os
 
 from metaedge.cli import _sdk
@@ -10,12 +12,18 @@ from metaedge.cli.main import CliError
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "classes", help="list / forget / rename enrolled classes; calibrate the unknown threshold",
-        description="Manage the classes of a gallery file. list, forget and rename need only the gallery (no "
-                    "network); calibrate runs the bundle's network on labelled images.",
+        "classes", help="list / forget / rename classes; history; export / import class packs; calibrate; migrate",
+        description="Manage the classes of a gallery. A gallery is a store shared by every process that opens it "
+                    "(apps, these commands, a server): each change is one durable transaction recorded in its "
+                    "audit trail, and the others see it at once. list, forget, rename, history, export, import, "
+                    "migrate and check need only the gallery (no network); calibrate runs the bundle's network.",
         epilog="examples:\n  metaedge classes list classes.metaedge\n"
                "  metaedge classes forget classes.metaedge bolt_m6\n"
                "  metaedge classes rename classes.metaedge bolt_m6 'bolt M6 (zinc)'\n"
+               "  metaedge classes history classes.metaedge --limit 20\n"
+               "  metaedge classes export classes.metaedge bolts.pack bolt_m6 bolt_m8\n"
+               "  metaedge classes import other-device.metaedge bolts.pack --on-conflict merge\n"
+               "  metaedge classes migrate old-classes.metaedge\n"
                "  metaedge classes calibrate bundle/ classes.metaedge --known val/ --other background/\n\n"
                + _sdk.EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,13 +31,13 @@ def register(sub) -> None:
 
     a = actions.add_parser("list", help="the classes with shots, support kept and enrollment times",
                            description="List the classes of GALLERY and its settings (embedding size, metric, "
-                                       "bundle fingerprint, adaptation, unknown thresholds).")
+                                       "bundle fingerprint, version, adaptation, unknown thresholds).")
     a.add_argument("gallery", metavar="GALLERY")
     _sdk.add_json_arg(a)
     a.set_defaults(func=run_list)
 
-    a = actions.add_parser("forget", help="remove classes", description="Remove LABELs from GALLERY (saved "
-                                                                        "atomically).")
+    a = actions.add_parser("forget", help="remove classes", description="Remove LABELs from GALLERY (one "
+                                                                        "transaction: all of them or none).")
     a.add_argument("gallery", metavar="GALLERY")
     a.add_argument("labels", metavar="LABEL", nargs="+")
     a.add_argument("--missing-ok", action="store_true", help="a label that is not enrolled is not an error")
@@ -42,6 +50,66 @@ def register(sub) -> None:
     a.add_argument("new", metavar="NEW")
     _sdk.add_json_arg(a)
     a.set_defaults(func=run_rename)
+
+    a = actions.add_parser(
+        "history", help="the audit trail: every change, when, by whom",
+        description="Show GALLERY's audit trail, oldest first: time (UTC), version, operation (enroll, forget, "
+                    "rename, adapt, reset_adaptation, threshold, import, clear, migrate, create, fingerprint), "
+                    "label, shots and who made the change (user, host, program and process, or a server's token).")
+    a.add_argument("gallery", metavar="GALLERY")
+    a.add_argument("--label", help="only the changes of this class")
+    a.add_argument("--limit", type=int, default=None, metavar="N", help="only the N latest changes")
+    _sdk.add_json_arg(a)
+    a.set_defaults(func=run_history)
+
+    a = actions.add_parser(
+        "export", help="write classes to a class pack (to move them to other devices)",
+        description="Write LABELs (default: every class) of GALLERY to PACK: one checksummed safetensors file with "
+                    "their prototypes, shots, times and support memories, and the bundle fingerprint they were "
+                    "made with. Import it on devices running the same bundle.")
+    a.add_argument("gallery", metavar="GALLERY")
+    a.add_argument("pack", metavar="PACK")
+    a.add_argument("labels", metavar="LABEL", nargs="*")
+    _sdk.add_json_arg(a)
+    a.set_defaults(func=run_export)
+
+    a = actions.add_parser(
+        "import", help="add the classes of a class pack",
+        description="Add the classes of PACK to GALLERY (created with the pack's settings if it does not exist). "
+                    "The pack must come from the same bundle. A label that exists here with other contents is a "
+                    "conflict: --on-conflict fail (default: import nothing, exit 2 naming them), skip (keep ours), "
+                    "replace (take the pack's) or merge (one class of all the shots: count-weighted prototype, "
+                    "support memories combined). Identical classes are left alone, so importing twice changes "
+                    "nothing. One transaction: all of it or nothing.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_sdk.EXIT_CODES_HELP)
+    a.add_argument("gallery", metavar="GALLERY")
+    a.add_argument("pack", metavar="PACK")
+    from metaedge.runtime.gallery import CONFLICT_POLICIES
+    a.add_argument("--on-conflict", choices=CONFLICT_POLICIES, default="fail")
+    _sdk.add_json_arg(a)
+    a.set_defaults(func=run_import)
+
+    a = actions.add_parser(
+        "migrate", help="convert a gallery file of the old format to the store",
+        description="Convert GALLERY, a file of the old single-file format (metaedge 0.1, schema 1; such files "
+                    "open read-only), to the shared store: in place (the old file is kept as GALLERY.v1-backup) or "
+                    "to --output. Everything is carried over exactly. With --bundle, the gallery is checked against "
+                    "that bundle and stamped with its fingerprint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_sdk.EXIT_CODES_HELP)
+    a.add_argument("gallery", metavar="GALLERY")
+    a.add_argument("-o", "--output", metavar="PATH", help="write the store here instead (GALLERY is left as it is)")
+    a.add_argument("--bundle", metavar="DIR", help="the bundle the gallery belongs to (checked, fingerprint updated)")
+    _sdk.add_json_arg(a)
+    a.set_defaults(func=run_migrate)
+
+    a = actions.add_parser(
+        "check", help="verify every page, row and checksum of a gallery",
+        description="Read all of GALLERY and verify it: SQLite's integrity check of every page, each class's and "
+                    "support memory's checksum and value ranges, the settings and the audit trail. Exit 0 when "
+                    "sound, 4 with the problems found.")
+    a.add_argument("gallery", metavar="GALLERY")
+    _sdk.add_json_arg(a)
+    a.set_defaults(func=run_check)
 
     a = actions.add_parser(
         "calibrate", help="set the unknown threshold from labelled images",
@@ -60,25 +128,21 @@ def register(sub) -> None:
     a.set_defaults(func=run_calibrate)
 
 
-def _load(path: str):
-    from metaedge.runtime.gallery import Gallery
-    if not os.path.exists(path):
-        raise CliError(f"{path}: no such gallery", _sdk.EXIT_DATA)
-    return Gallery.load(path)
-
-
 def run_list(args) -> int:
     with _sdk.errors_to_exit_codes():
-        g = _load(args.gallery)
-        classes = g.classes()
-    info = {"gallery": args.gallery, "classes": len(classes), "embedding_dim": g.embedding_dim, "metric": g.metric,
-            "bundle_fingerprint": g.fingerprint, "support_cap": g.support_cap, "adapted": g.adapted,
-            "adaptation": g.adaptation, "unknown_thresholds": g.thresholds}
+        with _sdk.open_gallery(args.gallery, args) as g:
+            classes = g.classes()
+            info = {"gallery": args.gallery, "classes": len(classes), "version": g.version,
+                    "embedding_dim": g.embedding_dim, "metric": g.metric, "bundle_fingerprint": g.fingerprint,
+                    "support_cap": g.support_cap, "adapted": g.adapted, "adaptation": g.adaptation,
+                    "unknown_thresholds": g.thresholds, "old_format": g.legacy}
     if args.json:
         _sdk.print_json({**info, "items": [c.to_dict() for c in classes]})
         return 0
-    print(f"{args.gallery}: {len(classes)} class(es), dim {g.embedding_dim}, metric {g.metric}, "
-          f"bundle {(g.fingerprint or '?')[:12]}, adapted: {'yes' if g.adapted else 'no'}")
+    print(f"{args.gallery}: {len(classes)} class(es), version {info['version']}, dim {info['embedding_dim']}, "
+          f"metric {info['metric']}, bundle {(info['bundle_fingerprint'] or '?')[:12]}, adapted: "
+          f"{'yes' if info['adapted'] else 'no'}" + (" (old format, read-only: run `metaedge classes migrate`)"
+                                                      if info["old_format"] else ""))
     if classes:
         width = max(5, max(len(c.label) for c in classes))
         print(f"  {'label':<{width}}  shots  support  adapted  enrolled (UTC)        updated (UTC)")
@@ -90,35 +154,130 @@ def run_list(args) -> int:
 
 def run_forget(args) -> int:
     with _sdk.errors_to_exit_codes():
-        with _sdk.gallery_lock(args.gallery):
-            g = _load(args.gallery)
-            missing = [lab for lab in args.labels if lab not in g]
-            if missing and not args.missing_ok:
-                raise CliError(f"not enrolled: {', '.join(map(repr, missing))} (nothing was changed; "
-                               f"--missing-ok ignores them)", _sdk.EXIT_USAGE)
+        with _sdk.open_gallery(args.gallery, args) as g:
             with g.transaction():
+                missing = [lab for lab in args.labels if lab not in g]
+                if missing and not args.missing_ok:
+                    raise CliError(f"not enrolled: {', '.join(map(repr, missing))} (nothing was changed; "
+                                   f"--missing-ok ignores them)", _sdk.EXIT_USAGE)
                 for lab in dict.fromkeys(args.labels):
                     if lab in g:
                         g.remove(lab)
-            g.save()
+            left = len(g)
     forgotten = [lab for lab in dict.fromkeys(args.labels) if lab not in missing]
     if args.json:
-        _sdk.print_json({"forgotten": forgotten, "missing": missing, "classes": len(g)})
+        _sdk.print_json({"forgotten": forgotten, "missing": missing, "classes": left})
     else:
-        print(f"forgot {len(forgotten)} class(es); {len(g)} left in {args.gallery}")
+        print(f"forgot {len(forgotten)} class(es); {left} left in {args.gallery}")
     return 0
 
 
 def run_rename(args) -> int:
     with _sdk.errors_to_exit_codes():
-        with _sdk.gallery_lock(args.gallery):
-            g = _load(args.gallery)
+        with _sdk.open_gallery(args.gallery, args) as g:
             g.rename(args.old, args.new)
-            g.save()
     if args.json:
         _sdk.print_json({"old": args.old, "new": args.new})
     else:
         print(f"renamed {args.old!r} to {args.new!r}")
+    return 0
+
+
+def run_history(args) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit: expected an integer >= 1, got {args.limit}", _sdk.EXIT_USAGE)
+    with _sdk.errors_to_exit_codes():
+        with _sdk.open_gallery(args.gallery, args) as g:
+            entries = g.history(label=args.label, limit=args.limit)
+    if args.json:
+        _sdk.print_json({"gallery": args.gallery, "entries": [e.to_dict() for e in entries]})
+        return 0
+    for e in entries:
+        when = _dt.datetime.fromtimestamp(e.at, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        detail = ", ".join(f"{k}={v}" for k, v in (e.detail or {}).items() if k not in ("new_class",))
+        shots = "" if e.shots is None else f"{e.shots} shot(s)"
+        print(f"{when}  v{e.version:<5} {e.op:<16} {e.label or '':<24} {shots:<11} {e.actor}"
+              + (f"  [{detail}]" if detail else ""))
+    if not entries:
+        print("(no changes recorded)")
+    return 0
+
+
+def run_export(args) -> int:
+    with _sdk.errors_to_exit_codes():
+        with _sdk.open_gallery(args.gallery, args) as g:
+            n = g.export_pack(args.pack, args.labels or None)
+    if args.json:
+        _sdk.print_json({"pack": args.pack, "classes": n})
+    else:
+        print(f"exported {n} class(es) to {args.pack}")
+    return 0
+
+
+def run_import(args) -> int:
+    from metaedge.runtime.gallery import Gallery, LabelConflictError
+    from metaedge.runtime.store.packs import read_pack
+    with _sdk.errors_to_exit_codes():
+        if not os.path.lexists(args.gallery):
+            pack = read_pack(args.pack)
+            Gallery.open(args.gallery, embedding_dim=pack.embedding_dim, metric=pack.metric,
+                         fingerprint=pack.fingerprint, support_cap=pack.support_cap).close()
+        with _sdk.open_gallery(args.gallery, args) as g:
+            try:
+                report = g.import_pack(args.pack, on_conflict=args.on_conflict)
+            except LabelConflictError as exc:
+                raise CliError(str(exc), _sdk.EXIT_USAGE) from None
+            total = len(g)
+    if args.json:
+        _sdk.print_json({**report.to_dict(), "classes": total})
+    else:
+        print(f"imported {args.pack}: {len(report.added)} added, {len(report.replaced)} replaced, "
+              f"{len(report.merged)} merged, {len(report.skipped)} skipped, {len(report.unchanged)} unchanged; "
+              f"{total} class(es) in {args.gallery}")
+    return 0
+
+
+def run_migrate(args) -> int:
+    from metaedge.runtime.gallery import Gallery, GalleryMismatchError
+    with _sdk.errors_to_exit_codes():
+        if not os.path.lexists(args.gallery):
+            raise CliError(f"{args.gallery}: no such gallery", _sdk.EXIT_DATA)
+        fingerprint = None
+        if args.bundle:
+            from metaedge.runtime.bundle import Bundle
+            bundle = Bundle.load(args.bundle)
+            with Gallery.load(args.gallery) as old:
+                old.check_compatible(fingerprint=bundle.fingerprint, embedding_dim=bundle.spec.embedding_dim,
+                                     metric=bundle.spec.metric, legacy_fingerprints=(bundle.onnx_sha256,))
+                if not old.legacy:
+                    raise GalleryMismatchError(f"{args.gallery}: already a gallery store (nothing to convert)")
+            fingerprint = bundle.fingerprint
+        path = Gallery.migrate(args.gallery, args.output, fingerprint=fingerprint)
+        with Gallery.load(path) as g:
+            classes = len(g)
+    backup = args.gallery + ".v1-backup" if args.output is None else None
+    if args.json:
+        _sdk.print_json({"gallery": path, "classes": classes, "backup": backup})
+    else:
+        print(f"converted {args.gallery} ({classes} class(es)) to the gallery store at {path}"
+              + (f"; the old file is kept as {backup}" if backup else ""))
+    return 0
+
+
+def run_check(args) -> int:
+    with _sdk.errors_to_exit_codes():
+        with _sdk.open_gallery(args.gallery, args) as g:
+            problems = g.check()
+            classes = len(g)
+    if args.json:
+        _sdk.print_json({"gallery": args.gallery, "ok": not problems, "problems": problems, "classes": classes})
+    elif problems:
+        for p in problems:
+            print(f"problem: {p}")
+    else:
+        print(f"{args.gallery}: sound ({classes} class(es); every page, row and checksum verified)")
+    if problems:
+        raise CliError(f"{args.gallery}: {len(problems)} problem(s) found: {problems[0]}", _sdk.EXIT_DATA)
     return 0
 
 
@@ -134,14 +293,12 @@ def run_calibrate(args) -> int:
         if not known:
             raise CliError(f"--known {args.known}: expected one sub-directory per label", _sdk.EXIT_USAGE)
         other = _sdk.expand_images(args.other) if args.other else None
-        with _sdk.gallery_lock(args.gallery):
-            with _sdk.open_classifier(args, args.gallery, must_exist=True, autosave=False) as clf:
-                report = clf.calibrate_unknown(known, other, target_fpr=args.target_fpr)
-                clf.save()
+        with _sdk.open_classifier(args, args.gallery, must_exist=True) as clf:
+            report = clf.calibrate_unknown(known, other, target_fpr=args.target_fpr)
     if args.json:
         _sdk.print_json(report.to_dict())
     else:
         print(f"unknown threshold {report.threshold:.4f} ({report.mode}): {100 * report.fpr:.1f}% of "
               f"{report.n_negative} {report.negatives} accepted, {100 * report.known_accept_rate:.1f}% of "
-              f"{report.n_known} known images accepted; saved {args.gallery}")
+              f"{report.n_known} known images accepted; saved in {args.gallery}")
     return 0

@@ -14,8 +14,10 @@ def register(sub) -> None:
         "enroll", help="enroll a class from a few images into a gallery",
         description="Enroll LABEL from IMAGES into the gallery file GALLERY, using the network of BUNDLE. A new "
                     "label becomes a new class; an existing label gets more shots (its prototype is the running "
-                    "mean of all of them). GALLERY is created if it does not exist and is saved atomically, so an "
-                    "interrupted command never damages it. Directories in IMAGES are searched for image files.",
+                    "mean of all of them). GALLERY is created if it does not exist; the enrollment is one "
+                    "transaction of the gallery store, so an interrupted command never damages it and apps using "
+                    "the gallery see the class at their next prediction. Directories in IMAGES are searched for "
+                    "image files.",
         epilog="examples:\n"
                "  metaedge enroll bundle/ classes.metaedge bolt_m6 photos/bolt_m6/*.jpg\n"
                "  metaedge enroll bundle/ classes.metaedge bolt_m6 --source /dev/video0 --shots 10 --every 0.5s \\\n"
@@ -47,21 +49,19 @@ def run(args) -> int:
         raise CliError(f"--shots: expected an integer >= 1, got {args.shots}", _sdk.EXIT_USAGE)
     with _sdk.errors_to_exit_codes():
         images = _sdk.expand_images(args.images) if args.images else None
-        with _sdk.gallery_lock(args.gallery):
-            with _sdk.open_classifier(args, args.gallery, must_exist=False, autosave=False) as clf:
-                new = args.label not in clf
-                if images is None:
-                    shots, fmt = _capture(args)
-                elif args.roi:  # the regions of decoded images
-                    from metaedge.runtime.images import load_images
-                    shots, fmt = load_images(images), "auto"
-                else:
-                    shots, fmt = images, None
-                info = clf.enroll(args.label, shots, roi=args.roi, pixel_format=fmt)
-                count = len(shots) * (len(args.roi) if args.roi else 1)
-                clf.save()
-                timings = clf.last_timings
-                total = len(clf)
+        with _sdk.open_classifier(args, args.gallery, must_exist=False) as clf:
+            new = args.label not in clf
+            if images is None:
+                shots, fmt = _capture(args)
+            elif args.roi:  # the regions of decoded images
+                from metaedge.runtime.images import load_images
+                shots, fmt = load_images(images), "auto"
+            else:
+                shots, fmt = images, None
+            info = clf.enroll(args.label, shots, roi=args.roi, pixel_format=fmt)  # committed (durably) on return
+            count = len(shots) * (len(args.roi) if args.roi else 1)
+            timings = clf.last_timings
+            total = len(clf)
     if args.json:
         _sdk.print_json({"label": info.label, "new_class": new, "images": count, "class": info.to_dict(),
                          "classes": total, "gallery": args.gallery, "timings": timings.to_dict()})

@@ -7,14 +7,16 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("info", help="show the build, CUDA, backends and optional packages",
                        description="Show how metaedge was built (compiler, SIMD, OpenMP, CUDA archs), whether CUDA "
-                                   "works here (or why not), the Jetson's JetPack/L4T release and GPU arch, which "
-                                   "inference backends can run (TensorRT, ONNX Runtime CUDA/CPU, torch) with their "
-                                   "versions - and for each one that cannot, what is missing and the exact command "
-                                   "that installs it on this machine - install traps (two ONNX Runtime builds, "
-                                   "PyPI TensorRT over JetPack's, NumPy 2 on JetPack 6), and which optional packages "
-                                   "are installed. With --bundle: the bundle's manifest and the TensorRT engines "
-                                   "cached in it. METAEDGE_SYSROOT=DIR reads the system files (/etc/nv_tegra_release, "
-                                   "dpkg status) under DIR instead of /.")
+                                   "works here (or why not), the Jetson's JetPack/L4T release and GPU arch, how "
+                                   "class matrices are matched (from which size the compact int8 copy is used, its "
+                                   "SIMD variant, METAEDGE_MATCHING), which inference backends can run (TensorRT, "
+                                   "ONNX Runtime CUDA/CPU, torch) with their versions - and for each one that "
+                                   "cannot, what is missing and the exact command that installs it on this machine - "
+                                   "install traps (two ONNX Runtime builds, PyPI TensorRT over JetPack's, NumPy 2 on "
+                                   "JetPack 6), and which optional packages are installed. With --bundle: the "
+                                   "bundle's manifest and the TensorRT engines cached in it. METAEDGE_SYSROOT=DIR "
+                                   "reads the system files (/etc/nv_tegra_release, dpkg status) under DIR instead "
+                                   "of /.")
     p.add_argument("--bundle", metavar="DIR", help="also describe this bundle (manifest summary, cached engines)")
     p.add_argument("--json", action="store_true", help="print the information as JSON")
     p.set_defaults(func=run)
@@ -42,6 +44,13 @@ def format_info(info: dict) -> str:
                          f"{dev['memory_gib']} GiB{', integrated' if dev['integrated'] else ''})")
     else:
         lines.append(f"  CUDA usable  no: {cuda.get('why_not')}")
+    match = info.get("matching")
+    if match:
+        min_mib = match["auto_compact_min_bytes"] / 2**20
+        override = match["override"] or "METAEDGE_MATCHING unset"
+        lines.append(f"  matching     {match['default_method']} ({override}): the compact class matrix from "
+                     f"{min_mib:g} MiB of float32 classes (e.g. {match['auto_compact_min_bytes'] // 2048:,} x 512), "
+                     f"first pass {match['compact_kernel']}")
     if info.get("jetson"):
         lines.append(f"  Jetson       {info['jetson']['summary']}")
     install = info.get("install", {})
@@ -88,7 +97,7 @@ def run(args) -> int:
         try:
             bundle = Bundle.load(args.bundle)
         except BundleError as exc:
-            raise CliError(str(exc), 1) from None
+            raise CliError(str(exc), 4) from None
         info["bundle"] = bundle.summary()
         info["engines"] = describe_engines(bundle.engines())
     print(json.dumps(info, indent=2) if args.json else format_info(info))

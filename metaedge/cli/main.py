@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (module, commands it registers) - the order is the order of `metaedge --help`.
@@ -19,9 +20,16 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2): the message and where to read more, not the usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metaedge import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metaedge",
         description="Few-shot visual recognition for edge GPUs: meta-train a backbone, export it, and enroll "
                     "new classes on the device from a handful of images.",
@@ -39,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """A message on one line (a multi-line one, e.g. a backend selection log, joined with '; ')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return lines[0] + " " + "; ".join(lines[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,14 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except CliError as exc:
-        print(f"metaedge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"metaedge {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return exc.code
     except ImportError as exc:  # a missing optional dependency: the message says what to install
-        print(f"metaedge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"metaedge {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"metaedge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, unless asked for the traceback
+        if os.environ.get("METAEDGE_DEBUG"):
+            raise
+        print(f"metaedge {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} (a bug in "
+              f"metaedge: run again with METAEDGE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -322,8 +322,11 @@ def run(args) -> int:
         path = os.path.join(run_dir, "config.json")
         if not os.path.isfile(path):
             raise CliError(f"--resume: {path} not found (is {run_dir!r} a metaedge run directory?)")
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
+        from metaedge.runtime.fileio import read_json
+        try:
+            stored = read_json(path, "run configuration")
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--resume: {path}: {exc}") from None
         changed = sorted(k for k, v in cli_cfg.items() if k not in RESUMABLE_CHANGES and stored["config"].get(k) != v)
         if changed:
             raise CliError(f"--resume: these options cannot change in a resumed run: {', '.join(changed)}")

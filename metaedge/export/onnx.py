@@ -344,5 +344,5 @@ def export_bundle(model, out_dir: str | os.PathLike, *, fp16_onnx: bool = False,
     finally:
         module.train(was_training)
     bundle = Bundle.load(out_dir)
-    say(f"bundle written to {out_dir} (fingerprint {bundle.onnx_sha256[:16]})")
+    say(f"bundle written to {out_dir} (fingerprint {bundle.fingerprint[:16]})")
     return bundle

@@ -6,7 +6,6 @@ the smallest cosine similarity between matching embedding rows (what nearest-pro
 """
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from metaedge.runtime.images import read_image_file
 from metaedge.runtime.spec import ModelSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -72,8 +72,8 @@ def random_inputs(spec: ModelSpec, seed: int = 0, batches: Sequence[int] = (1, 7
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
+    from metaedge.runtime.images import open_image
+    with open_image(data, f"image {name}") as im:
         if im.mode in ("1", "L", "I", "I;16", "F", "LA"):
             im = im.convert("L")
         elif im.mode not in ("RGB", "RGBA"):
@@ -106,7 +106,7 @@ def load_images(source, limit: int = 32) -> list[np.ndarray]:
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not files:
                 raise ValueError(f"images: no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
-            return [_decode(p.read_bytes(), str(p)) for p in _spread(files, limit)]
+            return [_decode(read_image_file(p, str(p)), str(p)) for p in _spread(files, limit)]
         if path.suffix.lower() == ".zip" and path.is_file():
             with zipfile.ZipFile(path) as zf:
                 names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
@@ -114,13 +114,13 @@ def load_images(source, limit: int = 32) -> list[np.ndarray]:
                     raise ValueError(f"images: no image files inside {path}")
                 return [_decode(zf.read(n), f"{path}:{n}") for n in _spread(names, limit)]
         if path.is_file():
-            return [_decode(path.read_bytes(), str(path))]
+            return [_decode(read_image_file(path, str(path)), str(path))]
         raise ValueError(f"images: {path} is not an image file, a directory or a .zip")
     items = list(source)
     out = []
     for i, item in enumerate(items[:limit] if len(items) > limit else items):
         if isinstance(item, (str, os.PathLike)):
-            out.append(_decode(Path(item).read_bytes(), str(item)))
+            out.append(_decode(read_image_file(item, str(item)), str(item)))
         else:
             arr = np.asarray(item)
             if arr.dtype != np.uint8:

@@ -9,20 +9,29 @@
       model.fp16.onnx    optional: fp16 weights and maths, fp32 I/O (TensorRT 11 builds fp16 from it)
       engines/           TensorRT plans built on the device (see engine_cache.py)
 
-``Bundle.load`` checks the manifest's schema and version and that the ONNX files are byte-for-byte what was
-exported (sha256), so an edited or truncated model is a clear error instead of wrong embeddings. The ONNX
-sha256 is the bundle's fingerprint: galleries record it and refuse to load against another model.
+``Bundle.load`` checks the manifest's schema and version, that the ONNX files are byte-for-byte what was
+exported (sha256), that the ONNX model's declared input and output match the manifest, and the manifest's
+``fingerprint``: a digest of everything that decides what an embedding means - the ONNX files' sha256 and
+every field of ``spec`` (input, every pre-processing step, embedding dimension, metric) but its informative
+``extra`` - with a short digest per field, so an edited manifest is refused with a message naming the field
+(an integrity check against accidents and edits, not a signature). Galleries record the fingerprint and refuse
+to load against another bundle.
+
+Bundles exported before the fingerprint existed (metaedge 0.1) have none: their fingerprint is computed when
+they are opened (edits made to them cannot be detected; re-export to record one), and galleries of that time,
+which recorded the ONNX sha256, stay usable - see ``Gallery.check_compatible(legacy_fingerprints=...)``.
 No torch here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaedge.runtime.fileio import atomic_write_json, sha256_file
+from metaedge.runtime.fileio import UnreadableFileError, atomic_write_json, read_json, sha256_file
 from metaedge.runtime.spec import ModelSpec, SpecError
 
 BUNDLE_FORMAT = "metaedge-bundle"
@@ -32,6 +41,9 @@ ENGINES_DIRNAME = "engines"
 ONNX_NAME = "model.onnx"
 FP16_ONNX_NAME = "model.fp16.onnx"
 BATCH_DIM = "batch"
+FINGERPRINT_VERSION = 1
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_ONNX_BYTES = 1 << 31  # protobuf's own limit for one message
 
 
 class BundleError(ValueError):
@@ -82,6 +94,87 @@ def _check_model_entry(where: Path, key: str, entry: Any, spec: ModelSpec) -> No
                      f"{out.get('dtype')!r}")
 
 
+def _leaves(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key in sorted(value):
+            _leaves(value[key], f"{prefix}.{key}", out)
+    else:
+        out[prefix] = value
+
+
+def fingerprint_fields(manifest: dict) -> dict[str, Any]:
+    """The manifest fields the fingerprint covers, flattened to ``{"spec.preprocess.mean": [..], ...}``: every
+    field of ``spec`` except ``spec.extra`` (informative), and of each ONNX file's entry its file, sha256,
+    precision, input and output."""
+    out: dict[str, Any] = {}
+    spec = {k: v for k, v in (manifest.get("spec") or {}).items() if k != "extra"}
+    _leaves(spec, "spec", out)
+    for key in ("model", "fp16_model"):
+        entry = manifest.get(key)
+        if isinstance(entry, dict):
+            _leaves({k: entry.get(k) for k in ("file", "sha256", "precision", "input", "output")}, key, out)
+    return out
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def compute_fingerprint(manifest: dict) -> dict:
+    """The ``fingerprint`` object of a manifest: ``{"version", "sha256", "fields": {path: digest}}``."""
+    fields = fingerprint_fields(manifest)
+    digest = hashlib.sha256(_canonical({"version": FINGERPRINT_VERSION, "fields": fields})).hexdigest()
+    return {"version": FINGERPRINT_VERSION, "sha256": digest,
+            "fields": {k: hashlib.sha256(_canonical(v)).hexdigest()[:16] for k, v in fields.items()}}
+
+
+def _edited_fields(stored: dict, actual: dict) -> list[tuple[str, str]]:
+    """``[(field, " (added)" | " (removed)" | "")]``; a whole object added or removed is named once."""
+    def whole(prefix: str, present: dict, absent: dict) -> bool:
+        return not any(k == prefix or k.startswith(prefix + ".") for k in absent) and \
+            all(k not in absent for k in present if k == prefix or k.startswith(prefix + "."))
+    out: list[tuple[str, str]] = []
+    for key in sorted(set(stored) | set(actual)):
+        if stored.get(key) == actual.get(key):
+            continue
+        if key in stored and key in actual:
+            out.append((key, ""))
+            continue
+        present, absent, how = (stored, actual, " (removed)") if key in stored else (actual, stored, " (added)")
+        parts = key.split(".")
+        prefix = next(".".join(parts[:n]) for n in range(1, len(parts) + 1) if whole(".".join(parts[:n]), present,
+                                                                                        absent))
+        if (prefix, how) not in out:
+            out.append((prefix, how))
+    return out
+
+
+def check_fingerprint(manifest: dict, where: Path | str) -> str:
+    """The bundle's fingerprint: the recorded one, verified (an edited field is a BundleError naming it), or -
+    for bundles exported before it existed - computed now."""
+    where = Path(where)
+    actual = compute_fingerprint(manifest)
+    recorded = manifest.get("fingerprint")
+    if recorded is None:
+        return actual["sha256"]
+    if (not isinstance(recorded, dict) or recorded.get("version") != FINGERPRINT_VERSION
+            or not isinstance(recorded.get("fields"), dict) or not _is_sha256(recorded.get("sha256"))):
+        _fail(where, f"manifest field 'fingerprint': expected {{'version': {FINGERPRINT_VERSION}, 'sha256', "
+                     f"'fields'}} as export writes it, got {str(recorded)[:120]}")
+    stored = recorded["fields"]
+    edited = _edited_fields(stored, actual["fields"])
+    if edited:
+        names = ", ".join(f"'{k}'{how}" for k, how in edited[:8])
+        _fail(where, f"manifest field{'s' if len(edited) > 1 else ''} {names}{' ...' if len(edited) > 8 else ''} "
+                     f"changed after export: the manifest no longer matches the bundle's fingerprint, so embeddings "
+                     f"would not mean what the galleries made with it expect. Re-export the bundle; never edit it "
+                     f"in place.")
+    if recorded["sha256"] != actual["sha256"]:
+        _fail(where, "manifest field 'fingerprint.sha256' was edited (it does not match the fields it covers); "
+                     "re-export the bundle")
+    return actual["sha256"]
+
+
 def validate_manifest(manifest: Any, where: Path | str = "<manifest>") -> ModelSpec:
     """Schema and version check; returns the ModelSpec. Raises BundleError naming the offending field."""
     where = Path(where)
@@ -117,22 +210,55 @@ def validate_manifest(manifest: Any, where: Path | str = "<manifest>") -> ModelS
 
 
 def write_manifest(bundle_dir: str | Path, manifest: dict) -> Path:
-    """Validate, then write ``manifest.json`` atomically."""
+    """Validate, record the fingerprint (``manifest["fingerprint"]``), then write ``manifest.json`` atomically."""
     bundle_dir = Path(bundle_dir)
     validate_manifest(manifest, bundle_dir)
+    manifest["fingerprint"] = compute_fingerprint(manifest)
     path = bundle_dir / MANIFEST_NAME
     atomic_write_json(path, manifest)
     return path
 
 
+def _check_onnx_io(where: Path, key: str, file: Path, spec: ModelSpec) -> None:
+    """The ONNX model must declare the input and output the manifest describes (a manifest claiming another input
+    size is refused here, before anything is sized from it)."""
+    from metaedge.runtime.onnx_graph import FLOAT, OnnxFormatError, graph_io
+    try:
+        inputs, outputs = graph_io(file, MAX_ONNX_BYTES)
+    except OnnxFormatError as exc:
+        _fail(where, f"{file.name} ('{key}') is not a readable ONNX model: {exc}")
+    by_name = {d.name: d for d in inputs}
+    decl = by_name.get(spec.input_name)
+    if decl is None:
+        _fail(where, f"manifest field 'spec.input_name': {file.name} has no input {spec.input_name!r} (its inputs: "
+                     f"{sorted(by_name)[:5]})")
+    want = tuple(spec.input_shape)
+    dims = tuple(decl.shape[1:])
+    if (len(decl.shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims, want))
+            or decl.elem_type != FLOAT):
+        _fail(where, f"manifest field 'spec.preprocess' (input [batch, {', '.join(map(str, want))}] float32) "
+                     f"does not match {file.name}, which takes {spec.input_name!r} as "
+                     f"{list(decl.shape)} of element type {decl.elem_type}")
+    out = {d.name: d for d in outputs}.get(spec.output_name)
+    if out is None:
+        _fail(where, f"manifest field 'spec.output_name': {file.name} has no output {spec.output_name!r}")
+    if len(out.shape) != 2 or (isinstance(out.shape[1], int) and out.shape[1] != spec.embedding_dim):
+        _fail(where, f"manifest field 'spec.embedding_dim' ({spec.embedding_dim}) does not match {file.name}, whose "
+                     f"output {spec.output_name!r} is {list(out.shape)}")
+
+
 @dataclass
 class Bundle:
-    """A loaded, verified bundle. ``onnx_sha256`` is its fingerprint."""
+    """A loaded, verified bundle. ``fingerprint`` identifies what its embeddings mean (network bytes and every
+    manifest field that changes them); ``fingerprint_recorded`` is False for bundles exported before metaedge
+    recorded one (then it was computed at open)."""
     path: Path
     manifest: dict
     spec: ModelSpec
     onnx_path: Path
     onnx_sha256: str
+    fingerprint: str = ""
+    fingerprint_recorded: bool = True
     fp16_onnx_path: Path | None = None
     fp16_onnx_sha256: str | None = None
     extras: dict = field(default_factory=dict)
@@ -159,29 +285,35 @@ class Bundle:
             _fail(path, "no such directory" if not path.exists() else "not a directory")
         manifest_path = path / MANIFEST_NAME
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = read_json(manifest_path, "bundle manifest", MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             _fail(path, f"{MANIFEST_NAME} is missing (export one with `metaedge export`)")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             _fail(path, f"{MANIFEST_NAME} is unreadable or not JSON: {exc}")
         spec = validate_manifest(manifest, path)
+        fingerprint = check_fingerprint(manifest, path)
         files = {}
         for key in ("model", "fp16_model"):
             entry = manifest.get(key)
             if entry is None:
                 continue
             file = path / entry["file"]
-            if not file.is_file():
+            if not file.exists():
                 _fail(path, f"{entry['file']} is missing (listed in the manifest as '{key}')")
-            if verify:
-                actual = sha256_file(file)
-                if actual != entry["sha256"]:
-                    _fail(path, f"{entry['file']} was modified after export: its sha256 is {actual}, the manifest "
-                                f"says {entry['sha256']}. Re-export the bundle; never edit it in place.")
+            try:
+                if verify:
+                    actual = sha256_file(file, MAX_ONNX_BYTES, "ONNX model")
+                    if actual != entry["sha256"]:
+                        _fail(path, f"{entry['file']} was modified after export: its sha256 is {actual}, the "
+                                    f"manifest says {entry['sha256']}. Re-export the bundle; never edit it in place.")
+                _check_onnx_io(path, key, file, spec)
+            except (UnreadableFileError, OSError) as exc:
+                _fail(path, f"{entry['file']}: {exc}")
             files[key] = file
         return cls(path=path, manifest=manifest, spec=spec, onnx_path=files["model"],
                    onnx_sha256=manifest["model"]["sha256"], fp16_onnx_path=files.get("fp16_model"),
-                   fp16_onnx_sha256=(manifest.get("fp16_model") or {}).get("sha256"))
+                   fp16_onnx_sha256=(manifest.get("fp16_model") or {}).get("sha256"), fingerprint=fingerprint,
+                   fingerprint_recorded="fingerprint" in manifest)
 
     def summary(self) -> dict:
         """A flat, printable view for `metaedge info --bundle`."""
@@ -197,6 +329,9 @@ class Bundle:
             "embedding": f"{spec.output_name} [batch, {spec.embedding_dim}], metric {spec.metric}",
             "onnx": f"{model['file']} opset {model['opset']}, {model['bytes'] / 2**20:.1f} MiB, "
                     f"sha256 {self.onnx_sha256[:16]}...",
+            "fingerprint": f"{self.fingerprint[:16]}..." + ("" if self.fingerprint_recorded else
+                                                             " (computed at open: exported before metaedge recorded "
+                                                             "one, so manifest edits cannot be detected; re-export)"),
             "fp16 onnx": (f"{self.manifest['fp16_model']['file']}" if self.fp16_onnx_path else "no"),
         }
         parity = (self.manifest.get("verification") or {}).get("fp32")

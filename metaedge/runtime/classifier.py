@@ -9,9 +9,10 @@ paths, PIL images and lists are decoded and grouped into batches first (:mod:`me
 Thread safety: one classifier may be shared by threads. ``predict`` takes no lock: it scores against an
 immutable snapshot of the class matrix (copy-on-write; appending a class reuses spare rows, so it costs no
 copy), so a prediction always sees the classes as they were before or after a concurrent ``enroll`` /
-``forget`` / ``rename`` / ``adapt`` / ``save``, never a mix. Changes are serialised by the gallery's lock;
-``adapt`` holds it while it runs (other changes wait, predictions don't). The backend must allow concurrent
-``embed`` calls (ONNX Runtime and TensorRT contexts used by metaedge do).
+``forget`` / ``rename`` / ``adapt`` / ``save``, never a mix. Changes are transactions of the gallery's store,
+serialised across threads and processes; ``adapt`` trains without holding the gallery. Changes other processes
+commit are seen at the next ``predict``. The backend must allow concurrent ``embed`` calls (ONNX Runtime and
+TensorRT contexts used by metaedge do).
 
 No torch anywhere on this path.
 """
@@ -99,7 +100,7 @@ class CalibrationReport:
 class Timings:
     """Seconds spent in the last call of this thread: image decoding/conversion (``load``), the
     pre-processing kernel (``preprocess``), the network (``backbone``), top-k / prototype updates
-    (``kernels``), and ``total`` (which includes the rest: validation, bookkeeping, autosave)."""
+    (``kernels``), and ``total`` (which includes the rest: validation, bookkeeping, the gallery commit)."""
     load: float
     preprocess: float
     backbone: float
@@ -153,8 +154,9 @@ class EdgeClassifier:
 
     ``bundle``: a bundle directory, a ``metaedge.Bundle``, or an already-open ``Backend`` (then ``spec`` - the
     ``ModelSpec`` - is required and ``fingerprint`` identifies the network for the gallery).
-    ``gallery``: ``None`` (in memory), a file path (loaded if it exists, else created on the first save;
-    with ``autosave=True`` every change is saved before the call returns) or a ``Gallery``.
+    ``gallery``: ``None`` (in memory), a file path (the gallery store there, created if missing, shared with
+    any other process that opens it; every change is committed before the call returns) or a ``Gallery``.
+    ``autosave`` is kept for compatibility (changes are always committed).
     ``backend``: ``"auto"`` (TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > torch), a backend name, or a
     ``Backend`` instance. ``unknown_threshold``: scores below it are ``unknown``; by default the gallery's
     calibrated threshold (see :meth:`calibrate_unknown`), else the bundle manifest's, else open-set detection
@@ -166,14 +168,20 @@ class EdgeClassifier:
     ``metaedge.kernels.preprocess``); a call may name another. ``yuv_matrix``: how NV12/YUYV frames convert to
     RGB. ``resize_mode``: ``None`` keeps the bundle's resize policy (what it was trained with); ``"letterbox"``
     or ``"center_crop"`` fit frames of another shape without stretching them.
+
+    ``matching``: how the class matrix is scored - ``"auto"`` (default, or ``METAEDGE_MATCHING``): float32 for
+    small galleries, the compact int8 copy with an exact re-rank from 1 MiB of classes (``metaedge.compact``);
+    ``"compact"`` or ``"fp32"`` to force one. Results are the same either way.
     """
 
     def __init__(self, bundle, gallery=None, backend="auto", unknown_threshold=_UNSET, *,
                  spec: ModelSpec | None = None, fingerprint: str | None = None, autosave: bool = True,
                  support_cap: int = DEFAULT_SUPPORT_CAP, seed: int = 0, max_batch: int = 32,
                  backend_options: Mapping[str, Any] | None = None, pixel_format: str = "auto",
-                 resize_mode: str | None = None, yuv_matrix: str = "bt601"):
+                 resize_mode: str | None = None, yuv_matrix: str = "bt601", matching: str | None = None):
         self._owns_backend = False
+        self._owns_gallery = False
+        legacy_fingerprints: tuple[str, ...] = ()
         self._backend: Backend | None = None
         self._closed = False
         self._local = threading.local()
@@ -188,7 +196,8 @@ class EdgeClassifier:
             bundle_obj = self._load_bundle(bundle)
             self.bundle = bundle_obj
             spec = spec or bundle_obj.spec
-            fingerprint = fingerprint or bundle_obj.onnx_sha256
+            fingerprint = fingerprint or bundle_obj.fingerprint
+            legacy_fingerprints = (bundle_obj.onnx_sha256,)  # what galleries of metaedge 0.1 recorded
             manifest = dict(getattr(bundle_obj, "manifest", None) or {})
             if isinstance(backend, Backend):
                 self._backend = backend
@@ -205,7 +214,12 @@ class EdgeClassifier:
                 raise ValueError(f"`max_batch`: expected an int >= 1, got {max_batch!r}")
             self.max_batch = max_batch
             self.fingerprint = fingerprint
-            self.gallery = self._open_gallery(gallery, autosave, support_cap, seed)
+            self.gallery = self._open_gallery(gallery, autosave, support_cap, seed, legacy_fingerprints)
+            if matching is not None:
+                from metaedge.compact import MATCHING_METHODS
+                if matching not in MATCHING_METHODS:
+                    raise ValueError(f"`matching`: expected one of {MATCHING_METHODS}, got {matching!r}")
+                self.gallery.matching = matching
             self._manifest_threshold = self._default_threshold(manifest)
             self._threshold_override = _UNSET
             if unknown_threshold is not _UNSET:
@@ -243,18 +257,21 @@ class EdgeClassifier:
             raise ValueError(f"backend {b.describe()} takes input {list(shape)}, the model spec's pre-processing "
                              f"produces {list(self.spec.input_shape)}")
 
-    def _open_gallery(self, gallery, autosave: bool, support_cap: int, seed: int) -> Gallery:
+    def _open_gallery(self, gallery, autosave: bool, support_cap: int, seed: int,
+                      legacy_fingerprints: tuple[str, ...]) -> Gallery:
         dim, metric = self.spec.embedding_dim, self.spec.metric
         if gallery is None:
             return Gallery(dim, metric, self.fingerprint, support_cap=support_cap, seed=seed)
         if isinstance(gallery, Gallery):
-            gallery.check_compatible(fingerprint=self.fingerprint, embedding_dim=dim, metric=metric)
-            if gallery.fingerprint is None:
-                gallery.fingerprint = self.fingerprint
+            gallery.check_compatible(fingerprint=self.fingerprint, embedding_dim=dim, metric=metric,
+                                     legacy_fingerprints=legacy_fingerprints, adopt=True)
             return gallery
         if isinstance(gallery, (str, os.PathLike)):
-            return Gallery.open(gallery, embedding_dim=dim, metric=metric, fingerprint=self.fingerprint,
-                                support_cap=support_cap, seed=seed, autosave=autosave)
+            opened = Gallery.open(gallery, embedding_dim=dim, metric=metric, fingerprint=self.fingerprint,
+                                  legacy_fingerprints=legacy_fingerprints, support_cap=support_cap, seed=seed,
+                                  autosave=autosave)
+            self._owns_gallery = True
+            return opened
         raise TypeError(f"`gallery`: expected None, a file path or a Gallery, got {type(gallery).__name__}")
 
     def _default_threshold(self, manifest: dict) -> float | None:
@@ -427,7 +444,7 @@ class EdgeClassifier:
         n, groups, embs, (t_load, t_pre, t_net) = self._embed(images, roi, pixel_format)
         emb = self._host_embeddings(n, groups, embs)
         t_k = time.perf_counter()
-        with self.gallery.transaction():  # (autosaves once, at the end)
+        with self.gallery.transaction():  # (one commit for the class and its info)
             self.gallery.add(label, emb)
             info = self.gallery.class_info(label)
             t_kernels = time.perf_counter() - t_k
@@ -537,39 +554,40 @@ class EdgeClassifier:
         weight_decay = _positive_finite(weight_decay, "weight_decay", allow_zero=True)
         scale = _positive_finite(scale, "scale")
         start = time.perf_counter()
-        with self.gallery.transaction():
-            version = self.gallery.version
-            if len(self.gallery) < 2:
-                raise EmptyGalleryError(f"adapt(): needs at least 2 enrolled classes, the gallery has "
-                                        f"{len(self.gallery)}")
-            support, labels = self.gallery.support_set()
-            if len(support) == 0:
-                raise EmptyGalleryError("adapt(): no support embeddings stored (support_cap=0?)")
-            weights = kernels.l2_normalize(self.gallery.prototypes().copy())
-            velocity = np.zeros_like(weights)
-            losses: list[float] = []
-            chunk = steps if progress is None else max(1, steps // 20)
-            done = 0
-            while done < steps:
-                n = min(chunk, steps - done)
-                losses.extend(kernels.adapt_head(weights, support, labels, steps=n, lr=lr, momentum=momentum,
-                                                 weight_decay=weight_decay, scale=scale, velocity=velocity).tolist())
-                done += n
-                if progress is not None:
-                    progress(done, steps, losses[-1])
-            # The loss at the final weights, by the same kernel: a step's loss is measured before its update, and
-            # the update lands on a throw-away copy.
-            loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=1.0, momentum=0.0,
-                                                  scale=scale)[0])
-            if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
-                raise ValueError(f"adapt(): the loss diverged (lr={lr} too high?); the classes were not changed")
-            seconds = time.perf_counter() - start
-            info = {"steps": steps, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "scale": scale,
-                    "loss_before": losses[0], "loss_after": loss_after, "seconds": seconds, "at": time.time(),
-                    "support": int(len(support))}
-            self.gallery.set_adapted(weights, info, expected_version=version)
-        return AdaptReport(steps, lr, float(losses[0]), loss_after, time.perf_counter() - start, len(self.gallery),
-                           int(len(support)), tuple(losses))
+        # Read once, train without holding the gallery: other processes may enroll meanwhile; the classes they
+        # change are imprinted into the head (as if enrolled after it), the others get the trained rows.
+        training = self.gallery.training_set()
+        if len(training.labels) < 2:
+            raise EmptyGalleryError(f"adapt(): needs at least 2 enrolled classes, the gallery has "
+                                    f"{len(training.labels)}")
+        support, labels = training.support, training.support_labels
+        if len(support) == 0:
+            raise EmptyGalleryError("adapt(): no support embeddings stored (support_cap=0?)")
+        weights = kernels.l2_normalize(training.prototypes.copy())
+        velocity = np.zeros_like(weights)
+        losses: list[float] = []
+        chunk = steps if progress is None else max(1, steps // 20)
+        done = 0
+        while done < steps:
+            n = min(chunk, steps - done)
+            losses.extend(kernels.adapt_head(weights, support, labels, steps=n, lr=lr, momentum=momentum,
+                                             weight_decay=weight_decay, scale=scale, velocity=velocity).tolist())
+            done += n
+            if progress is not None:
+                progress(done, steps, losses[-1])
+        # The loss at the final weights, by the same kernel: a step's loss is measured before its update, and
+        # the update lands on a throw-away copy.
+        loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=1.0, momentum=0.0,
+                                              scale=scale)[0])
+        if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
+            raise ValueError(f"adapt(): the loss diverged (lr={lr} too high?); the classes were not changed")
+        seconds = time.perf_counter() - start
+        info = {"steps": steps, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "scale": scale,
+                "loss_before": losses[0], "loss_after": loss_after, "seconds": seconds, "at": time.time(),
+                "support": int(len(support))}
+        self.gallery.set_adapted(weights, info, expected_version=training.version, classes=training.uids)
+        return AdaptReport(steps, lr, float(losses[0]), loss_after, time.perf_counter() - start,
+                           len(training.labels), int(len(support)), tuple(losses))
 
     def reset_adaptation(self) -> None:
         """Drop the adapted head; ``predict`` uses the prototypes again."""
@@ -644,12 +662,15 @@ class EdgeClassifier:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Release the backend (if this classifier opened it). Unsaved changes of a gallery without autosave
-        are not written - call :meth:`save`. Idempotent."""
+        """Release the backend and the gallery (those this classifier opened). Every change to a gallery file was
+        committed when its call returned. Idempotent."""
         self._closed = True
         if self._owns_backend and self._backend is not None:
             self._owns_backend = False
             self._backend.close()
+        if self._owns_gallery:
+            self._owns_gallery = False
+            self.gallery.close()
 
     def __enter__(self) -> "EdgeClassifier":
         return self

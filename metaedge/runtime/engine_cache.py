@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from metaedge.runtime.fileio import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from metaedge.runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 
 SIDECAR_SCHEMA = 1
 PRECISIONS = ("fp16", "fp32")
 PLAN_SUFFIX = ".plan"
 SIDECAR_SUFFIX = ".json"
+MAX_SIDECAR_BYTES = 1024 * 1024
+MAX_PLAN_BYTES = 16 * 1024 ** 3   # a TensorRT plan; hostile or sparse files beyond it are refused unread
 
 log = logging.getLogger("metaedge.engine")
 
@@ -125,7 +127,7 @@ def sidecar_path(engines_dir: str | Path, key: EngineKey) -> Path:
 
 def read_sidecar(path: Path) -> tuple[EngineKey, dict]:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "engine sidecar", MAX_SIDECAR_BYTES)
     except (OSError, ValueError) as exc:
         raise EngineCacheError(f"unreadable engine sidecar {path.name}: {exc}") from None
     if not isinstance(data, dict):
@@ -186,7 +188,12 @@ def find_engine(engines_dir: str | Path, key: EngineKey, *, verify_plan: bool = 
         if not plan.exists():
             reasons.append(f"{plan.name} is missing (its sidecar is there)")
             continue
-        if verify_plan and sha256_file(plan) != data["plan_sha256"]:
+        try:
+            plan_ok = not verify_plan or sha256_file(plan, MAX_PLAN_BYTES, "TensorRT plan") == data["plan_sha256"]
+        except (OSError, ValueError) as exc:
+            reasons.append(f"{plan.name} is unreadable ({exc})")
+            continue
+        if not plan_ok:
             reasons.append(f"{plan.name} is damaged (sha256 differs from its sidecar)")
             continue
         return EngineLookup(plan, data, reasons)

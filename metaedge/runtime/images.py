@@ -11,17 +11,101 @@ pipeline (``metaedge.runtime.pipeline``), and results are put back in the caller
 Every problem is an :class:`ImageError` (a ``ValueError``) or a ``TypeError`` that says which image
 (index, file name) and what was expected; nothing is decoded lazily after the checks, so a caller can
 validate all its inputs before changing any state.
+
+Files are read as hostile input: only regular files (a FIFO or device is refused without blocking), at most
+:data:`MAX_IMAGE_FILE_BYTES`, and an encoded image's pixel count - read from its header - must be within
+:func:`max_pixels` before it is decoded (a 420 KB PNG can claim 144 megapixels).
 """
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups", "upright"]
+from metaedge.runtime.fileio import UnreadableFileError, read_file
+
+__all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups", "upright",
+           "max_pixels", "set_max_pixels", "check_pixels", "open_image", "read_image_file",
+           "DEFAULT_MAX_PIXELS", "MAX_IMAGE_FILE_BYTES"]
+
+# 4096 x 4096: 4K frames (3840x2160 = 8.3 MP, 4096x2160 = 8.8 MP) and 12 MP phone photos pass; a decompression
+# bomb does not. Decoding holds up to 4 bytes per pixel (RGBA), so the default bounds a decode to 64 MiB.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
+_max_pixels: int | None = None
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) decoded from a file or bytes: :func:`set_max_pixels`, else the
+    ``METAEDGE_MAX_PIXELS`` environment variable, else :data:`DEFAULT_MAX_PIXELS`."""
+    if _max_pixels is not None:
+        return _max_pixels
+    env = os.environ.get("METAEDGE_MAX_PIXELS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ImageError(f"METAEDGE_MAX_PIXELS: expected a positive integer, got {env!r}") from None
+        if value >= 1:
+            return value
+        raise ImageError(f"METAEDGE_MAX_PIXELS: expected a positive integer, got {env!r}")
+    return DEFAULT_MAX_PIXELS
+
+
+def check_pixels(img, what: str) -> None:
+    """ImageError unless the opened (not yet decoded) PIL image ``img`` has at most :func:`max_pixels` pixels."""
+    width, height = img.size
+    limit = max_pixels()
+    if width * height > limit:
+        raise ImageError(f"{what}: {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,}; "
+                         f"refused before decoding (raise it with METAEDGE_MAX_PIXELS or "
+                         f"metaedge.runtime.images.set_max_pixels)")
+
+
+def open_image(raw: bytes, what: str):
+    """A PIL image opened on encoded bytes - its header read, nothing decoded - whose pixel count is within
+    :func:`max_pixels` (ImageError otherwise). Use it as a context manager."""
+    from metaedge._optional import require
+    pil = require("PIL.Image", "reading image files")
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the check below decides, with its message
+            warnings.simplefilter("ignore", pil.DecompressionBombWarning)
+            img = pil.open(io.BytesIO(raw))
+    except pil.DecompressionBombError as exc:  # beyond twice PIL's limit it refuses at open
+        raise ImageError(f"{what}: refused before decoding: {exc}") from None
+    try:
+        check_pixels(img, what)
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def read_image_file(path: str | os.PathLike, what: str) -> bytes:
+    """The bytes of an image file, read as hostile input (regular file, bounded size); ImageError otherwise."""
+    try:
+        return read_file(path, MAX_IMAGE_FILE_BYTES, "image file")
+    except FileNotFoundError:
+        raise ImageError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{what}: is a directory, not an image file") from None
+    except UnreadableFileError as exc:
+        raise ImageError(f"{what}: {'is a directory, not an image file' if 'a directory' in str(exc) else exc}") \
+            from None
+    except OSError as exc:
+        raise ImageError(f"{what}: cannot read ({exc.strerror or exc})") from None
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Set the decoded-pixel limit for this process (``None``: back to the environment/default)."""
+    global _max_pixels
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"`limit`: expected a positive int or None, got {limit!r}")
+    _max_pixels = limit
 
 _CHANNELS = (1, 3, 4)
 _UINT8 = np.dtype(np.uint8)
@@ -89,16 +173,9 @@ def _pil_to_array(img, what: str) -> np.ndarray:
 
 
 def _decode(data: bytes | os.PathLike | str, what: str) -> np.ndarray:
-    from metaedge._optional import require
-    pil = require("PIL.Image", "reading image files")
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
-    if not isinstance(source, io.BytesIO):
-        if not os.path.exists(source):
-            raise ImageError(f"{what}: no such file")
-        if os.path.isdir(source):
-            raise ImageError(f"{what}: is a directory, not an image file")
+    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else read_image_file(data, what)
     try:
-        with pil.open(source) as img:
+        with open_image(raw, what) as img:
             img.load()  # decode now: a truncated file fails here, not later
             return _pil_to_array(img, what)
     except ImageError:

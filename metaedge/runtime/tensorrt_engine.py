@@ -25,8 +25,8 @@ from typing import Callable
 
 from metaedge._optional import require
 from metaedge.runtime.bundle import Bundle
-from metaedge.runtime.engine_cache import EngineKey, ensure_engine
-from metaedge.runtime.fileio import atomic_write_bytes
+from metaedge.runtime.engine_cache import MAX_PLAN_BYTES, EngineKey, ensure_engine
+from metaedge.runtime.fileio import atomic_write_bytes, read_file
 
 log = logging.getLogger("metaedge.tensorrt")
 
@@ -221,10 +221,10 @@ def _attach_timing_cache(config, path: Path | None):
     """Reuse measured tactic timings across builds (minutes saved on a Jetson); start empty when the file is
     missing, unreadable or from another GPU/TensorRT."""
     data = b""
-    if path is not None and path.is_file():
+    if path is not None and path.exists():
         try:
-            data = path.read_bytes()
-        except OSError as exc:
+            data = read_file(path, MAX_PLAN_BYTES, "TensorRT timing cache")
+        except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable TensorRT timing cache %s: %s", path, exc)
     cache = config.create_timing_cache(data) if data else None
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):

@@ -36,7 +36,10 @@ class CheckpointError(ValueError):
 
 
 # Atomic, fsynced writes and checksums: the same helpers as bundles and galleries.
-from metaedge.runtime.fileio import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: E402,F401
+from metaedge.runtime.fileio import (atomic_write_bytes, atomic_write_json, read_file, read_json,  # noqa: E402,F401
+                                     sha256_file)
+
+MAX_WEIGHTS_BYTES = 64 * 1024 ** 3  # bounds a read when the recorded size is missing
 
 
 # ------------------------------------------------------------------------- nested state <-> JSON + tensors
@@ -179,21 +182,27 @@ def _checkpoint_dir(path: str) -> str:
 
 
 def _read_json(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError(f"{what}: {path} is missing")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        data = read_json(path, f"{what} file")
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{what}: {path} is not valid JSON: {exc}") from None
+        raise CheckpointError(f"{what}: {path} is unreadable or not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what}: {path} is not a JSON object")
+    return data
 
 
 def _verified_bytes(directory: str, name: str, entry: dict, what: str) -> bytes:
     path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError(f"{what}: {path} is missing")
-    with open(path, "rb") as f:
-        data = f.read()
+    size = entry.get("bytes") if isinstance(entry, dict) else None
+    bound = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else MAX_WEIGHTS_BYTES
+    try:
+        data = read_file(path, min(bound, MAX_WEIGHTS_BYTES), f"{what} file")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{what}: {path}: {exc}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.get("sha256"):
         raise CheckpointError(f"{what}: {path} is corrupt or was replaced: sha256 {digest} does not match the "

@@ -10,7 +10,6 @@ training run: config, metrics, checkpoints), and ``training_curve.png``, ``accur
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -198,8 +197,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         return EdgeClassifier(bundle, gallery=None, backend=backend)
 
     def keep(clf):
-        if gallery_path.exists():
-            gallery_path.unlink()
+        from metaedge.runtime.store.files import remove_gallery
+        remove_gallery(str(gallery_path))  # the previous run's (no process of ours uses it)
         clf.save(gallery_path)
 
     results = []
@@ -233,7 +232,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "training": {"seconds": round(train_seconds, 1), "episodes": _last_episode(history),
                      "best_val_accuracy": max((h["val_accuracy"] for h in history if "val_accuracy" in h),
                                               default=None)},
-        "bundle": {"path": str(out / "bundle"), "onnx_sha256": bundle.onnx_sha256, "parity": parity},
+        "bundle": {"path": str(out / "bundle"), "onnx_sha256": bundle.onnx_sha256, "fingerprint": bundle.fingerprint,
+                   "parity": parity},
         "backend": backend.describe(), "backend_selection": [list(s) for s in selection],
         "accuracy": [{k: v for k, v in r.items() if k != "samples"} for r in results],
         "latency_ms": latency, "gallery": str(gallery_path),
@@ -241,9 +241,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "machine": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
         "seconds": round(time.perf_counter() - started, 1), "quick": cfg.quick,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    from metaedge.runtime.fileio import atomic_write_json
+    atomic_write_json(out / "summary.json", summary)
     say("")
     say(format_summary(summary))
     return summary

@@ -328,8 +328,8 @@ class _Trainer:
         cfg_path = os.path.join(self.run_dir, "config.json")
         doc = {"config": self.config.to_dict(), "data": self.data_description}
         if self.resume and os.path.exists(cfg_path):
-            with open(cfg_path, encoding="utf-8") as f:
-                old = json.load(f).get("config", {})
+            from metaedge.runtime.fileio import read_json
+            old = read_json(cfg_path, "run configuration").get("config", {})
             diffs = sorted(k for k in set(old) | set(doc["config"])
                            if k not in RESUMABLE_CHANGES and old.get(k) != doc["config"].get(k))
             if diffs:

@@ -59,7 +59,7 @@ def test_info_on_a_tampered_bundle_fails_clearly(exported, tmp_path, capsys):
     with open(out / "model.onnx", "ab") as f:
         f.write(b"x")
     capsys.readouterr()
-    assert main(["info", "--bundle", str(out)]) == 1
+    assert main(["info", "--bundle", str(out)]) == 4  # a bundle problem (README exit codes)
     assert "model.onnx was modified after export" in capsys.readouterr().err
 
 

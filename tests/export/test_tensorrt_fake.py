@@ -56,9 +56,11 @@ def test_trt11_fp16_builds_from_the_fp16_onnx_without_any_precision_flag(bundle_
 
 def test_trt11_fp16_without_fp16_onnx_explains_and_auto_falls_back(bundle_copy):
     import json
+
+    from metaedge.runtime.bundle import write_manifest
     m = json.loads((bundle_copy / "manifest.json").read_text())
     del m["fp16_model"], m["verification"]["fp16"]
-    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    write_manifest(bundle_copy, m)  # as an export without --fp16-onnx writes it (with its own fingerprint)
     trt = make_fake_tensorrt("11.0.1")
     with pytest.raises(te.EngineBuildError, match="--fp16-onnx"):
         te.get_engine(bundle_copy, precision="fp16", device=ORIN, trt=trt)

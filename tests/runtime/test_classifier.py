@@ -192,13 +192,18 @@ def test_gallery_file_survives_restart_with_identical_predictions(tmp_path, glyp
     assert [i.to_dict() for i in d.classes()] == [i.to_dict() for i in c.classes()]
 
 
-def test_explicit_save_without_autosave(tmp_path, glyphs):
+def test_every_change_is_committed_when_it_returns_and_another_classifier_sees_it(tmp_path, glyphs):
     path = tmp_path / "g"
-    c = make_classifier(gallery=path, autosave=False)
+    c = make_classifier(gallery=path, autosave=False)  # autosave is kept for compatibility: the store commits
+    other = make_classifier(gallery=path)              # e.g. another process on the same gallery
     c.enroll("a", glyphs.sample(0, 1))
-    assert not path.exists()
-    assert c.save() == str(path)
-    assert Gallery.load(path).labels == ["a"]
+    assert Gallery.load(path).labels == ["a"] and c.save() == str(path)
+    c.enroll("b", glyphs.sample(1, 2))
+    assert other.predict(glyphs.sample(1, 1)[0]).label == "b"  # seen at its next predict
+    other.forget("a")
+    assert c.labels == ["b"]
+    c.close()
+    assert c.gallery._closed and not other.gallery._closed  # a classifier closes the gallery it opened
 
 
 # ------------------------------------------------------------------------------------- bad input (item 6)

@@ -2,6 +2,7 @@
 (injected through metaedge.cli._sdk.open_classifier); a real bundle is used in test_sdk_end_to_end.py."""
 import json
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -146,30 +147,23 @@ def test_gallery_problems_exit_code_4(tmp_path, capsys, fake_bundle, images):
     code, _, err = run(capsys, "enroll", fake_bundle, gallery, "b", img)
     assert code == 4 and "another bundle" in err
     fake_bundle.fingerprint["value"] = None
-    corrupt = bytearray(gallery.read_bytes())
-    corrupt[-2] ^= 0xFF
-    gallery.write_bytes(bytes(corrupt))
+    conn = sqlite3.connect(gallery)  # damage a prototype behind the store's back (its checksum no longer fits)
+    conn.execute("UPDATE classes SET prototype = zeroblob(length(prototype))")
+    conn.commit()
+    conn.close()
+    data = gallery.read_bytes()
     for argv in (("predict", fake_bundle, gallery, img), ("classes", "list", gallery),
-                 ("enroll", fake_bundle, gallery, "a", img)):
+                 ("enroll", fake_bundle, gallery, "a", img), ("classes", "check", gallery)):
         code, _, err = run(capsys, *argv)
-        assert code == 4 and "checksum mismatch" in err, argv
-    assert gallery.read_bytes() == bytes(corrupt)  # a broken file is never overwritten by a command
+        assert code == 4 and "fails its checksum" in err, argv
+    assert gallery.read_bytes() == data  # a broken gallery is never changed by a command
 
 
-def test_missing_dependency_exit_code_3_and_write_failure_exit_code_5(tmp_path, capsys, fake_bundle, images,
-                                                                        monkeypatch):
+def test_missing_dependency_exit_code_3(tmp_path, capsys, fake_bundle, images, monkeypatch):
     from metaedge._optional import MissingDependencyError
     gallery = tmp_path / "g"
     img = images / "g0" / "0.png"
     assert run(capsys, "enroll", fake_bundle, gallery, "a", img)[0] == 0
-    data = gallery.read_bytes()
-
-    def disk_full(self, target):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Gallery, "_save_locked", disk_full)
-    code, _, err = run(capsys, "enroll", fake_bundle, gallery, "b", img)
-    assert code == 5 and "No space" in err and gallery.read_bytes() == data
 
     def no_onnxruntime(*a, **k):
         raise MissingDependencyError("inference needs the package 'onnxruntime'. Install it with: pip install x")
@@ -177,6 +171,39 @@ def test_missing_dependency_exit_code_3_and_write_failure_exit_code_5(tmp_path, 
     monkeypatch.setattr(_sdk, "open_classifier", no_onnxruntime)
     code, _, err = run(capsys, "predict", fake_bundle, gallery, img)
     assert code == 3 and "onnxruntime" in err
+
+
+def test_history_export_import_migrate_and_check(tmp_path, capsys, fake_bundle, images):
+    gallery, other = tmp_path / "g", tmp_path / "other"
+    for k in range(3):
+        assert run(capsys, "enroll", fake_bundle, gallery, f"glyph {k}", images / f"g{k}" / "0.png")[0] == 0
+    assert run(capsys, "classes", "rename", gallery, "glyph 2", "two")[0] == 0
+    code, out, _ = run(capsys, "classes", "history", gallery, "--json")
+    entries = json.loads(out)["entries"]
+    assert code == 0 and [e["op"] for e in entries] == ["create", "enroll", "enroll", "enroll", "rename"]
+    assert "metaedge classes rename" in entries[-1]["actor"] and entries[1]["shots"] == 1
+    code, out, _ = run(capsys, "classes", "history", gallery, "--limit", "2")
+    assert code == 0 and len(out.splitlines()) == 2 and "rename" in out and "two" in out
+    assert run(capsys, "classes", "export", gallery, tmp_path / "p.pack", "glyph 0", "two")[0] == 0
+    code, out, _ = run(capsys, "classes", "import", other, tmp_path / "p.pack", "--json")  # a new gallery
+    assert code == 0 and json.loads(out)["added"] == ["glyph 0", "two"]
+    assert Gallery.load(other).labels == ["glyph 0", "two"]
+    assert run(capsys, "enroll", fake_bundle, other, "two", images / "g1" / "1.png")[0] == 0
+    code, _, err = run(capsys, "classes", "import", other, tmp_path / "p.pack")
+    assert code == 2 and "'two'" in err and "--on-conflict" in err
+    code, out, _ = run(capsys, "classes", "import", other, tmp_path / "p.pack", "--on-conflict", "replace")
+    assert code == 0 and "1 replaced" in out and "1 unchanged" in out
+    code, out, _ = run(capsys, "classes", "check", gallery)
+    assert code == 0 and "sound" in out
+    legacy = tmp_path / "old.metaedge"
+    legacy.write_bytes(open(os.path.join(os.path.dirname(__file__), "data", "legacy_v1.metaedge"), "rb").read())
+    code, out, _ = run(capsys, "classes", "list", legacy)
+    assert code == 0 and "old format" in out
+    code, _, err = run(capsys, "classes", "forget", legacy, "late")
+    assert code == 4 and "metaedge classes migrate" in err
+    code, out, _ = run(capsys, "classes", "migrate", legacy, "--json")
+    assert code == 0 and json.loads(out)["classes"] == 5 and (tmp_path / "old.metaedge.v1-backup").exists()
+    assert run(capsys, "classes", "forget", legacy, "late")[0] == 0
 
 
 def test_real_open_classifier_refuses_a_missing_bundle(tmp_path, capsys, images):

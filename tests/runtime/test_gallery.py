@@ -1,16 +1,13 @@
-"""Gallery: running means, reservoir memory, copy-on-write snapshots, file round trip, corruption, atomicity."""
+"""Gallery: running means, reservoir memory, copy-on-write snapshots; the store: persistence, sharing between
+instances, transactions, the audit trail (integrity and hostile files: test_gallery_files.py)."""
 import gc
-import json
-import os
-import struct
+import time
 import weakref
 
 import numpy as np
 import pytest
 
-from metaedge.runtime import gallery as gallery_mod
-from metaedge.runtime.gallery import (MAX_LABEL_LENGTH, Gallery, GalleryCorruptError, GalleryError,
-                                      GalleryMismatchError, GalleryVersionError, UnknownLabelError)
+from metaedge.runtime.gallery import MAX_LABEL_LENGTH, Gallery, GalleryError, GalleryMismatchError, UnknownLabelError
 
 FP = "a" * 64
 DIM = 8
@@ -171,18 +168,20 @@ def test_bad_embeddings_are_rejected_and_change_nothing(rng, emb, exc, words):
     np.testing.assert_array_equal(g.prototypes(), before)
 
 
-# ---------------------------------------------------------------------------------------------- files
-def test_round_trip_keeps_everything(tmp_path, rng):
-    g = filled(rng, classes=6, shots=4, support_cap=3, seed=9)
+# ---------------------------------------------------------------------------------------------- the store
+def test_a_stored_gallery_reopens_with_everything(tmp_path, rng):
+    path = tmp_path / "g.metaedge"
+    g = Gallery.open(path, embedding_dim=DIM, fingerprint=FP, support_cap=3, seed=9)
+    for c in range(6):
+        g.add(f"class {c}", rng.standard_normal((4, DIM)).astype(np.float32))
     g.add("class 2", rng.standard_normal((2, DIM)).astype(np.float32))
     g.set_adapted(rng.standard_normal((6, DIM)).astype(np.float32), {"steps": 5})
     g.add("late", rng.standard_normal((1, DIM)).astype(np.float32))  # imprinted, not adapted
     g.set_threshold("prototypes", 0.25)
-    path = tmp_path / "g.metaedge"
-    assert g.save(path) == str(path)
+    assert g.save() == str(path)  # every change is already committed: save() only names the file
     h = Gallery.load(path, fingerprint=FP, embedding_dim=DIM, metric="cosine")
     assert_same_state(g, h)
-    assert h.adaptation == {"steps": 5}
+    assert h.adaptation == {"steps": 5} and h.version == g.version
     assert [c.adapted for c in h.classes()] == [True] * 6 + [False]
     # continues identically after the reload (reservoir seeded by class id and shot index)
     more = rng.standard_normal((9, DIM)).astype(np.float32)
@@ -191,11 +190,23 @@ def test_round_trip_keeps_everything(tmp_path, rng):
     np.testing.assert_array_equal(g.support_set()[0], h.support_set()[0])
 
 
+def test_an_in_memory_gallery_saved_to_a_file_continues_there(tmp_path, rng):
+    g = filled(rng, classes=3)
+    path = tmp_path / "copy.metaedge"
+    assert g.save(path) == str(path) and g.path == str(path)
+    g.add("after save", rng.standard_normal((1, DIM)).astype(np.float32))  # committed to the file
+    assert Gallery.load(path).labels == ["class 0", "class 1", "class 2", "after save"]
+    with pytest.raises(ValueError, match="exists"):  # a copy never replaces a file another process may use
+        filled(rng).save(path)
+    assert len(Gallery.load(path)) == 4
+
+
 def test_empty_gallery_round_trip(tmp_path):
-    g = Gallery(DIM, "dot", FP)
-    g.save(tmp_path / "e")
+    Gallery(DIM, "dot", FP, path=tmp_path / "e")
     h = Gallery.load(tmp_path / "e")
     assert len(h) == 0 and h.metric == "dot" and h.fingerprint == FP
+    with pytest.raises(GalleryError, match="already exists"):
+        Gallery(DIM, "dot", FP, path=tmp_path / "e")
 
 
 def test_load_other_bundle_or_dimension_is_a_clear_error(tmp_path, rng):
@@ -208,148 +219,147 @@ def test_load_other_bundle_or_dimension_is_a_clear_error(tmp_path, rng):
         Gallery.load(tmp_path / "g", metric="euclidean")
 
 
-def _rewrite_metadata(path, **changes):
-    """Edit metadata as a newer writer would (and recompute the checksum, so only the edit matters)."""
-    from safetensors.numpy import load, save
-    data = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", data[:8])
-    meta = json.loads(data[8:8 + n])["__metadata__"]
-    meta.update(changes)
-    tensors = load(data)
-    meta["payload_sha256"] = gallery_mod._payload_digest(tensors, meta)
-    open(path, "wb").write(save(tensors, metadata=meta))
+def test_a_legacy_fingerprint_is_accepted_and_restamped_with_an_audit_entry(tmp_path, rng):
+    filled(rng).save(tmp_path / "g")  # recorded FP: what metaedge 0.1 recorded (the ONNX sha256)
+    g = Gallery.load(tmp_path / "g", fingerprint="c" * 64, legacy_fingerprints=(FP,))
+    assert g.fingerprint == "c" * 64
+    assert g.history()[-1].op == "fingerprint" and g.history()[-1].detail == {"from": FP, "to": "c" * 64}
+    assert Gallery.load(tmp_path / "g").fingerprint == "c" * 64
+    with pytest.raises(GalleryMismatchError):  # the old one no longer matches
+        Gallery.load(tmp_path / "g", fingerprint=FP)
 
 
-def test_newer_schema_is_refused_with_upgrade_hint(tmp_path, rng):
-    filled(rng).save(tmp_path / "g")
-    _rewrite_metadata(tmp_path / "g", schema_version="99")
-    with pytest.raises(GalleryVersionError, match="schema 99.*upgrade metaedge"):
-        Gallery.load(tmp_path / "g")
-
-
-@pytest.mark.parametrize("content,words", [
-    (b"", "empty"), (b"\x01\x02", "truncated"), (b"hello world, this is text\n" * 3, "not a metaedge gallery"),
-    (struct.pack("<Q", 20) + b'{"a": 1}', "truncated"),
-])
-def test_garbage_files_are_not_galleries(tmp_path, content, words):
-    (tmp_path / "g").write_bytes(content)
-    with pytest.raises(GalleryCorruptError, match=words):
-        Gallery.load(tmp_path / "g")
-
-
-def test_a_checkpoint_like_safetensors_file_is_not_a_gallery(tmp_path):
-    from safetensors.numpy import save_file
-    save_file({"conv.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(GalleryCorruptError, match="not a metaedge gallery.*checkpoint"):
-        Gallery.load(tmp_path / "model.safetensors")
-
-
-def test_every_truncation_is_detected(tmp_path, rng):
-    filled(rng, classes=3, shots=2).save(tmp_path / "g")
-    data = (tmp_path / "g").read_bytes()
-    for cut in sorted(set(np.linspace(0, len(data) - 1, 60).astype(int).tolist() + [len(data) - 1, 7, 8, 9])):
-        (tmp_path / "t").write_bytes(data[:cut])
-        with pytest.raises(GalleryCorruptError, match="truncated|empty"):
-            Gallery.load(tmp_path / "t")
-    (tmp_path / "t").write_bytes(data + b"\0")
-    with pytest.raises(GalleryCorruptError, match="unexpected bytes"):
-        Gallery.load(tmp_path / "t")
-
-
-def test_every_flipped_byte_is_detected(tmp_path, rng):
-    filled(rng, classes=3, shots=2).save(tmp_path / "g")
-    data = (tmp_path / "g").read_bytes()
-    positions = sorted(set(rng.integers(0, len(data), 150).tolist() + list(range(8)) + [len(data) - 1]))
-    for pos in positions:
-        flipped = bytearray(data)
-        flipped[pos] ^= 0xFF
-        (tmp_path / "f").write_bytes(bytes(flipped))
-        with pytest.raises(GalleryError):
-            Gallery.load(tmp_path / "f")
-    # and a flip in the tensor data names the checksum
-    flipped = bytearray(data)
-    flipped[-3] ^= 0x01
-    (tmp_path / "f").write_bytes(bytes(flipped))
-    with pytest.raises(GalleryCorruptError, match="checksum mismatch"):
-        Gallery.load(tmp_path / "f")
-
-
-def test_failed_save_leaves_the_previous_file_and_no_temp(tmp_path, rng, monkeypatch):
-    g = filled(rng)
-    path = tmp_path / "g"
-    g.save(path)
-    good = path.read_bytes()
-    g.add("extra", rng.standard_normal((1, DIM)).astype(np.float32))
-
-    import safetensors.numpy as stn
-
-    def dies_half_way(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(stn, "save_file", dies_half_way)
-    with pytest.raises(OSError, match="No space"):
-        g.save(path)
-    assert path.read_bytes() == good
-    assert os.listdir(tmp_path) == ["g"]
-
-
-def test_failed_autosave_rolls_back_the_change_in_memory(tmp_path, rng, monkeypatch):
-    path = tmp_path / "g"
-    g = Gallery.open(path, embedding_dim=DIM, fingerprint=FP, autosave=True)
-    g.add("a", rng.standard_normal((2, DIM)).astype(np.float32))
-    assert Gallery.load(path).labels == ["a"]
-    import safetensors.numpy as stn
-    monkeypatch.setattr(stn, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "I/O error")))
-    with pytest.raises(OSError):
-        g.add("b", rng.standard_normal((2, DIM)).astype(np.float32))
-    with pytest.raises(OSError):
-        g.remove("a")
-    assert g.labels == ["a"] and Gallery.load(path).labels == ["a"]
-
-
-def test_nan_state_is_never_written(tmp_path, rng):
-    g = filled(rng)
-    g.save(tmp_path / "g")
-    good = (tmp_path / "g").read_bytes()
-    with pytest.raises(ValueError, match="NaN"):
-        g.set_adapted(np.full((5, DIM), np.nan, np.float32))
-    g._state.protos.base[0, 0] = np.nan  # simulate memory corruption behind the API's back
-    with pytest.raises(GalleryError, match="refusing to save"):
-        g.save(tmp_path / "g")
-    assert (tmp_path / "g").read_bytes() == good
-
-
-def test_save_through_a_symlink_replaces_the_target(tmp_path, rng):
-    real = tmp_path / "real.metaedge"
-    filled(rng, classes=1).save(real)
-    (tmp_path / "link").symlink_to(real)
-    filled(rng, classes=2).save(tmp_path / "link")
-    assert (tmp_path / "link").is_symlink()
-    assert len(Gallery.load(real)) == 2
-
-
-def test_temp_files_of_dead_writers_are_cleaned_up(tmp_path, rng):
-    dead = tmp_path / ".g.999999999.deadbeef.tmp"  # pid that cannot exist
-    alive = tmp_path / f".g.{os.getpid()}.cafebabe.tmp"
-    dead.write_bytes(b"x")
-    alive.write_bytes(b"x")
-    filled(rng).save(tmp_path / "g")
-    assert not dead.exists() and alive.exists()
-
-
-def test_open_creates_lazily_and_loads_existing(tmp_path, rng):
+def test_open_creates_the_store_and_loads_an_existing_one(tmp_path, rng):
     path = tmp_path / "new.metaedge"
-    g = Gallery.open(path, embedding_dim=DIM, fingerprint=FP, autosave=False)
-    assert not path.exists()
+    g = Gallery.open(path, embedding_dim=DIM, fingerprint=FP)
+    assert path.exists() and len(g) == 0 and g.history()[0].op == "create"
     g.add("a", rng.standard_normal((1, DIM)).astype(np.float32))
-    assert not path.exists()
-    g.save()
     h = Gallery.open(path, embedding_dim=DIM, fingerprint=FP)
-    assert h.labels == ["a"] and h.autosave
+    assert h.labels == ["a"]
     with pytest.raises(GalleryMismatchError):
         Gallery.open(path, embedding_dim=DIM, fingerprint="c" * 64)
+    with pytest.raises(FileNotFoundError):
+        Gallery.open(tmp_path / "no-such-dir" / "g", embedding_dim=DIM)
+
+
+def test_two_galleries_on_one_file_see_each_other_and_lose_nothing(tmp_path, rng):
+    path = tmp_path / "shared.metaedge"
+    a = Gallery.open(path, embedding_dim=DIM, fingerprint=FP)
+    b = Gallery.open(path, embedding_dim=DIM, fingerprint=FP)
+    x = rng.standard_normal((2, DIM)).astype(np.float32)
+    y = rng.standard_normal((3, DIM)).astype(np.float32)
+    a.add("bolt", x)
+    snap = b.snapshot()  # the other instance catches up at its next snapshot
+    assert snap.labels == ("bolt",) and snap.version == a.version
+    b.add("bolt", y)     # computed from the committed row, not from a stale copy: no lost update
+    a.add("nut", x)
+    assert a.snapshot().labels == b.snapshot().labels == ("bolt", "nut")
+    assert a.counts().tolist() == b.counts().tolist() == [5, 2]
+    np.testing.assert_allclose(a.prototypes()[0], np.concatenate([x, y]).mean(0), rtol=1e-5, atol=1e-6)
+    b.rename("bolt", "bolt M6")
+    b.remove("nut")
+    b.set_threshold("prototypes", 0.5)
+    assert a.labels == ["bolt M6"] and a.thresholds["prototypes"] == 0.5
+    b.set_adapted(np.ones((1, DIM), np.float32))
+    assert a.adapted and a.snapshot().metric == "cosine"
+
+
+def test_catching_up_with_few_or_many_changes_gives_the_same_as_a_fresh_load(tmp_path, rng):
+    path = tmp_path / "g"
+    a = Gallery.open(path, embedding_dim=DIM, support_cap=1)
+    with a.transaction():
+        for i in range(950):
+            a.add(f"c{i}", rng.standard_normal((1, DIM)).astype(np.float32))
+    b = Gallery.load(path)
+    b.snapshot()
+    for batch in (3, 300):  # a few classes are read one by one; many: everything is reloaded
+        with a.transaction():
+            for i in rng.choice(950, batch, replace=False):
+                a.add(f"c{i}", rng.standard_normal((1, DIM)).astype(np.float32))
+            a.rename("c5" if batch == 3 else "five 3", f"five {batch}")
+            a.add(f"new {batch}", rng.standard_normal((1, DIM)).astype(np.float32))
+        snap = b.snapshot()
+        fresh = Gallery.load(path)
+        assert snap.labels == tuple(fresh.labels) and snap.version == fresh.version
+        np.testing.assert_array_equal(b.prototypes(), fresh.prototypes())
+        assert b.counts().tolist() == fresh.counts().tolist()
+    assert a.export_pack(tmp_path / "many.pack", a.labels[:920]) == 920  # more ids than one query takes
+    assert len(Gallery(DIM, support_cap=1).import_pack(tmp_path / "many.pack").added) == 920
+
+
+def test_changes_are_transactions_all_or_nothing(tmp_path, rng):
+    path = tmp_path / "g"
+    g = Gallery.open(path, embedding_dim=DIM, fingerprint=FP)
+    g.add("a", rng.standard_normal((1, DIM)).astype(np.float32))
+    version = g.version
+    with pytest.raises(ZeroDivisionError):
+        with g.transaction():
+            g.add("b", rng.standard_normal((1, DIM)).astype(np.float32))
+            g.remove("a")
+            assert g.labels == ["b"]  # this thread sees its own uncommitted changes
+            1 / 0
+    assert g.labels == ["a"] and g.version == version
+    assert Gallery.load(path).labels == ["a"]
+    with g.transaction():
+        g.add("b", rng.standard_normal((1, DIM)).astype(np.float32))
+        g.add("c", rng.standard_normal((1, DIM)).astype(np.float32))
+    assert g.version == version + 1  # one transaction, one version step
+    assert [e.op for e in g.history()[-2:]] == ["enroll", "enroll"]
+
+
+def test_the_audit_trail_records_every_change_and_who_made_it(tmp_path, rng):
+    g = Gallery.open(tmp_path / "g", embedding_dim=DIM, fingerprint=FP)
+    g.actor = "app on line 3"
+    g.add("a", rng.standard_normal((3, DIM)).astype(np.float32), now=1000.0)
+    with g.acting_as("token:operator-7"):
+        g.add("a", rng.standard_normal((2, DIM)).astype(np.float32))
+        g.rename("a", "b")
+    g.set_adapted(np.ones((1, DIM), np.float32), {"steps": 3, "losses": [1.0, 0.5]})
+    g.clear_adapted()
+    g.set_threshold("prototypes", 0.3)
+    g.remove("b")
+    rows = [(e.op, e.label, e.shots, e.actor) for e in g.history()]
+    assert rows == [("create", None, None, rows[0][3]), ("enroll", "a", 3, "app on line 3"),
+                    ("enroll", "a", 2, "token:operator-7"), ("rename", "b", None, "token:operator-7"),
+                    ("adapt", None, None, "app on line 3"), ("reset_adaptation", None, None, "app on line 3"),
+                    ("threshold", None, None, "app on line 3"), ("forget", "b", 5, "app on line 3")]
+    h = g.history()
+    assert h[3].detail == {"from": "a"} and h[4].detail["trained"] == 1 and "losses" not in h[4].detail
+    assert [e.version for e in h] == list(range(8)) and h[-1].version == g.version
+    assert [e.op for e in g.history(label="a")] == ["enroll", "enroll"] and len(g.history(limit=2)) == 2
+    # the time of the change itself (now= only sets the class's own times)
+    assert abs(h[1].at - time.time()) < 300 and h[1].to_dict()["at"].endswith("+00:00")
+    assert g.classes() == [] and h[1].to_dict()["label"] == "a"
+
+
+def test_adapt_merges_with_changes_made_while_it_trained(tmp_path, rng):
+    path = tmp_path / "g"
+    g = filled(rng, classes=3)
+    g.save(path)
+    training = g.training_set()
+    other = Gallery.load(path)  # another process, while adapt trains
+    other.add("class 1", rng.standard_normal((1, DIM)).astype(np.float32))  # re-enrolled: its row is stale
+    other.add("new", rng.standard_normal((1, DIM)).astype(np.float32))
+    other.remove("class 2")
+    weights = np.full((3, DIM), 0.5, np.float32)
+    g.set_adapted(weights, {"steps": 1}, expected_version=training.version, classes=training.uids)
+    assert g.labels == ["class 0", "class 1", "new"]
+    assert [c.adapted for c in g.classes()] == [True, False, False]
+    np.testing.assert_array_equal(g.adapted_weights()[0], weights[0])
+    np.testing.assert_allclose(g.adapted_weights()[1], g.prototypes()[1] / np.linalg.norm(g.prototypes()[1]),
+                               rtol=1e-5)
+    with pytest.raises(RuntimeError, match="changed"):  # without the class ids the rows cannot be matched
+        g.set_adapted(np.ones((3, DIM), np.float32), expected_version=training.version)
+
+
+def test_a_closed_gallery_refuses_changes(tmp_path, rng):
+    g = Gallery.open(tmp_path / "g", embedding_dim=DIM)
+    g.add("a", rng.standard_normal((1, DIM)).astype(np.float32))
+    g.close()
+    g.close()
+    assert g.labels == ["a"]
+    with pytest.raises(GalleryError, match="closed"):
+        g.add("b", rng.standard_normal((1, DIM)).astype(np.float32))
 
 
 def test_labels_are_unicode_normalised_for_lookups(rng):

@@ -91,7 +91,7 @@ def test_enrolled_prototypes_equal_torch_embeddings_of_the_same_images(glyph_bun
     with EdgeClassifier(str(bundle.path), backend="ort-cpu") as clf:
         clf.enroll("a", images)
         np.testing.assert_allclose(clf.gallery.prototypes()[0], reference, rtol=1e-4, atol=1e-4)
-        assert clf.gallery.fingerprint == bundle.onnx_sha256 and clf.gallery.metric == model.spec.metric
+        assert clf.gallery.fingerprint == bundle.fingerprint and clf.gallery.metric == model.spec.metric
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_device_side_runs_with_torch_blocked(glyph_bundle, tmp_path):
     assert result["labels"] == ["glyph 0", "glyph 1", "glyph 2"]
     assert result["backend"] == "ort-cpu" and result["loss"][1] < result["loss"][0]
     assert [p["label"] for p in cli["predictions"]] == ["glyph 0", "glyph 1"]
-    assert Gallery.load(tmp_path / "g.metaedge", fingerprint=bundle.onnx_sha256).adapted
+    assert Gallery.load(tmp_path / "g.metaedge", fingerprint=bundle.fingerprint).adapted
 
 
 def test_cli_on_a_real_bundle_exit_codes(glyph_bundle, tmp_path, capsys):

@@ -113,6 +113,34 @@ def test_checkpoint_errors(tmp_path):
         save_checkpoint(model, str(tmp_path), metrics={"bad": object()})
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_hostile_checkpoint_files_are_refused_without_blocking_or_reading(tmp_path):
+    import signal
+    model = build_backbone("conv4", input_size=28, hidden=4)
+    save_checkpoint(model, str(tmp_path))
+    weights = tmp_path / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:  # a sparse file claiming far more than the recorded size
+        f.truncate(size + (1 << 30))
+    with pytest.raises(CheckpointError, match="more than the"):
+        load_checkpoint(str(tmp_path))
+    weights.unlink()
+    os.mkfifo(weights)
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("blocked on a FIFO")))
+    signal.alarm(5)
+    try:
+        with pytest.raises(CheckpointError, match="FIFO"):
+            load_checkpoint(str(tmp_path))
+        meta = tmp_path / "model.json"
+        meta.unlink()
+        os.mkfifo(meta)
+        with pytest.raises(CheckpointError, match="FIFO"):
+            load_checkpoint(str(tmp_path))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def test_preprocess_spec_is_exported_from_options():
     pre = PreprocessSpec(size=(28, 28), color="gray", invert=True)
     model = build_backbone("conv4", preprocess=pre)

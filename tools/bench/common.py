@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -93,6 +92,17 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, r
                    "repeats": len(t)} for name, t in times.items()}
 
 
+def numpy_topk(queries, protos, k: int):
+    """The numpy way to a top-k: one matmul (BLAS gemv/gemm), argpartition, then a stable sort of the k.
+    (scores[b, k], indices[b, k]), scores descending - the numpy baseline of the top-k benchmarks."""
+    import numpy as np
+    s = queries @ protos.T
+    part = np.argpartition(s, -k, axis=1)[:, -k:]
+    top = np.take_along_axis(s, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -148,20 +158,9 @@ def environment() -> dict:
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Atomic write: a temporary file in the same folder, fsync, rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic write (metaedge.runtime.fileio: a temporary file in the same folder, fsync, rename)."""
+    from metaedge.runtime.fileio import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def add_ratios(rows: list[dict], group: Sequence[str], reference: str, key: str = "ms",

@@ -38,6 +38,14 @@ Sections (--only picks one; default all):
               gray (ITU-R 601 luma; PIL converts to "L" before resizing, as a user would). PIL antialiases when
               shrinking, so its pixels differ; it is the pipeline people write, not a numerical reference.
 
+  compact     metaedge.kernels.CompactClassMatrix (int8 first pass + exact float32 re-rank) against the float32
+              scan, numpy gemv, faiss IndexFlatIP and faiss IndexScalarQuantizer (8-bit and fp16) + a top-64
+              float32 re-rank, and the float32 / int8 memory floors, at 10k / 100k (1M with --large) x 512 classes,
+              batch 1 / 8 / 32, 1 and 2 threads (tools/bench/compact.py says more).
+
+  scale       enrolling 200,000 (1,000,000 with --large) x 512 classes one add() at a time: add and match times
+              as the matrix grows, memory per class, and the time to rebuild the compact copy from float32 rows.
+
 A section whose metaedge kernel is not implemented yet (or whose baseline package is missing) is skipped
 with a message. --quick uses fewer repetitions (same cases) for a fast look.
 
@@ -181,11 +189,7 @@ def bench_topk(args, timer: Timer) -> tuple[list[dict], dict]:
                 methods[f"metaedge {metric}"] = (metric, lambda m=metric: kernels.topk(queries, protos, k, m))
 
             def numpy_topk():
-                s = queries @ protos.T
-                part = np.argpartition(s, -k, axis=1)[:, -k:]
-                top = np.take_along_axis(s, part, axis=1)
-                order = np.argsort(-top, axis=1, kind="stable")
-                return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+                return common.numpy_topk(queries, protos, k)
             methods["numpy matmul+argpartition"] = ("dot", numpy_topk)
             if "torch" in baselines:
                 torch = baselines["torch"]
@@ -454,7 +458,18 @@ def bench_matcher(args, timer: Timer) -> tuple[list[dict], dict]:
     return rows, {}
 
 
-SECTIONS = {"topk": bench_topk, "matcher": bench_matcher, "adapt": bench_adapt, "preprocess": bench_preprocess}
+def bench_compact(args, timer: Timer) -> tuple[list[dict], dict]:
+    from tools.bench import compact
+    return compact.bench_compact(args, timer)
+
+
+def bench_scale(args, timer: Timer) -> tuple[list[dict], dict]:
+    from tools.bench import compact
+    return compact.bench_scale(args, timer)
+
+
+SECTIONS = {"topk": bench_topk, "matcher": bench_matcher, "adapt": bench_adapt, "preprocess": bench_preprocess,
+            "compact": bench_compact, "scale": bench_scale}
 
 
 def main(argv=None) -> int:
@@ -462,7 +477,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append",
                         help="run only this section (repeatable); default: all")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (same cases), for a fast look")
-    parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2; the compact "
+                        "section times 1 and 2 threads itself)")
+    parser.add_argument("--large", action="store_true", help="also 1,000,000 classes in the compact and scale "
+                        "sections (about 8 GiB of memory and several minutes)")
     parser.add_argument("--json", default=os.path.join("out", "bench_kernels.json"),
                         help="where to write the results (default out/bench_kernels.json)")
     args = parser.parse_args(argv)
@@ -485,7 +503,7 @@ def main(argv=None) -> int:
     if targets:
         common.print_table([{**t, "verdict": "met" if t["met"] else "NOT MET"} for t in targets],
                            [("target", "target", "{}"), ("value", "measured", "{:.2f}"), ("verdict", "", "{}")],
-                           title="targets (issue 2)")
+                           title="targets (issues 2 and 19)")
     env = payload["environment"]
     pools = env["thread_pools"]
     blas = ", ".join(f"{p.get('prefix')}: {p.get('internal_api')} {p.get('version')} ({p.get('architecture')}, "

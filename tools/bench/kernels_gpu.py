@@ -5,6 +5,10 @@
               C in {1k, 10k, 100k, 1M}, d in {128, 512}, batch in {1, 64}, k = 5, float32 prototypes (plus
               float16 rows at C = 1M, d = 512). Bandwidth = prototype bytes read / time, compared with the
               measured device-to-device copy bandwidth (bytes read + written / time).
+  compact     metaedge.kernels.CompactClassMatrix(device="cuda") (int8 first pass + exact float32 re-rank, "dot")
+              vs metaedge's float32 topk, C in {100k, 1M}, d = 512, batch in {1, 8, 32}, k = 5: the compact
+              bytes (codes + per-row terms) read per call / time, against the copy bandwidth (issue 19: >= 80%
+              at batch 1, 1M), and whether the indices equal the float32 top-k's.
   adapt_head  100 steps at C = 20 classes, d = 512, n = 100 support rows vs torch eager autograd + SGD.
   preprocess  uint8 HWC frames -> normalised float CHW 224 x 224 vs torch (permute, float, interpolate,
               normalise).
@@ -84,6 +88,30 @@ def bench_topk(torch, cuda, kernels, sizes, reps, copy_gbps, k=5):
     return rows
 
 
+def bench_compact(torch, cuda, kernels, sizes, reps, copy_gbps, k=5):
+    import numpy as np
+    rows = []
+    rng = np.random.default_rng(0)
+    for C in sorted({C for C, _ in sizes}):
+        d = 512
+        matrix = kernels.CompactClassMatrix(d, "dot", method="compact", device="cuda", capacity=C)
+        for start in range(0, C, 100_000):
+            matrix.add(rng.standard_normal((min(100_000, C - start), d)).astype(np.float32))
+        full = matrix.rows
+        for b in sorted(b for c, b in sizes if c == C):
+            q = cuda.DeviceArray.from_numpy(rng.standard_normal((b, d)).astype(np.float32))
+            exact = np.array_equal(matrix.topk(q, k)[1].to_numpy(), kernels.topk(q, full, k, "dot")[1].to_numpy())
+            fp32_rows = float(np.median(matrix.topk_with_stats(q, k)[2].to_numpy()))
+            t = _time_ms(torch, lambda: matrix.topk(q, k), 3, reps)
+            t_fp32 = _time_ms(torch, lambda: kernels.topk(q, full, k, "dot"), 3, reps)
+            gbps = C * (d + 16) / (t * 1e-3) / 1e9
+            rows.append({"C": C, "d": d, "batch": b, "k": k, "ms": t, "fp32_topk_ms": t_fp32,
+                         "speedup_vs_fp32": t_fp32 / t, "GBps": gbps, "pct_of_copy_bw": 100 * gbps / copy_gbps,
+                         "fp32_rows": fp32_rows, "exact": exact})
+        del matrix, full
+    return rows
+
+
 def bench_adapt(torch, kernels, reps, C=20, d=512, n=100, steps=100):
     import torch.nn.functional as F
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -158,6 +186,12 @@ def print_tables(result) -> None:
     for r in result["topk"]:
         print(f"{r['dtype']:<11}{r['C']:>9}{r['d']:>5}{r['batch']:>4}{r['ms']:>9.3f}{r['ms_cosine']:>9.3f}"
               f"{r['torch_ms']:>10.3f}{r['speedup_vs_torch']:>8.2f}x{r['GBps']:>8.0f}{r['pct_of_copy_bw']:>6.0f}%")
+    print(f"{'compact C':<11}{'':>9}{'d':>5}{'b':>4}{'ms':>9}{'fp32 ms':>9}{'speedup':>9}{'GB/s':>8}{'%copy':>7}"
+          f"{'fp32 rows':>11}{'exact':>7}")
+    for r in result["compact"]:
+        print(f"{'':<11}{r['C']:>9}{r['d']:>5}{r['batch']:>4}{r['ms']:>9.3f}{r['fp32_topk_ms']:>9.3f}"
+              f"{r['speedup_vs_fp32']:>8.2f}x{r['GBps']:>8.0f}{r['pct_of_copy_bw']:>6.0f}%{r['fp32_rows']:>11.0f}"
+              f"{str(r['exact']):>7}")
     a = result["adapt_head"]
     print(f"adapt_head C={a['C']} d={a['d']} n={a['n']} steps={a['steps']}: {a['ms']:.2f} ms "
           f"({a['us_per_step']:.1f} us/step) vs torch eager {a['torch_eager_ms']:.2f} ms -> "
@@ -169,7 +203,9 @@ def print_tables(result) -> None:
     print(f"targets: topk b=1 C=1M d=512 at {t['topk_1M_512_b1_pct_of_copy']:.0f}% of copy bandwidth (>= 60%): "
           f"{'PASS' if t['topk_bandwidth_ok'] else 'MISS'}; faster than torch everywhere: "
           f"{'PASS' if t['topk_faster_everywhere'] else 'MISS'}; adapt_head {t['adapt_speedup']:.1f}x (>= 10x): "
-          f"{'PASS' if t['adapt_ok'] else 'MISS'}")
+          f"{'PASS' if t['adapt_ok'] else 'MISS'}; compact b=1 C=1M at {t['compact_1M_b1_pct_of_copy']:.0f}% of "
+          f"copy bandwidth on its bytes (>= 80%): {'PASS' if t['compact_1M_b1_pct_of_copy'] >= 80 else 'MISS'}; "
+          f"compact exact: {'PASS' if t['compact_exact'] else 'MISS'}")
 
 
 def main(argv=None) -> int:
@@ -198,6 +234,8 @@ def main(argv=None) -> int:
                  for b in (1, 64)]
         sizes += [("float16", 1_000_000, 512, 1), ("float16", 1_000_000, 512, 64)]
     topk_rows = bench_topk(torch, cuda, kernels, sizes, args.reps, copy_gbps)
+    compact_sizes = [(C, b) for C in ((1_000_000,) if args.quick else (100_000, 1_000_000)) for b in (1, 8, 32)]
+    compact_rows = bench_compact(torch, cuda, kernels, compact_sizes, args.reps, copy_gbps)
     adapt = bench_adapt(torch, kernels, args.reps)
     pre = bench_preprocess(torch, kernels, args.reps, [(1, 480, 640, 224, 224), (8, 480, 640, 224, 224)])
 
@@ -206,11 +244,15 @@ def main(argv=None) -> int:
     fp32_rows = [r for r in topk_rows if r["dtype"] == "float32"]
     result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_gbps,
-        "topk": topk_rows, "adapt_head": adapt, "preprocess": pre, "seconds": time.time() - started,
+        "topk": topk_rows, "compact": compact_rows, "adapt_head": adapt, "preprocess": pre,
+        "seconds": time.time() - started,
         "targets": {"topk_1M_512_b1_pct_of_copy": key["pct_of_copy_bw"],
                     "topk_bandwidth_ok": key["pct_of_copy_bw"] >= 60,
                     "topk_faster_everywhere": all(r["speedup_vs_torch"] > 1 for r in fp32_rows),
-                    "adapt_speedup": adapt["speedup_vs_torch"], "adapt_ok": adapt["speedup_vs_torch"] >= 10},
+                    "adapt_speedup": adapt["speedup_vs_torch"], "adapt_ok": adapt["speedup_vs_torch"] >= 10,
+                    "compact_1M_b1_pct_of_copy": next(r["pct_of_copy_bw"] for r in compact_rows
+                                                      if r["C"] == 1_000_000 and r["batch"] == 1),
+                    "compact_exact": all(r["exact"] for r in compact_rows)},
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,11 @@ Measures, for conv4 (1x28x28, fed 105x105 gray frames) and resnet18 (3x224x224, 
 - per-frame ``predict`` latency (batch 1, k=5) with 10, 1,000 and 10,000 enrolled classes, split into
   pre-processing (image conversion + ``kernels.preprocess``), backbone (the ONNX Runtime call) and kernels
   (``kernels.topk``), with the bare backbone call on the same input measured in the same run as the baseline;
-- ``enroll`` latency for 5 images at the same gallery sizes (autosave off; saving is measured separately);
-- gallery save (atomic, fsynced) and load (verified) time at 10,000 classes x 5 stored shots;
+- ``enroll`` latency for 5 images at the same gallery sizes, into a gallery store on disk (the network, then
+  one durable transaction);
+- the gallery store against the old single-file format at 10 / 1,000 / 10,000 / 100,000 classes - a change,
+  open, catch-up - and predict's added cost of the cross-process version check (tools/bench/gallery.py, in the
+  same run);
 - optionally (``--adapt``), whether ``adapt()`` helps: 5-way 5-shot accuracy on the Omniglot development split
   (small2-only alphabets) before and after adaptation, through the device path, with a conv4 ProtoNet trained
   briefly on small1 (or ``--omniglot-checkpoint``).
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -81,11 +85,12 @@ def median_timings(samples) -> dict:
     return out
 
 
-def bench_backbone(name: str, bundle_dir: str, reps: int, threads: int | None, rng) -> dict:
+def bench_backbone(name: str, bundle_dir: str, reps: int, threads: int | None, rng, workdir: str) -> dict:
     from metaedge.runtime.backends import open_backend
     from metaedge.runtime.classifier import EdgeClassifier
     backend = open_backend(bundle_dir, "ort-cpu", threads=threads)
-    clf = EdgeClassifier(bundle_dir, backend=backend, support_cap=5)
+    clf = EdgeClassifier(bundle_dir, backend=backend, support_cap=5,
+                         gallery=os.path.join(workdir, f"{name}.metaedge"))
     shape = BACKBONES[name][1]
     frame = rng.integers(0, 256, shape, dtype=np.uint8)
     shots = rng.integers(0, 256, (5, *shape), dtype=np.uint8)
@@ -117,35 +122,45 @@ def bench_backbone(name: str, bundle_dir: str, reps: int, threads: int | None, r
         result["by_classes"][str(classes)] = row
         log(f"  {name} {classes:>6} classes: predict {p['total']:.2f} ms (pre {p['preprocessing']:.2f}, backbone "
             f"{p['backbone']:.2f}, kernels {p['kernels']:.3f}); enroll5 {row['enroll5_ms']['total']:.1f} ms")
+    result["by_format"] = bench_formats(clf, backend, name, reps, rng)
     clf.close()
     backend.close()
     return result
 
 
-def bench_gallery_io(dim: int, classes: int, reps: int, rng) -> dict:
-    from metaedge.runtime.gallery import Gallery
-    g = Gallery(dim, "euclidean", "bench-" + "0" * 58, support_cap=5)
-    started = time.perf_counter()
-    with g.transaction():
-        for i in range(classes):
-            g.add(f"class {i}", rng.standard_normal((5, dim)).astype(np.float32))
-    fill_s = time.perf_counter() - started
-    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "out") if os.path.isdir(os.path.join(ROOT, "out"))
-                                     else None) as d:
-        path = os.path.join(d, "bench.metaedge")
-        saves, loads = [], []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            g.save(path)
-            saves.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            h = Gallery.load(path, embedding_dim=dim)
-            loads.append(time.perf_counter() - t0)
-        size = os.path.getsize(path)
-    assert len(h) == classes
-    return {"classes": classes, "embedding_dim": dim, "support_per_class": 5, "file_mib": size / 2**20,
-            "save_ms": statistics.median(saves) * 1e3, "load_ms": statistics.median(loads) * 1e3,
-            "fill_10k_adds_s": fill_s}
+def bench_formats(clf, backend, name: str, reps: int, rng) -> dict:
+    """predict on the same picture delivered as RGB, BGR (OpenCV) and NV12 (Jetson cameras) frames, interleaved,
+    at the gallery's current size: the camera layouts cost what RGB costs."""
+    from tools.bench.preprocess import make_frame
+    h, w = (104, 104) if name == "conv4" else (480, 640)  # (NV12 needs even sizes)
+    frames = {fmt: make_frame(rng, fmt, h, w) for fmt in ("rgb", "bgr", "nv12")}
+    samples: dict[str, list] = {fmt: [] for fmt in frames}
+    for fmt, frame in frames.items():
+        for _ in range(3):
+            clf.predict(frame, k=5, pixel_format=fmt)
+    for _ in range(reps):
+        for fmt, frame in frames.items():
+            clf.predict(frame, k=5, pixel_format=fmt)
+            samples[fmt].append(clf.last_timings)
+    out = {}
+    for fmt, got in samples.items():
+        p = median_timings(got)
+        out[fmt] = {"frame": [h, w], "classes": len(clf), "predict_ms": p}
+        log(f"  {name} {fmt:>4} {h}x{w} frames, {len(clf)} classes: predict {p['total']:.3f} ms "
+            f"(pre {p['preprocessing']:.3f}, backbone {p['backbone']:.3f}, kernels {p['kernels']:.3f})")
+    for fmt in ("bgr", "nv12"):
+        out[fmt]["preprocess_vs_rgb"] = out[fmt]["predict_ms"]["preprocess"] / out["rgb"]["predict_ms"]["preprocess"]
+    return out
+
+
+def bench_gallery_store(sizes: list[int], reps: int, rng, workdir: str) -> dict:
+    """tools/bench/gallery.py in this run: the store vs the old format at each size, and the version check."""
+    from tools.bench import gallery
+    rows = []
+    for classes in sizes:
+        log(f"  gallery store vs old format at {classes:,} classes ...")
+        rows.append(gallery.bench_size(classes, workdir, reps, 5 if classes <= 10_000 else 1, rng))
+    return {"sizes": rows, "version_check": gallery.bench_version_check(workdir, rng)}
 
 
 def _adapt_model(omniglot: str, checkpoint: str | None, train_seconds: float, workdir: str):
@@ -236,12 +251,35 @@ def table(results: dict) -> str:
                          f"{p['backbone']:.2f} | {p['kernels']:.3f} | {100 * row['kernels_plus_preprocessing_share']:.1f}% "
                          f"| {row['bare_backbone_ms']:.2f} | {row['predict_over_bare_backbone']:.2f}x | "
                          f"{row['enroll5_ms']['total']:.1f} |")
-    io = results.get("gallery_io")
-    if io:
+    if any("by_format" in r for r in results["backbones"].values()):
         lines.append("")
-        lines.append(f"gallery at {io['classes']:,} classes (dim {io['embedding_dim']}, {io['support_per_class']} "
-                     f"stored shots each, {io['file_mib']:.1f} MiB): save {io['save_ms']:.0f} ms (atomic, fsynced), "
-                     f"load {io['load_ms']:.0f} ms (verified)")
+        lines.append("| backbone | frame | pixel format | classes | predict ms | pre-proc ms | backbone ms | kernels ms "
+                     "| pre-proc vs RGB |")
+        lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, r in results["backbones"].items():
+            for fmt, row in r.get("by_format", {}).items():
+                p = row["predict_ms"]
+                vs = row.get("preprocess_vs_rgb")
+                lines.append(f"| {name} | {row['frame'][0]}x{row['frame'][1]} | {fmt} | {row['classes']:,} | "
+                             f"{p['total']:.3f} | {p['preprocessing']:.3f} | {p['backbone']:.3f} | "
+                             f"{p['kernels']:.3f} | {'-' if vs is None else f'{vs:.2f}x'} |")
+    store = results.get("gallery_store")
+    if store:
+        lines.append("")
+        lines.append("| classes | enroll (store) ms | more shots ms | forget ms | SQLite commit floor ms | old format "
+                     "change ms | open (store) ms | open (old) ms | catch-up ms |")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in store["sizes"]:
+            lines.append(f"| {r['classes']:,} | {r['store enroll new class ms']:.2f} | "
+                         f"{r['store enroll 5 more shots ms']:.2f} | {r['store forget ms']:.2f} | "
+                         f"{r['sqlite commit floor ms']:.2f} | {r['old format change ms']:.1f} | "
+                         f"{r['store open ms']:.0f} | {r['old format open ms']:.0f} | "
+                         f"{r['catch-up after 1 enroll ms']:.2f} |")
+        check = store["version_check"]
+        lines.append(f"predict's cross-process version check: +{check['added by the version check us']:.3f} us per "
+                     f"call (snapshot() {check['snapshot() store gallery (change counter)']:.3f} us vs "
+                     f"{check['snapshot() in-memory gallery']:.3f} us in memory; PRAGMA data_version would cost "
+                     f"{check['PRAGMA data_version (not used)']:.2f} us)")
     ad = results.get("adapt")
     if ad:
         lines.append("")
@@ -272,7 +310,9 @@ def main(argv=None) -> int:
     p.add_argument("--omp-threads", type=int, default=None,
                    help="OpenMP threads of metaedge's CPU kernels (sets OMP_NUM_THREADS before they load; default: "
                         "the environment's)")
-    p.add_argument("--no-io", action="store_true", help="skip the gallery save/load measurement")
+    p.add_argument("--no-io", action="store_true", help="skip the gallery store measurements")
+    p.add_argument("--gallery-sizes", type=int, nargs="+", default=[10, 1000, 10000, 100000],
+                   help="gallery sizes for the store vs old-format comparison (default 10 1000 10000 100000)")
     p.add_argument("--adapt", action="store_true", help="also measure accuracy before/after adapt() on Omniglot")
     p.add_argument("--omniglot", default=os.environ.get("METAEDGE_OMNIGLOT"), help="Omniglot zips directory")
     p.add_argument("--omniglot-checkpoint", nargs="+", default=[], metavar="[LABEL=]PATH",
@@ -292,12 +332,16 @@ def main(argv=None) -> int:
                                  "cores": os.cpu_count(), "loadavg_1min_at_start": load_before,
                                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                      "backbones": {}}
-    for name in args.backbones:
-        results["backbones"][name] = bench_backbone(name, make_bundle(name, args.bundles), args.reps, args.threads,
-                                                    rng)
-    if not args.no_io:
-        dim = max(r["embedding_dim"] for r in results["backbones"].values()) if results["backbones"] else 512
-        results["gallery_io"] = bench_gallery_io(dim, 10000, 5, rng)
+    os.makedirs(os.path.join(ROOT, "out"), exist_ok=True)
+    workdir = tempfile.mkdtemp(dir=os.path.join(ROOT, "out"))
+    try:
+        for name in args.backbones:
+            results["backbones"][name] = bench_backbone(name, make_bundle(name, args.bundles), args.reps,
+                                                        args.threads, rng, workdir)
+        if not args.no_io:
+            results["gallery_store"] = bench_gallery_store(args.gallery_sizes, 40, rng, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.adapt:
         if not args.omniglot:
             p.error("--adapt needs --omniglot DIR (or $METAEDGE_OMNIGLOT)")

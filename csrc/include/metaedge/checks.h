@@ -43,6 +43,8 @@ void check_non_negative(double value, const char* name);
 void check_finite_scalar(double value, const char* name);
 // topk's k: 1 <= k <= classes (checked before outputs of k columns are allocated).
 void check_topk_k(int64_t k, int64_t classes);
+// topk's outputs: scores [b, k] float32 and indices [b, k] int64.
+void check_topk_outputs(const Tensor& scores, const Tensor& indices, int64_t b, int64_t k);
 
 // Device dispatch helpers used by the checks above and by ops.
 [[noreturn]] void fail_cuda_not_built(const char* op);

@@ -67,6 +67,38 @@ void topk(const Tensor& queries, const Tensor& protos, int64_t k, Metric metric,
 // first (exactly, in double; a zero row stays zero), so scoring is a dot product with the unit query.
 void pack_prototypes(const Tensor& protos, Metric metric, const Tensor& packed);
 
+// The compact class matrix (metaedge.kernels.CompactClassMatrix): beside the exact float32 rows, an int8 code
+// row per class, scaled per row, which a first pass streams at a quarter of the bytes; a second pass re-scores
+// the candidates it cannot rule out in float32 (semantics and the error bound: docs/matching.md). The codes
+// approximate v = x - center, where x is the row (dot, euclidean) or the unit row (cosine) and `center` [d]
+// float32 is any fixed vector (results never depend on it; a center near the rows' mean makes v, its error and
+// so the bound small). Layout, the same on CPU and GPU:
+//   codes [G, S, 16, 4] uint8: groups of 16 classes (G >= ceil(C / 16)), S = ceil(d / 4) steps of 4 dims; dims
+//         4s .. 4s+3 of class 16 g + l at codes[g, s, l, 0..3], each stored as code + 128 with code in
+//         [-127, 127] (padding dims and empty slots: 128, i.e. code 0).
+//   meta  [G, 4, 16] float32: per class (lane l of group g) its scale, ||v - scale * code|| and ||scale * code||
+//         (both rounded up), and ||x|| (dot, cosine) or ||v|| (euclidean).
+constexpr int64_t kCompactLanes = 16;
+constexpr int64_t kCompactStep = 4;
+constexpr int64_t kCompactMetaFields = 4;
+constexpr int kCompactCodeMax = 127;
+
+// Encodes rows[n, d] (finite float32) into the slots `slots[n]` (int64, distinct, in [0, 16 G)) of
+// codes/meta for `metric` and `center[d]` (finite float32); nothing else is touched. An empty slot is what
+// encoding a zero row with a zero center writes.
+void compact_encode(const Tensor& rows, const Tensor& slots, Metric metric, const Tensor& center, const Tensor& codes,
+                    const Tensor& meta);
+
+// topk of queries[b, d] against rows[C, d] (float32) through their compact copy (codes/meta: compact_encode of
+// exactly these rows in slots 0..C-1 with this metric and center; only CompactClassMatrix, which keeps them in
+// step, calls it). scores/indices: as topk returns them for each query on its own (bit for bit on the CPU);
+// fp32_rows[b] (int64): how many rows each query re-scored in float32 (C when it scanned the whole matrix).
+void compact_topk(const Tensor& queries, const Tensor& rows, const Tensor& codes, const Tensor& meta,
+                  const Tensor& center, int64_t k, Metric metric, const Tensor& scores, const Tensor& indices,
+                  const Tensor& fp32_rows);
+// The CPU variant of the compact first pass this machine runs ("avx512-vnni", "avx2", "portable").
+std::string compact_kernel_name();
+
 // Cosine-classifier fine-tuning; weights[c,d] updated in place, velocity[c,d] is the momentum buffer
 // (in/out, zeros for a fresh start), losses[steps] receives the loss before each step's update.
 void adapt_head(const Tensor& weights, const Tensor& velocity, const Tensor& support, const Tensor& labels,

@@ -109,7 +109,13 @@ class TensorRTBackend(Backend):
         self._trt = trt
         self._logger = te.make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        from metaedge.runtime.engine_cache import MAX_PLAN_BYTES
+        from metaedge.runtime.fileio import read_file
+        try:
+            plan = read_file(plan_path, MAX_PLAN_BYTES, "TensorRT plan")
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot read the TensorRT engine {plan_path.name}: {exc}") from exc
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialize {plan_path.name}: "
                                      + ("; ".join(self._logger.errors) or "no error text")
