@@ -67,7 +67,7 @@ def test_hostile_token_files(tmp_path):
     big = tmp_path / "big.json"
     with open(big, "wb") as f:
         f.truncate(2 << 20)
-    with pytest.raises(TokenStoreError, match="more than a token store can hold"):
+    with pytest.raises(TokenStoreError, match="more than the"):
         TokenStore(big).records()
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100000 + "]" * 100000)
@@ -77,7 +77,7 @@ def test_hostile_token_files(tmp_path):
     store.create("a", "viewer")
     doc = json.loads(open(store.path).read())
     for field, value, message in (("sha256", "abc", "SHA-256"), ("created", -5, "Unix time"),
-                                  ("created", float("nan"), "NaN is not allowed"), ("id", "XYZ", "12 hex")):
+                                  ("created", float("nan"), "NaN is not valid JSON"), ("id", "XYZ", "12 hex")):
         broken = json.loads(json.dumps(doc))
         broken["tokens"][0][field] = value
         (tmp_path / "b.json").write_text(json.dumps(broken))

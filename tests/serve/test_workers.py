@@ -1,8 +1,6 @@
-"""--workers N: several processes behind one socket. Each opens its own classifier on the gallery; /metrics sums
-every process; the live feed of the supervisor's frame loop reaches every worker. A single-file gallery cannot be
-shared by writing processes (they would lose each other's enrollments), so the server refuses that unless
---read-only; a gallery that other processes see changes of (the shared store) is served by writing workers, and
-then no enrollment is lost and each worker sees the others' at its next request."""
+"""--workers N: several processes behind one socket. Each opens its own classifier on the gallery store; /metrics
+sums every process; the live feed of the supervisor's frame loop reaches every worker; no enrollment made
+through any worker is lost, and each worker sees the others' at its next request."""
 import concurrent.futures
 import time
 
@@ -13,11 +11,6 @@ from tests.serve.harness import Server, make_token, png
 pytestmark = pytest.mark.timeout(300)
 
 
-def _shared_gallery() -> bool:
-    from metaedge.runtime.gallery import Gallery
-    return callable(getattr(Gallery, "refresh", None))
-
-
 def _worker_pids(server, tries: int = 30) -> set:
     pids = set()
     for _ in range(tries):
@@ -26,13 +19,6 @@ def _worker_pids(server, tries: int = 30) -> set:
         if len(pids) >= 2:
             break
     return pids
-
-
-@pytest.mark.skipif(_shared_gallery(), reason="this gallery is shared between processes: writing workers are allowed")
-def test_writing_workers_on_a_single_file_gallery_are_refused(bundle, tmp_path):
-    s = Server(bundle, tmp_path / "g.metaedge", "--workers", "2", workdir=tmp_path, expect_start=False)
-    assert s.wait() == 2
-    assert "cannot share without losing each other's changes" in s.stderr and "--read-only" in s.stderr
 
 
 def test_read_only_workers_share_socket_metrics_and_live_feed(bundle, tmp_path, objects):
@@ -71,8 +57,6 @@ def test_read_only_workers_share_socket_metrics_and_live_feed(bundle, tmp_path, 
         assert len(seen) == 2
 
 
-@pytest.mark.skipif(not _shared_gallery(), reason="needs the shared gallery store (issue 13): a single-file gallery "
-                                                   "cannot take enrollments from several processes")
 def test_writing_workers_lose_no_enrollment_and_see_each_other(bundle, tmp_path, objects):
     tokens = tmp_path / "tokens.json"
     names = [f"op{i}" for i in range(4)]
@@ -100,4 +84,3 @@ def test_writing_workers_lose_no_enrollment_and_see_each_other(bundle, tmp_path,
             history = c.get("/v1/history", params={"limit": 1000}).json()
             enrolls = [e for e in history["entries"] if e["op"] == "enroll"]
             assert len(enrolls) == 36 and {e["actor"] for e in enrolls} == set(names)
-            assert history["source"] == "gallery"

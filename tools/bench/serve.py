@@ -12,10 +12,8 @@ the same ONNX Runtime threads as one worker) -> the HTTP overhead at concurrency
 -> the scaling. Targets (issue 14): overhead <= 1 ms at p50, concurrency 1; 2 workers >= 1.6x the requests/s
 of 1 on 2 cores.
 
-Each configuration runs a predictions-only phase (the latency, overhead and scaling figures) and, where the
-server takes changes, a mixed phase (the enrollment share; errors and lost enrollments). A single-file gallery
-cannot take enrollments from two processes (the server refuses writing workers on it), so until the gallery is
-the shared store the 2-worker server runs --read-only, without the mixed phase.
+Each configuration runs a predictions-only phase (the latency, overhead and scaling figures) and a mixed phase
+(the enrollment share, through every worker into the one gallery store; errors and lost enrollments).
 The client is a minimal asyncio HTTP/1.1 client (a few tens of microseconds per request), so the load generator
 is not what is measured; it still shares the machine's cores with the server - on a 2-core machine, read the
 scaling with that in mind.
@@ -80,11 +78,9 @@ def make_images() -> dict[str, tuple[bytes, str]]:
 
 # ---------------------------------------------------------------------------------------------------- the server
 class ServerProcess:
-    def __init__(self, bundle: str, gallery: str, workdir: str, workers: int, read_only: bool):
+    def __init__(self, bundle: str, gallery: str, workdir: str, workers: int):
         args = [sys.executable, "-m", "metaedge", "serve", bundle, gallery, "--port", "0", "--workers", str(workers),
                 "--rate-limit", "off", "--no-access-log", "--tokens", os.path.join(workdir, "no-tokens.json")]
-        if read_only:
-            args.append("--read-only")
         self.log = open(os.path.join(workdir, f"server-{workers}.log"), "w+")
         self.out = open(os.path.join(workdir, f"server-{workers}.out"), "w+")
         env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -251,8 +247,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    from metaedge.runtime.gallery import Gallery
-    shared = callable(getattr(Gallery, "refresh", None))
     images = make_images()
     rows, checks = [], []
     with tempfile.TemporaryDirectory(prefix="metaedge-bench-serve-") as tmp:
@@ -261,17 +255,10 @@ def main(argv=None) -> int:
         threads = max(1, cores // 4)
         baseline = in_process(bundle, images, threads=threads, repeats=200 if not args.quick else 50)
         for workers in args.workers:
-            writes = workers == 1 or shared
-            gallery = os.path.join(tmp, f"g{workers}.metaedge")
-            if not writes:  # the classes come from a one-worker server first; the workers then only read
-                one = ServerProcess(bundle, gallery, tmp, 1, read_only=False)
-                seed_classes(one.port, *images["png28"])
-                one.stop()
-            server = ServerProcess(bundle, gallery, tmp, workers, read_only=not writes)
+            server = ServerProcess(bundle, os.path.join(tmp, f"g{workers}.metaedge"), tmp, workers)
             try:
-                if writes:
-                    seed_classes(server.port, *images["png28"])
-                modes = ["predict only"] + (["mixed"] if writes and args.enroll_share > 0 else [])
+                seed_classes(server.port, *images["png28"])
+                modes = ["predict only"] + (["mixed"] if args.enroll_share > 0 else [])
                 for name in args.images:
                     data, mime = images[name]
                     for c in args.concurrency:
@@ -309,8 +296,6 @@ def main(argv=None) -> int:
           ", ".join(f"{k} {v:.2f} ms" for k, v in baseline.items()))
     common.print_table(checks, [("check", "check", "{}"), ("value", "value", "{:.2f}"), ("target", "target", "{}"),
                                 ("ok", "ok", "{}")], title="targets")
-    if not shared and 2 in args.workers:
-        print("\nnote: the gallery is a single file here, so the 2-worker server ran --read-only (no mixed phase)")
     summary = {}
     for name in args.images:
         for c in args.concurrency:
@@ -320,7 +305,7 @@ def main(argv=None) -> int:
         one = row(1, name, 1)
         if one and one["p50_ms"] is not None:
             summary[f"vs_in_process_{name}_c1"] = one["p50_ms"] / baseline[name]
-    common.write_json(args.json, {"environment": common.environment(), "cores": cores, "shared_gallery": shared,
+    common.write_json(args.json, {"environment": common.environment(), "cores": cores,
                                   "duration_s": args.duration, "in_process_p50_ms": baseline, "results": rows,
                                   "checks": checks, "summary": summary})
     print(f"\nwrote {args.json}")

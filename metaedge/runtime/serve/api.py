@@ -1,7 +1,8 @@
 """The ``/v1`` REST endpoints: predict, enroll, classes, adapt, calibrate, history, info, stats, alerts, tokens.
 
 Image work (decoding, the network) runs on worker threads (``ServerState.run``); the event loop only parses
-requests and answers. Every change goes through ``state.audit.change(actor, ...)`` (the audit seam).
+requests and answers. Every change runs inside ``state.audit.change(actor)`` (the audit seam): the gallery's
+trail names its actor.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ async def enroll(request: Request, label: str, roi: list[str] | None = Query(Non
         shots = len(arrays) * (len(boxes) if boxes else 1)
         with api_errors():
             existed = label in clf
-            with state.audit.change(principal.name, "enroll", label, shots=shots):
+            with state.audit.change(principal.name):
                 info = clf.enroll(label, arrays, roi=boxes, pixel_format=fmt)
         state.metrics.changes.labels("enroll").inc()
         state.metrics.classes.set(len(clf))
@@ -172,11 +173,8 @@ async def forget(request: Request, label: str, principal=Depends(need("operator"
     def work():
         clf = state.clf
         with api_errors():
-            info = next((c for c in clf.classes() if c.label == label), None)
-            if info is None:
-                from metaedge.runtime.gallery import UnknownLabelError
-                raise UnknownLabelError(f"no class {label!r} is enrolled")
-            with state.audit.change(principal.name, "forget", label, shots=info.shots):
+            info = clf.gallery.class_info(label)  # (UnknownLabelError: 404)
+            with state.audit.change(principal.name):
                 clf.forget(label)
         state.metrics.changes.labels("forget").inc()
         state.metrics.classes.set(len(clf))
@@ -202,7 +200,7 @@ async def rename(request: Request, label: str,
                 raise UnknownLabelError(f"no class {label!r} is enrolled")
             if new != label and new in clf:
                 raise ApiError(409, "class_exists", f"a class {new!r} exists already (forget it first)")
-            with state.audit.change(principal.name, "rename", new, detail={"from": label}):
+            with state.audit.change(principal.name):
                 clf.rename(label, new)
         state.metrics.changes.labels("rename").inc()
         return {"old": label, "new": new}
@@ -226,7 +224,7 @@ async def adapt(request: Request, body: dict | None = Body(None, examples=[{"ste
     def work():
         clf = state.clf
         with api_errors():
-            with state.audit.change(principal.name, "reset_adaptation" if reset else "adapt", detail=body or None):
+            with state.audit.change(principal.name):
                 result = None if reset else clf.adapt(**body).to_dict()
                 if reset:
                     clf.reset_adaptation()
@@ -261,7 +259,7 @@ async def calibrate(request: Request, target_fpr: float = Query(0.05, gt=0, lt=1
                 raise ApiError(400, "bad_request", f"calibrate: file part {part.field!r}: expected 'known:<label>' "
                                                    f"or 'other'")
         with api_errors():
-            with state.audit.change(principal.name, "threshold", detail={"target_fpr": target_fpr}):
+            with state.audit.change(principal.name):
                 report = state.clf.calibrate_unknown(known, other or None, target_fpr=target_fpr)
         state.metrics.changes.labels("calibrate").inc()
         return report.to_dict()
@@ -276,7 +274,7 @@ async def history(request: Request, label: str | None = None, limit: int = Query
     state = _state(request)
     with api_errors():
         entries = await state.run(lambda: state.audit.history(label=label, limit=limit))
-    return {"entries": entries, "source": state.audit.source}
+    return {"entries": entries}
 
 
 @router.get("/info", summary="the server, its bundle, backend, gallery and limits (viewer)")
@@ -287,8 +285,7 @@ async def info(request: Request, principal=Depends(need("viewer"))):
 
     def gallery():  # (a store may read its database: off the event loop)
         return {"path": cfg.gallery, "classes": len(clf), "adapted": clf.adapted,
-                "unknown_threshold": clf.unknown_threshold, "audit": state.audit.source,
-                "shared_between_processes": state.audit.shared}
+                "unknown_threshold": clf.unknown_threshold}
 
     return {
         "version": state.version, "pid": os.getpid(), "started": state.started,

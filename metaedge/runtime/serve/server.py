@@ -112,10 +112,6 @@ def serve(config: ServeConfig, *, announce=print) -> int:
         from metaedge.runtime.serve.state import ServerState, open_classifier
         clf = open_classifier(config)
         state = ServerState(config, clf)
-        if config.workers > 1 and not state.audit.shared and not config.read_only:
-            raise ServeError(f"--workers {config.workers}: this gallery ({config.gallery}) is a single file that "
-                             f"worker processes cannot share without losing each other's changes; serve it with one "
-                             f"worker, or with --read-only (predictions only)")
         sock = _bind(config.host, config.port)
         port = sock.getsockname()[1]
         os.environ[CONFIG_ENV] = config.to_json()

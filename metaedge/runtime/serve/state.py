@@ -41,36 +41,31 @@ def open_classifier(config: ServeConfig):
 
 @contextlib.contextmanager
 def api_errors():
-    """Library exceptions -> ApiError with the right status. Errors of the gallery store are looked up by name,
-    so this works with either gallery implementation."""
-    from metaedge.runtime import gallery as g
+    """Library exceptions -> ApiError with the right status."""
     from metaedge.runtime.classifier import EmptyGalleryError
+    from metaedge.runtime.gallery import (GalleryError, GalleryReadOnlyError, GalleryWriteError, LabelConflictError,
+                                          UnknownLabelError)
     from metaedge.runtime.images import ImageError
-    read_only = getattr(g, "GalleryReadOnlyError", None)
-    write_error = getattr(g, "GalleryWriteError", None)
-    conflict = getattr(g, "LabelConflictError", None)
     try:
         yield
     except ApiError:
         raise
     except EmptyGalleryError as exc:
         raise ApiError(409, "empty_gallery", str(exc)) from None
-    except g.UnknownLabelError as exc:
+    except UnknownLabelError as exc:
         raise ApiError(404, "unknown_class", str(exc)) from None
+    except LabelConflictError as exc:
+        raise ApiError(409, "class_exists", str(exc)) from None
+    except GalleryReadOnlyError as exc:  # an old-format gallery file, opened read-only: convert it to change it
+        raise ApiError(409, "read_only", str(exc)) from None
+    except (GalleryWriteError, OSError) as exc:
+        raise ApiError(503, "gallery_write", f"the gallery could not be written: {exc}") from None
     except ImageError as exc:
         raise ApiError(400, "bad_image", str(exc)) from None
-    except Exception as exc:
-        if read_only is not None and isinstance(exc, read_only):
-            raise ApiError(409, "read_only", str(exc)) from None
-        if conflict is not None and isinstance(exc, conflict):
-            raise ApiError(409, "class_exists", str(exc)) from None
-        if (write_error is not None and isinstance(exc, write_error)) or isinstance(exc, OSError):
-            raise ApiError(503, "gallery_write", f"the gallery could not be written: {exc}") from None
-        if isinstance(exc, g.GalleryError):
-            raise ApiError(500, "gallery_error", str(exc)) from None
-        if isinstance(exc, (ValueError, TypeError)):
-            raise ApiError(400, "bad_request", str(exc)) from None
-        raise
+    except GalleryError as exc:
+        raise ApiError(500, "gallery_error", str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
 
 
 class ServerState:

@@ -22,12 +22,11 @@ import json
 import os
 import re
 import secrets
-import stat
 import threading
 import time
 from dataclasses import dataclass
 
-from metaedge.runtime.fileio import atomic_write_bytes
+from metaedge.runtime.fileio import UnreadableFileError, atomic_write_bytes, open_regular, parse_json
 
 __all__ = ["ROLES", "TokenStore", "TokenRecord", "Principal", "TokenError", "TokenStoreError", "default_token_path",
            "role_allows"]
@@ -121,9 +120,9 @@ def _parse(data: bytes, where: str) -> list[TokenRecord]:
                          f"again with `metaedge token create`)")
 
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=lambda c: bad(f"{c} is not allowed"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        bad(f"not JSON ({type(exc).__name__}: {exc})")
+        doc = parse_json(data, "token store")
+    except ValueError as exc:  # (not UTF-8, not JSON, NaN, nested too deep)
+        bad(f"not JSON ({exc})")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         bad(f"not a metaedge token store (expected \"format\": \"{FORMAT}\")")
     version = doc.get("version")
@@ -188,24 +187,21 @@ class TokenStore:
         return os.path.exists(self.path)
 
     def _read(self) -> tuple[tuple | None, list[TokenRecord]]:
+        """(the file's identity, its records), read as untrusted input: a regular file of bounded size."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fd, _ = open_regular(self.path, "token store", MAX_FILE_BYTES)
         except FileNotFoundError:
             return None, []
+        except UnreadableFileError as exc:
+            raise TokenStoreError(f"{exc}; the token store is damaged (fix or remove it)") from None
         except OSError as exc:
             raise TokenStoreError(f"{self.path}: cannot open the token store ({exc})") from None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise TokenStoreError(f"{self.path}: not a regular file")
-            if st.st_size > MAX_FILE_BYTES:
-                raise TokenStoreError(f"{self.path}: {st.st_size} bytes, more than a token store can hold "
-                                 f"({MAX_FILE_BYTES})")
             data = os.read(fd, MAX_FILE_BYTES + 1)
         finally:
             os.close(fd)
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        return key, _parse(data, self.path)
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), _parse(data, self.path)
 
     def _current(self) -> dict[str, TokenRecord]:
         """Records by id, re-read when the file changed (one stat when it did not)."""

@@ -12,9 +12,7 @@ so an image sent to the server exists only while its request runs - unless the s
 """
 from __future__ import annotations
 
-import io
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,22 +124,17 @@ def _clean(message: str) -> str:
 
 
 def _open(data: bytes, what: str, max_pixels: int):
-    """The upload opened with PIL: its size read from the header and checked before anything is decoded."""
-    from PIL import Image
+    """The upload opened and decoded by PIL, its size checked against the server's limit from the header first."""
+    from metaedge.runtime.images import ImageError, TooManyPixelsError, open_image
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, "too_many_pixels", f"{what}: {exc}") from None
+        img = open_image(data, what, max_pixels)
+    except TooManyPixelsError as exc:
+        raise ApiError(413, "too_many_pixels", f"{exc} (the server's --max-pixels)") from None
+    except ImageError as exc:
+        raise ApiError(400, "bad_image", _clean(str(exc))) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for data that is not an image
         raise ApiError(400, "bad_image", f"{what}: cannot decode as an image "
                                          f"({type(exc).__name__}: {_clean(str(exc))})") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        img.close()
-        raise ApiError(413, "too_many_pixels", f"{what}: {w}x{h} = {w * h} pixels, more than the server's limit of "
-                                               f"{max_pixels} (--max-pixels)")
     try:
         img.load()  # decode now: a truncated or corrupt file fails here
     except Exception as exc:  # noqa: BLE001
