@@ -80,7 +80,8 @@ def register(sub) -> None:
     a.add_argument("--rate-limit", default="50/s", metavar="RATE",
                    help="requests per token (per client address without tokens): '50/s', '600/m', '20/s:40' "
                         "(burst 40), or 'off' (default 50/s)")
-    a.add_argument("--max-upload-mb", type=float, default=16.0, metavar="MB", help="largest request body (default 16 MB): 413")
+    a.add_argument("--max-upload-mb", type=float, default=16.0, metavar="MB",
+                   help="largest request body (default 16 MB): 413")
     a.add_argument("--max-pixels", type=int, default=4096 * 4096, metavar="N",
                    help="largest image, width x height, checked before decoding (default 4096x4096): 413")
     a.add_argument("--max-images", type=int, default=64, metavar="N", help="images per request (default 64): 413")
@@ -95,7 +96,8 @@ def register(sub) -> None:
     s.add_argument("--every", default=None, metavar="N|Ts",
                    help="classify every N-th frame or at most every T seconds ('0.5s'); default: every frame")
     s.add_argument("--smooth", type=int, default=1, metavar="N", help="average the scores of the last N frames")
-    s.add_argument("--max-fps", type=float, default=30.0, metavar="FPS", help="frames read per second at most (default 30)")
+    s.add_argument("--max-fps", type=float, default=30.0, metavar="FPS",
+                   help="frames read per second at most (default 30)")
     m = p.add_argument_group("monitoring")
     m.add_argument("--alert", action="append", default=[], metavar="RULE",
                    help="an alert rule (repeatable): 'unknown_rate > 0.5 over 60s [min 20]', "
@@ -111,7 +113,8 @@ def config_from_args(args):
         raise CliError(f"--max-upload-mb: expected a size > 0, got {args.max_upload_mb}", _sdk.EXIT_USAGE)
     config = ServeConfig(
         bundle=args.bundle, gallery=args.gallery, host=args.host, port=args.port, workers=args.workers,
-        backend=args.backend, threads=args.threads, inference_slots=args.max_concurrent, tokens=args.tokens or default_token_path(),
+        backend=args.backend, threads=args.threads, inference_slots=args.max_concurrent,
+        tokens=args.tokens or default_token_path(),
         insecure=args.insecure, read_only=args.read_only, certfile=args.certfile, keyfile=args.keyfile,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
         max_images=args.max_images, rate_limit=args.rate_limit, keep_shots=args.keep_shots, threshold=args.threshold,

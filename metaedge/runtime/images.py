@@ -28,8 +28,8 @@ import numpy as np
 
 from metaedge.runtime.fileio import UnreadableFileError, read_file
 
-__all__ = ["ImageError", "TooManyPixelsError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups", "upright",
-           "max_pixels", "set_max_pixels", "check_pixels", "open_image", "read_image_file",
+__all__ = ["ImageError", "TooManyPixelsError", "ImageGroup", "load_images", "group_by_shape", "is_single_image",
+           "to_groups", "upright", "max_pixels", "set_max_pixels", "check_pixels", "open_image", "read_image_file",
            "DEFAULT_MAX_PIXELS", "MAX_IMAGE_FILE_BYTES"]
 
 # 4096 x 4096: 4K frames (3840x2160 = 8.3 MP, 4096x2160 = 8.8 MP) and 12 MP phone photos pass; a decompression

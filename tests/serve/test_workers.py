@@ -41,8 +41,8 @@ def test_read_only_workers_share_socket_metrics_and_live_feed(bundle, tmp_path, 
                 assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "shape0-b"
         with server.client() as c:
             text = c.get("/metrics").text
-            line = next(x for x in text.splitlines()
-                        if x.startswith('metaedge_http_requests_total{endpoint="/v1/predict",method="POST",status="200"}'))
+            ok = 'metaedge_http_requests_total{endpoint="/v1/predict",method="POST",status="200"}'
+            line = next(x for x in text.splitlines() if x.startswith(ok))
             assert float(line.split()[-1]) == n  # both workers' requests, summed
             info_lines = [x for x in text.splitlines() if x.startswith("metaedge_server_info{")]
             assert len(info_lines) == 1
