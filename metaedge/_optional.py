@@ -12,7 +12,7 @@ _INSTALL_HINTS = {
     "onnxruntime": "pip install 'metaedge[onnx]' (onnxruntime-gpu for CUDA)",
     "tensorrt": "install TensorRT (JetPack ships it; elsewhere: pip install 'metaedge[tensorrt]')",
     "tqdm": "pip install tqdm",
-    "matplotlib": "pip install matplotlib",
+    "matplotlib": "pip install 'metaedge[plot]' (matplotlib)",
     "faiss": "pip install faiss-cpu",
     "PIL": "pip install pillow",
     "cv2": "pip install 'metaedge[video]' (on a Jetson: sudo apt install python3-opencv, JetPack's OpenCV with GStreamer)",

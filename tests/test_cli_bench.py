@@ -1,18 +1,56 @@
-"""metaedge bench: suite discovery and the combined ratio table (the suites themselves are benchmarks, not
-tests; tools/bench/kernels.py --quick is exercised once, on its smallest section)."""
+"""metaedge bench: the suites ship in the package (metaedge.bench) and run from a copy of it outside the source
+tree; suite discovery, each suite's flags, the developer entry points in tools/bench, and the combined ratio
+table (the suites themselves are benchmarks, not tests; kernels --quick runs once, on its smallest section)."""
+import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from metaedge.bench import SUITES
 from metaedge.cli import bench_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_suite_script_exists():
-    for script, *_ in bench_cmd.SUITES.values():
-        assert (ROOT / "tools" / "bench" / script).exists(), script
+def _flags_of(module_path: Path) -> set[str]:
+    """Every option string a module passes to add_argument (read from its source: no import, no torch)."""
+    flags = set()
+    for node in ast.walk(ast.parse(module_path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return flags
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_every_suite_ships_in_the_package_with_the_flags_the_runner_passes(name):
+    suite = SUITES[name]
+    module = ROOT / "metaedge" / "bench" / f"{name}.py"
+    assert module.is_file(), module
+    flags = _flags_of(module)
+    assert suite.json_flag in flags, f"{name}: no {suite.json_flag} option"
+    if suite.quick_flag:
+        assert suite.quick_flag in flags, f"{name}: no {suite.quick_flag} option"
+    # the developer entry point of the docs and README: python tools/bench/<suite>.py
+    assert f"from metaedge.bench.{name} import main" in (ROOT / "tools" / "bench" / f"{name}.py").read_text()
+
+
+def test_the_suite_modules_do_not_reach_into_the_source_tree():
+    for path in (ROOT / "metaedge" / "bench").glob("*.py"):
+        text = path.read_text()
+        for forbidden in ("from tools", "import tools", "from tests", "import tests", "sys.path.insert"):
+            assert forbidden not in text, f"{path.name}: {forbidden}"
+
+
+def test_developer_entry_point_runs_the_packaged_suite(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "gallery.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout and "Gallery benchmark" in proc.stdout
 
 
 def test_ratio_rows_finds_nested_ratios_and_labels_them():
@@ -34,12 +72,35 @@ def test_gpu_suite_is_skipped_with_a_reason_here():
         assert why
 
 
-def test_bench_command_runs_a_suite_and_writes_json(tmp_path):
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory):
+    """The package as an install has it: metaedge/ alone (compiled module included), no tools/ or tests/ beside
+    it, imported from there by a process whose working directory is elsewhere."""
+    site = tmp_path_factory.mktemp("site-packages")
+    shutil.copytree(ROOT / "metaedge", site / "metaedge", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return site, env
+
+
+def test_bench_runs_from_an_installed_package_and_writes_json(package_copy, tmp_path):
+    site, env = package_copy
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "metaedge", "bench", "--suites", "kernels", "--quick", "--json",
-                           str(out), "--suite-args", "--only preprocess"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
+    cmd = [sys.executable, "-c", "import sys, metaedge; from metaedge.cli.main import main; "
+           "print('imported', metaedge.__file__, flush=True); sys.exit(main(sys.argv[1:]))",
+           "bench", "--suites", "kernels", "--quick", "--json", str(out), "--suite-args", "--only preprocess"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "== ratios" in proc.stdout
+    assert f"imported {site / 'metaedge' / '__init__.py'}" in proc.stdout
+    assert "== kernels: -m metaedge.bench.kernels" in proc.stdout and "== ratios" in proc.stdout
     data = json.loads(out.read_text())
-    assert "kernels" in data["results"]
+    assert data["results"]["kernels"] and data["skipped"].keys() <= {"kernels_gpu"}
+
+
+def test_bench_list_says_what_applies(package_copy, tmp_path):
+    _, env = package_copy
+    proc = subprocess.run([sys.executable, "-m", "metaedge", "bench", "--list"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert set(lines) == set(SUITES)
+    assert "applies" in lines["kernels"] and "applies" in lines["gallery"]

@@ -14,9 +14,10 @@ PACKAGE = ROOT / "metaedge"
 # Layer rank of each top-level part of the package; an import may only go to an equal or lower rank.
 LAYERS = {"kernels": 0, "compact": 0, "_compact_storage": 0, "cuda": 0, "_native": 0, "_optional": 0,
           "_build_info": 0, "__init__": 0, "_version": 0, "_jetson": 0, "_backend_probe": 0, "_lazy": 0,
-          "runtime": 1, "video": 1, "export": 2, "train": 3, "cli": 4, "__main__": 4}
+          "_plotting": 0,
+          "runtime": 1, "video": 1, "export": 2, "train": 3, "bench": 4, "cli": 4, "__main__": 4}
 # torch may be imported only by these layers (and, lazily, by the development torch backend).
-TORCH_ALLOWED = {"export", "train", "cli"}
+TORCH_ALLOWED = {"export", "train", "bench", "cli"}
 EXCEPTIONS = {
     # The development backend runs a training checkpoint with torch; it is never picked on a device
     # without torch and imports train only inside the function that loads the checkpoint.

@@ -4,8 +4,9 @@ source tree. Device side only: it must work with no torch.
     python tools/wheel_smoke.py [--bundle DIR] [--source-tree DIR]
 
 Checks: metaedge imports from site-packages (not from --source-tree), torch is absent, the compiled kernels
-load and agree with numpy, the typing files ship (py.typed, _C.pyi), `metaedge info` runs; with --bundle also
-a real enroll -> predict -> save -> reopen on ONNX Runtime CPU. Used by tests/test_packaging.py (with a bundle)
+load and agree with numpy, the typing files ship (py.typed, _C.pyi), `metaedge info` runs, `metaedge bench` runs
+a suite shipped in the package; with --bundle also a real enroll -> predict -> save -> reopen on ONNX Runtime
+CPU. Used by tests/test_packaging.py (with a bundle)
 and by cibuildwheel's test-command (without: the manylinux containers have no bundle to use).
 Prints one line per check; exits non-zero on the first failure.
 """
@@ -61,6 +62,12 @@ def main() -> int:
     metaedge_cli = Path(sys.executable).with_name("metaedge")
     proc = subprocess.run([str(metaedge_cli), "info"], capture_output=True, text=True)
     check("`metaedge info` runs", proc.returncode == 0 and "backends:" in proc.stdout, proc.stderr[-500:])
+    with tempfile.TemporaryDirectory() as tmp:  # the suites ship in the package: no source checkout needed
+        out = os.path.join(tmp, "bench.json")
+        proc = subprocess.run([str(metaedge_cli), "bench", "--suites", "kernels", "--quick", "--json", out,
+                               "--suite-args", "--only preprocess"], cwd=tmp, capture_output=True, text=True)
+        check("`metaedge bench` runs a packaged suite", proc.returncode == 0 and os.path.exists(out)
+              and "== ratios" in proc.stdout, (proc.stdout + proc.stderr)[-500:])
 
     if args.bundle:
         with tempfile.TemporaryDirectory() as tmp:

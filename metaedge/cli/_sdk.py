@@ -7,7 +7,9 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
+from typing import Mapping
 
 from metaedge.cli.main import CliError
 
@@ -31,6 +33,14 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+# Library parameters -> the flags of the commands that pass them (see cli_message). Each command adds its own.
+FRAME_FLAGS = {"roi": "--roi", "rois": "--roi", "pixel_format": "--pixel-format", "resize_mode": "--resize-mode",
+               "yuv_matrix": "--yuv-matrix", "every": "--every", "smooth": "--smooth", "k": "--k",
+               "max_frames": "--max-frames", "backend": "--backend"}
+
+# Work shorter than this shows no progress bar (tqdm's delay); METAEDGE_PROGRESS_DELAY overrides it (seconds).
+PROGRESS_DELAY_S = 0.5
 
 
 def add_backend_arg(p) -> None:
@@ -76,18 +86,76 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def _images_in(directory: str) -> list[str]:
+    """The image files under ``directory`` (recursively, sorted; hidden files and folders skipped)."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(root, f) for f in sorted(files)
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    return found
+
+
+def class_folders(directory: str) -> dict[str, list[str]]:
+    """``{label: image files}`` of a folder with one sub-folder per class (label = the folder's name), for
+    ``--per-folder``; refused when it is not such a folder (images beside the sub-folders, a sub-folder
+    without images, a folder name that is not a valid label)."""
+    from metaedge.runtime.gallery import check_label
+    if not os.path.isdir(directory):
+        raise CliError(f"--per-folder {directory}: not a directory", EXIT_USAGE)
+    entries = sorted(e for e in os.listdir(directory) if not e.startswith("."))
+    loose = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, e))]
+    if loose:
+        raise CliError(f"--per-folder {directory}: {len(loose)} image file(s) outside the class sub-folders (e.g. "
+                       f"{loose[0]}); put each class's images in a sub-folder named after it", EXIT_USAGE)
+    classes: dict[str, list[str]] = {}
+    for name in entries:
+        sub = os.path.join(directory, name)
+        if not os.path.isdir(sub):
+            continue
+        try:
+            label = check_label(name, "label")
+        except ValueError as exc:
+            raise CliError(f"--per-folder {directory}: sub-folder {name!r} is not a valid label: "
+                           f"{str(exc).split(': ', 1)[-1]}", EXIT_USAGE) from None
+        images = _images_in(sub)
+        if not images:
+            raise CliError(f"--per-folder {directory}: sub-folder {name!r} has no image files; remove it or add "
+                           f"images (nothing was enrolled)", EXIT_USAGE)
+        classes[label] = images
+    if not classes:
+        raise CliError(f"--per-folder {directory}: no sub-folders (expected one sub-folder of images per class)",
+                       EXIT_USAGE)
+    return classes
+
+
+def refuse_class_tree(paths: list[str], label: str) -> None:
+    """Refuse a directory whose images sit in several sub-folders and none beside them - a folder of classes
+    given as the images of one class - with the flags that say what was meant."""
+    for p in paths:
+        if not os.path.isdir(p):
+            continue
+        entries = [e for e in os.listdir(p) if not e.startswith(".")]
+        if any(e.lower().endswith(IMAGE_EXTENSIONS) for e in entries):
+            continue
+        holding = [e for e in sorted(entries) if os.path.isdir(os.path.join(p, e)) and _images_in(os.path.join(p, e))]
+        if len(holding) >= 2:
+            raise CliError(f"{p}: holds {len(holding)} sub-folders of images ({', '.join(holding[:3])}"
+                           f"{', ...' if len(holding) > 3 else ''}) - one class per folder? Use --per-folder {p} to "
+                           f"enroll each as its own class, or --recursive to enroll all of them as {label!r}",
+                           EXIT_USAGE)
+
+
 def expand_images(paths: list[str], recursive: bool = True) -> list[str]:
     """Files as given; directories expanded to the image files inside them (sorted, recursively)."""
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = []
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                found.extend(os.path.join(root, f) for f in sorted(files)
-                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-                if not recursive:
-                    break
+            if recursive:
+                found = _images_in(p)
+            else:
+                found = [os.path.join(p, f) for f in sorted(os.listdir(p))
+                         if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
             if not found:
                 raise CliError(f"{p}: a directory with no image files ({', '.join(IMAGE_EXTENSIONS)})", EXIT_USAGE)
             out.extend(found)
@@ -100,9 +168,34 @@ def expand_images(paths: list[str], recursive: bool = True) -> list[str]:
     return out
 
 
+def cli_message(message: str, flags: Mapping[str, str]) -> str:
+    """A library message in the command's words: the Python parameters it names (`steps`, images_of_known) as the
+    flags or arguments that set them (--steps, --known), and library function prefixes ("adapt(): ") dropped."""
+    message = re.sub(r"(?<![\w.])[a-z_]+\(\): ", "", message)
+    message = re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)
+    for name, flag in flags.items():
+        if "_" in name:  # bare identifiers; one-word names (k, label) only when quoted as above
+            message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?!\w)", flag, message)
+    return message
+
+
 @contextlib.contextmanager
-def errors_to_exit_codes():
-    """Library exceptions -> CliError with the documented exit code and the library's message."""
+def errors_to_exit_codes(flags: Mapping[str, str] | None = None):
+    """Library exceptions -> CliError with the documented exit code and the library's message, its parameter
+    names turned into the command's ``flags`` ({parameter: flag}, see cli_message)."""
+    try:
+        yield
+    except CliError:
+        raise
+    except Exception as exc:
+        mapped = _map_error(exc)
+        if mapped is None:
+            raise
+        raise CliError(cli_message(str(mapped), flags or {}), mapped.code) from None
+
+
+def _map_error(exc: Exception) -> CliError | None:
+    """The CliError (message, exit code) of a library exception, None for anything else (a bug)."""
     from metaedge._optional import MissingDependencyError
     from metaedge.runtime.backends.base import BackendUnavailable
     from metaedge.runtime.bundle import BundleError
@@ -111,25 +204,19 @@ def errors_to_exit_codes():
     from metaedge.runtime.gallery import GalleryError, UnknownLabelError
     from metaedge.runtime.spec import SpecError
     from metaedge.runtime.video import VideoSourceError
-    try:
-        yield
-    except CliError:
-        raise
-    except (MissingDependencyError, BackendUnavailable) as exc:
-        raise CliError(str(exc), EXIT_DEPENDENCY) from None
-    except (GalleryError, SpecError, BundleError, EngineCacheError) as exc:
-        raise CliError(str(exc), EXIT_DATA) from None
-    except WriteError as exc:
-        raise CliError(str(exc), EXIT_IO) from None
-    except UnknownLabelError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    except VideoSourceError as exc:  # an unreadable file, an unreachable camera or stream
-        raise CliError(str(exc), EXIT_USAGE) from None
-    except (ValueError, TypeError) as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    except OSError as exc:  # reading an input failed (missing, permission, I/O): writes are WriteErrors
+    if isinstance(exc, (MissingDependencyError, BackendUnavailable)):
+        return CliError(str(exc), EXIT_DEPENDENCY)
+    if isinstance(exc, (GalleryError, SpecError, BundleError, EngineCacheError)):
+        return CliError(str(exc), EXIT_DATA)
+    if isinstance(exc, WriteError):
+        return CliError(str(exc), EXIT_IO)
+    # an unknown class, an unreadable file, an unreachable camera or stream, a bad value
+    if isinstance(exc, (UnknownLabelError, VideoSourceError, ValueError, TypeError)):
+        return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, OSError):  # reading an input failed (missing, permission, I/O): writes are WriteErrors
         what = f"{exc.filename}: " if exc.filename else ""
-        raise CliError(f"cannot read {what}{exc.strerror or exc}", EXIT_USAGE) from None
+        return CliError(f"cannot read {what}{exc.strerror or exc}", EXIT_USAGE)
+    return None
 
 
 def cli_actor(args) -> str:
@@ -166,7 +253,34 @@ def open_gallery(path: str, args, *, must_exist: bool = True):
 
 
 def timings_line(t) -> str:
-    if t is None:
-        return ""
-    return (f"{t.images} image(s): pre-processing {1e3 * t.preprocessing:.1f} ms, backbone {1e3 * t.backbone:.1f} ms, "
-            f"kernels {1e3 * t.kernels:.1f} ms, total {1e3 * t.total:.1f} ms")
+    """One line of a call's Timings (milliseconds)."""
+    return "" if t is None else str(t)
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """-> (update(done, postfix=None), close) of a progress bar on stderr that appears only once the work has
+    taken PROGRESS_DELAY_S (so sub-second work draws nothing); no-ops when disabled or without tqdm."""
+    if not enabled:
+        return (lambda done, postfix=None: None), (lambda: None)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return (lambda done, postfix=None: None), (lambda: None)
+    try:
+        delay = float(os.environ.get("METAEDGE_PROGRESS_DELAY", PROGRESS_DELAY_S))
+    except ValueError:
+        delay = PROGRESS_DELAY_S
+    bars = []  # made at the first update: refused work (bad arguments) prints no bar
+
+    def update(done, postfix=None):
+        if not bars:
+            bars.append(tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, delay=delay))
+        bar = bars[0]
+        if postfix:
+            bar.set_postfix_str(postfix, refresh=False)
+        bar.update(done - bar.n)  # (draws only after `delay`, unlike refresh())
+
+    def close():
+        for bar in bars:
+            bar.close()
+    return update, close

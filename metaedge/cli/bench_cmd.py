@@ -1,4 +1,4 @@
-"""`metaedge bench`: run the benchmark suites of tools/bench that apply to this machine."""
+"""`metaedge bench`: run the benchmark suites (metaedge.bench, shipped with the package) that apply here."""
 from __future__ import annotations
 
 import json
@@ -10,50 +10,55 @@ import tempfile
 from pathlib import Path
 
 from metaedge._optional import available
-
-# suite -> (script, how it takes the JSON path, quick flag or None, what it needs)
-SUITES = {
-    "kernels": ("kernels.py", "--json", "--quick", ()),
-    "backbones": ("backbones.py", "--out", None, ("torch", "onnxruntime")),
-    "sdk": ("sdk.py", "--json", None, ("torch", "onnxruntime")),
-    "gallery": ("gallery.py", "--json", "--quick", ()),
-    "train": ("train.py", "--json", "--quick", ("torch",)),
-    "kernels_gpu": ("kernels_gpu.py", "--json", "--quick", ("torch",)),
-    "serve": ("serve.py", "--json", "--quick", ("torch", "onnxruntime", "fastapi", "uvicorn", "prometheus_client")),
-}
+from metaedge.bench import SUITES
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmarks that apply to this machine",
-                       description="Run the benchmark suites in tools/bench (a source checkout is needed) that apply "
-                                   "to this machine - kernels and gallery (always), backbones and sdk (torch + "
-                                   "onnxruntime), train (torch), kernels_gpu (a CUDA build and a GPU), serve (the "
-                                   "HTTP server under load on 127.0.0.1; torch + the [serve] extra) - each comparing "
-                                   "metaedge with its baselines in the same run, then print one table of the ratios.")
+                       description="Run the benchmark suites that ship with metaedge (metaedge.bench; in a source "
+                                   "checkout also python tools/bench/SUITE.py) that apply to this machine - kernels "
+                                   "and gallery (always), preprocess (OpenCV), backbones and sdk (torch + "
+                                   "onnxruntime), train (torch + easyfsl), kernels_gpu (a CUDA build and a GPU) - "
+                                   "each comparing metaedge with its baselines in the same run, then print one "
+                                   "table of the ratios. --list says which apply and why not.")
     p.add_argument("--suites", nargs="+", choices=sorted(SUITES), help="suites to run (default: all that apply)")
+    p.add_argument("--list", action="store_true", help="list the suites, what they measure and whether they apply")
     p.add_argument("--quick", action="store_true", help="fewer repetitions where a suite supports it")
     p.add_argument("--json", metavar="PATH", help="write all results to this JSON file")
     p.add_argument("--suite-args", default="", metavar="ARGS",
-                   help="extra arguments for the suite scripts, e.g. --suites kernels --suite-args '--only topk'")
+                   help="extra arguments for the suites, e.g. --suites kernels --suite-args '--only topk' "
+                        "(python -m metaedge.bench.SUITE --help lists them)")
     p.set_defaults(func=run)
 
 
-def bench_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "tools" / "bench"
-
-
 def applicable(name: str) -> tuple[bool, str]:
-    script, _, _, needs = SUITES[name]
-    if not (bench_dir() / script).exists():
-        return False, f"tools/bench/{script} not found"
-    missing = [m for m in needs if not available(m)]
+    suite = SUITES[name]
+    missing = [m for m in suite.needs if not available(m)]
     if missing:
         return False, f"needs {', '.join(missing)}"
-    if name == "kernels_gpu":
+    if suite.gpu:
         from metaedge import cuda
         if not cuda.is_available():
             return False, "no usable CUDA GPU"
     return True, ""
+
+
+def suite_command(name: str, out: str, quick: bool, extra: str) -> list[str]:
+    """The command line that runs suite ``name`` as a module, writing its JSON to ``out``."""
+    suite = SUITES[name]
+    cmd = [sys.executable, "-m", f"metaedge.bench.{name}", suite.json_flag, out]
+    if quick and suite.quick_flag:
+        cmd.append(suite.quick_flag)
+    return cmd + shlex.split(extra)
+
+
+def suite_environment() -> dict[str, str]:
+    """The environment of a suite's process: it imports the metaedge this command runs (a source checkout's or
+    the installed one), whatever the working directory."""
+    import metaedge
+    package_root = str(Path(metaedge.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
 
 
 def _is_ratio_key(key: str) -> bool:
@@ -81,10 +86,11 @@ def ratio_rows(suite: str, payload, path: str = "") -> list[dict]:
 
 
 def run(args) -> int:
-    from metaedge.cli.main import CliError
-    if not bench_dir().exists():
-        raise CliError("the benchmarks live in tools/bench of a source checkout; run `metaedge bench` from one "
-                       "(git clone ... && make bench)")
+    if args.list:
+        for name, suite in SUITES.items():
+            ok, why = applicable(name)
+            print(f"{name:<12} {'applies' if ok else 'skipped: ' + why:<28} {suite.about}")
+        return 0
     names = args.suites or list(SUITES)
     results, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,14 +100,10 @@ def run(args) -> int:
                 skipped[name] = why
                 print(f"== {name}: skipped ({why})", flush=True)
                 continue
-            script, json_flag, quick_flag, _ = SUITES[name]
             out = os.path.join(tmp, f"{name}.json")
-            cmd = [sys.executable, str(bench_dir() / script), json_flag, out]
-            if args.quick and quick_flag:
-                cmd.append(quick_flag)
-            cmd += shlex.split(args.suite_args)
+            cmd = suite_command(name, out, args.quick, args.suite_args)
             print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-            proc = subprocess.run(cmd, cwd=bench_dir().parents[1])
+            proc = subprocess.run(cmd, env=suite_environment())
             if proc.returncode != 0 or not os.path.exists(out):
                 skipped[name] = f"failed (exit {proc.returncode})"
                 continue

@@ -9,6 +9,10 @@ import os
 from metaedge.cli import _sdk
 from metaedge.cli.main import CliError
 
+FLAGS = {"target_fpr": "--target-fpr", "images_of_known": "--known", "images_of_other": "--other",
+         "known": "--known", "other": "--other", "new": "NEW", "old": "OLD", "limit": "--limit", "label": "LABEL",
+         "backend": "--backend", "on_conflict": "--on-conflict"}
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -29,9 +33,13 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    a = actions.add_parser("list", help="the classes with shots, support kept and enrollment times",
+    a = actions.add_parser("list", help="the classes with shots, support kept and enrollment times; open-set state",
                            description="List the classes of GALLERY and its settings (embedding size, metric, "
-                                       "bundle fingerprint, version, adaptation, unknown thresholds).")
+                                       "bundle fingerprint, version, adaptation) and its open-set state: the head "
+                                       "predictions use, each head's unknown threshold, how it was set "
+                                       "(calibrated, re-calibrated after adapt, set by hand, migrated), its target "
+                                       "false-accept rate, and the stored calibration set. (A threshold in the "
+                                       "bundle's manifest applies where the gallery has none; it is not read here.)")
     a.add_argument("gallery", metavar="GALLERY")
     _sdk.add_json_arg(a)
     a.set_defaults(func=run_list)
@@ -112,30 +120,40 @@ def register(sub) -> None:
     a.set_defaults(func=run_check)
 
     a = actions.add_parser(
-        "calibrate", help="set the unknown threshold from labelled images",
+        "calibrate", help="set the unknown threshold from labelled images (--plot: histograms and rates)",
         description="Set GALLERY's open-set threshold so that about --target-fpr of images that show none of the "
                     "classes are accepted as known. --known DIR holds one sub-directory per enrolled label with "
                     "images of it (preferably not the enrolled ones); --other DIR images of anything else. "
-                    "Without --other, the best wrong-class scores of the known images stand in for it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_sdk.EXIT_CODES_HELP)
+                    "Without --other, the best wrong-class scores of the known images stand in for it. Every head "
+                    "is calibrated (the prototypes, and the adapted head if there is one), and the gallery keeps "
+                    "the images' embeddings, so `metaedge adapt` re-calibrates the next head at the same rate. "
+                    "--plot writes the score histograms of known and negative images with the threshold, and the "
+                    "false-accept / false-reject rates against the threshold (needs matplotlib).",
+        epilog="example:\n  metaedge classes calibrate bundle/ classes.metaedge --known val/ --other background/ "
+               "--plot calibration.png\n\n" + _sdk.EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("bundle", metavar="BUNDLE")
     a.add_argument("gallery", metavar="GALLERY")
     a.add_argument("--known", required=True, metavar="DIR", help="DIR/<label>/*.png for enrolled labels")
     a.add_argument("--other", nargs="*", default=None, metavar="PATH", help="images/directories of non-classes")
-    a.add_argument("--target-fpr", type=float, default=0.05, help="accepted fraction of unknowns (default 0.05)")
+    a.add_argument("--target-fpr", type=float, default=0.05,
+                   help="fraction of unknown images that may be accepted as known (default 0.05)")
+    a.add_argument("--plot", metavar="OUT.png", default=None,
+                   help="write a PNG: score histograms with the threshold, false-accept/false-reject curves")
     _sdk.add_backend_arg(a)
     _sdk.add_json_arg(a)
     a.set_defaults(func=run_calibrate)
 
 
 def run_list(args) -> int:
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_gallery(args.gallery, args) as g:
             classes = g.classes()
+            state = g.open_set()
             info = {"gallery": args.gallery, "classes": len(classes), "version": g.version,
                     "embedding_dim": g.embedding_dim, "metric": g.metric, "bundle_fingerprint": g.fingerprint,
                     "support_cap": g.support_cap, "adapted": g.adapted, "adaptation": g.adaptation,
-                    "unknown_thresholds": g.thresholds, "old_format": g.legacy}
+                    "unknown_thresholds": g.thresholds, "open_set": state.to_dict(), "old_format": g.legacy}
     if args.json:
         _sdk.print_json({**info, "items": [c.to_dict() for c in classes]})
         return 0
@@ -143,6 +161,8 @@ def run_list(args) -> int:
           f"metric {info['metric']}, bundle {(info['bundle_fingerprint'] or '?')[:12]}, adapted: "
           f"{'yes' if info['adapted'] else 'no'}" + (" (old format, read-only: run `metaedge classes migrate`)"
                                                       if info["old_format"] else ""))
+    for line in open_set_lines(state):
+        print(line)
     if classes:
         width = max(5, max(len(c.label) for c in classes))
         print(f"  {'label':<{width}}  shots  support  adapted  enrolled (UTC)        updated (UTC)")
@@ -152,8 +172,38 @@ def run_list(args) -> int:
     return 0
 
 
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def open_set_lines(state) -> list[str]:
+    """The open-set state in words: the head in use and its threshold, each head's record, the calibration set."""
+    from metaedge.runtime.openset import HEADS
+    lines = [f"unknown rejection: {state.explain()}", f"  scores: {state.score}"]
+    if state.heads:
+        lines.append(f"  {'head':<11} {'threshold':>10}  {'how':<13} {'target FPR':>10} {'FPR':>7} {'known ok':>9}")
+        for head in HEADS:
+            h = state.heads.get(head)
+            if h is None:
+                continue
+            mark = "*" if head == state.head else " "
+            lines.append(f"{mark} {head:<11} {h['threshold']:>10.4f}  {h['how']:<13} "
+                         f"{_percent(h.get('target_fpr')):>10} {_percent(h.get('fpr')):>7} "
+                         f"{_percent(h.get('known_accept_rate')):>9}")
+    cal = state.calibration
+    if cal:
+        when = _dt.datetime.fromtimestamp(cal["at"], _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        sampled = " (a sample)" if cal["known"] < cal["known_given"] or cal["other"] < cal["other_given"] else ""
+        lines.append(f"  calibration set: {cal['known']} known + {cal['other']} other image(s){sampled}, negatives: "
+                     f"{cal['negatives']}, target false-accept rate {100 * cal['target_fpr']:g}%; calibrated {when} "
+                     f"UTC at version {cal['version']} with {cal['classes']} class(es) - adapt re-calibrates from it")
+    elif state.heads:
+        lines.append("  no calibration set stored: adapt cannot re-calibrate (run `metaedge classes calibrate`)")
+    return lines
+
+
 def run_forget(args) -> int:
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_gallery(args.gallery, args) as g:
             with g.transaction():
                 missing = [lab for lab in args.labels if lab not in g]
@@ -173,7 +223,7 @@ def run_forget(args) -> int:
 
 
 def run_rename(args) -> int:
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_gallery(args.gallery, args) as g:
             g.rename(args.old, args.new)
     if args.json:
@@ -186,7 +236,7 @@ def run_rename(args) -> int:
 def run_history(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit: expected an integer >= 1, got {args.limit}", _sdk.EXIT_USAGE)
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_gallery(args.gallery, args) as g:
             entries = g.history(label=args.label, limit=args.limit)
     if args.json:
@@ -204,7 +254,7 @@ def run_history(args) -> int:
 
 
 def run_export(args) -> int:
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_gallery(args.gallery, args) as g:
             n = g.export_pack(args.pack, args.labels or None)
     if args.json:
@@ -217,7 +267,7 @@ def run_export(args) -> int:
 def run_import(args) -> int:
     from metaedge.runtime.gallery import Gallery, LabelConflictError
     from metaedge.runtime.store.packs import read_pack
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         if not os.path.lexists(args.gallery):
             pack = read_pack(args.pack)
             Gallery.open(args.gallery, embedding_dim=pack.embedding_dim, metric=pack.metric,
@@ -239,7 +289,7 @@ def run_import(args) -> int:
 
 def run_migrate(args) -> int:
     from metaedge.runtime.gallery import Gallery, GalleryMismatchError
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         if not os.path.lexists(args.gallery):
             raise CliError(f"{args.gallery}: no such gallery", _sdk.EXIT_DATA)
         fingerprint = None
@@ -265,7 +315,7 @@ def run_migrate(args) -> int:
 
 
 def run_check(args) -> int:
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_gallery(args.gallery, args) as g:
             problems = g.check()
             classes = len(g)
@@ -282,23 +332,44 @@ def run_check(args) -> int:
 
 
 def run_calibrate(args) -> int:
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
+        if args.plot is not None:
+            from metaedge._plotting import pyplot
+            pyplot("metaedge classes calibrate --plot")  # missing matplotlib: say so before any work (exit 3)
         if not os.path.isdir(args.known):
             raise CliError(f"--known {args.known}: not a directory", _sdk.EXIT_USAGE)
         known = {}
         for name in sorted(os.listdir(args.known)):
             sub = os.path.join(args.known, name)
-            if os.path.isdir(sub):
+            if os.path.isdir(sub) and not name.startswith("."):
                 known[name] = _sdk.expand_images([sub])
         if not known:
             raise CliError(f"--known {args.known}: expected one sub-directory per label", _sdk.EXIT_USAGE)
         other = _sdk.expand_images(args.other) if args.other else None
+        update, close = _sdk.progress_bar(len(known) + (other is not None), "calibrate", "group", not args.json)
         with _sdk.open_classifier(args, args.gallery, must_exist=True) as clf:
-            report = clf.calibrate_unknown(known, other, target_fpr=args.target_fpr)
+            try:
+                report = clf.calibrate_unknown(known, other, target_fpr=args.target_fpr,
+                                               progress=lambda done, total: update(done))
+            finally:
+                close()
+            state = clf.open_set()
+        plot = None
+        if args.plot is not None:
+            from metaedge.runtime.plots import calibration_plot
+            plot = calibration_plot(report, args.plot, title=f"unknown threshold of {os.path.basename(args.gallery)}"
+                                                             f" ({report.mode} head)")
     if args.json:
-        _sdk.print_json(report.to_dict())
+        _sdk.print_json({**report.to_dict(), "open_set": state.to_dict(), "plot": plot})
     else:
-        print(f"unknown threshold {report.threshold:.4f} ({report.mode}): {100 * report.fpr:.1f}% of "
+        print(f"unknown threshold {report.threshold:.4f} ({report.mode} head): {100 * report.fpr:.1f}% of "
               f"{report.n_negative} {report.negatives} accepted, {100 * report.known_accept_rate:.1f}% of "
               f"{report.n_known} known images accepted; saved in {args.gallery}")
+        for head, h in report.heads.items():
+            if head != report.mode:
+                print(f"  {head} head: threshold {h['threshold']:.4f} ({100 * h['fpr']:.1f}% false accepts, "
+                      f"{100 * h['known_accept_rate']:.1f}% known accepted)")
+        print(f"  scores: {report.score}; the calibration images' embeddings are kept: adapt re-calibrates from them")
+        if plot:
+            print(f"  plot: {plot}")
     return 0

@@ -8,7 +8,7 @@ import os
 import sys
 
 # (module, commands it registers) - the order is the order of `metaedge --help`.
-COMMAND_MODULES = ("demo", "train", "evaluate", "export", "build", "enroll", "predict", "adapt", "classes",
+COMMAND_MODULES = ("demo", "pretrain", "train", "evaluate", "export", "build", "enroll", "predict", "adapt", "classes",
                    "serve", "token", "info", "bench")
 
 

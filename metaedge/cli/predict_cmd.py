@@ -8,15 +8,19 @@ import time
 from metaedge.cli import _sdk
 from metaedge.cli.main import CliError
 
+FLAGS = {**_sdk.FRAME_FLAGS, "unknown_threshold": "--threshold", "images": "IMAGES"}
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "predict", help="classify images, or the frames of a camera, video or stream",
         description="Classify IMAGES - or every frame of --source - with the network of BUNDLE against the classes "
                     "enrolled in GALLERY. Each image or region gets the nearest class and its score (cosine "
-                    "similarity in [-1, 1] for cosine bundles and after adaptation; a dot product, or minus the "
-                    "squared distance for euclidean bundles: higher is nearer); it is reported as unknown when the "
-                    "score is below the gallery's open-set threshold (or --threshold). Directories in IMAGES are "
+                    "similarity in [-1, 1] for cosine bundles and after adaptation, with a confidence (1 + score) / "
+                    "2 in [0, 1]; a dot product, or minus the squared distance for euclidean bundles: higher is "
+                    "nearer - the output says which); it is reported as unknown when the score is below the open-set "
+                    "threshold of the head in use (the gallery's, see `metaedge classes list`, or --threshold). "
+                    "Directories in IMAGES are "
                     "searched for image files. With --source the frames are classified as they come (a live "
                     "source: the newest frame each time), --save writes them with the label, score and unknown "
                     "state drawn on, and --json prints one JSON object per classified frame.",
@@ -30,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory (manifest.json + model.onnx)")
     p.add_argument("gallery", metavar="GALLERY", help="gallery file made by `metaedge enroll`")
     p.add_argument("images", metavar="IMAGES", nargs="*", help="image files or directories of images (or --source)")
-    p.add_argument("--k", type=int, default=1, help="how many best classes to report per image (default 1)")
+    p.add_argument("--k", type=int, default=1, metavar="K",
+                   help="how many best classes to report per image (default 1: the best only)")
     p.add_argument("--threshold", type=float, default=None,
                    help="open-set threshold: scores below it are 'unknown' (default: the gallery's calibrated "
                         "value, else the bundle's, else off)")
@@ -64,7 +69,7 @@ def run(args) -> int:
         raise CliError(f"--max-frames: expected an integer >= 1, got {args.max_frames}", _sdk.EXIT_USAGE)
     if args.source is not None:
         return _run_stream(args)
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         images = _sdk.expand_images(args.images)
         with _sdk.open_classifier(args, args.gallery, must_exist=True, autosave=False) as clf:
             if args.threshold is not None:
@@ -74,17 +79,20 @@ def run(args) -> int:
             else:
                 preds, names = clf.predict(images, k=args.k, pixel_format=args.pixel_format), images
             timings = clf.last_timings
-            threshold = clf.unknown_threshold
+            state = clf.open_set()
             backend = clf.backend.describe()
     if args.json:
         _sdk.print_json({"predictions": [{"image": img, **p.to_dict()} for img, p in zip(names, preds)],
-                         "threshold": threshold, "backend": backend, "timings": timings.to_dict()})
+                         "threshold": state.threshold, "threshold_source": state.source, "score": state.score,
+                         "backend": backend, "timings": timings.to_dict()})
         return 0
     width = max(len(img) for img in names)
     for img, p in zip(names, preds):
         print(f"{img:<{width}}  {_describe(p)}")
         for label, score in p.topk[1:]:
             print(f"{'':<{width}}    {label}  {score:.4f}")
+    print(f"# score: {state.score}")
+    print(f"# unknown: {state.explain()}")
     print(f"# {backend}; {_sdk.timings_line(timings)}")
     return 0
 
@@ -103,7 +111,8 @@ def _predict_regions(clf, images, args):
 
 
 def _describe(p) -> str:
-    return f"unknown (nearest {p.label!r} {p.score:.4f})" if p.unknown else f"{p.label}  {p.score:.4f}"
+    conf = "" if p.confidence is None else f" (confidence {p.confidence:.2f})"
+    return f"unknown (nearest {p.label!r} {p.score:.4f}{conf})" if p.unknown else f"{p.label}  {p.score:.4f}{conf}"
 
 
 def _run_stream(args) -> int:
@@ -112,10 +121,13 @@ def _run_stream(args) -> int:
     from metaedge.runtime.video import VideoWriter, draw_predictions, open_source, to_bgr
     writer = None
     summary = {}
-    with _sdk.errors_to_exit_codes():
+    with _sdk.errors_to_exit_codes(FLAGS):
         with _sdk.open_classifier(args, args.gallery, must_exist=True, autosave=False) as clf:
             if args.threshold is not None:
                 clf.unknown_threshold = args.threshold
+            state = clf.open_set()
+            if not args.json:
+                print(f"# score: {state.score}\n# unknown: {state.explain()}", flush=True)
             source = open_source(args.source)
             start = time.monotonic()
             frames = classified = 0
@@ -147,7 +159,8 @@ def _run_stream(args) -> int:
             summary = {"frames": frames, "classified": classified, "seconds": round(seconds, 3),
                        "fps": round(frames / seconds, 2) if seconds > 0 else None, "dropped": source.stats.dropped,
                        "reconnects": source.stats.reconnects, "saved": args.save,
-                       "backend": clf.backend.describe()}
+                       "backend": clf.backend.describe(), "score": state.score, "threshold": state.threshold,
+                       "threshold_source": state.source}
     if args.json:
         sys.stdout.write(json.dumps({"summary": summary}) + "\n")
     else:

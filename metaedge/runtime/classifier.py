@@ -22,7 +22,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -32,89 +31,20 @@ from metaedge.runtime.backends.base import Backend
 from metaedge.runtime.gallery import (DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, Gallery, GalleryMismatchError,
                                       check_label)
 from metaedge.runtime.images import ImageError, is_single_image, to_groups
+from metaedge.runtime.openset import OpenSetState, confidence, open_set_state, resolve_threshold, score_meaning
 from metaedge.runtime.pipeline import FramePipeline, frame_is_single
+from metaedge.runtime.results import AdaptReport, CalibrationReport, Prediction, Timings
 from metaedge.runtime.spec import ModelSpec
 
 __all__ = ["EdgeClassifier", "Prediction", "AdaptReport", "CalibrationReport", "Timings", "EmptyGalleryError"]
 
 _UINT8 = np.dtype(np.uint8)
 _UNSET: Any = object()
+_OTHER: Any = object()  # the key of the other images among calibrate_unknown's groups
 
 
 class EmptyGalleryError(ValueError):
     """predict/adapt/calibrate on a gallery without (enough) classes."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The best class for one image.
-
-    ``label``/``score``: the nearest class and its score (cosine similarity in [-1, 1] for ``metric="cosine"``
-    and after adaptation; dot product; or minus the squared distance for ``"euclidean"``). ``topk``: the
-    ``k`` best ``(label, score)`` pairs, best first. ``unknown``: the score is below the open-set threshold -
-    the image probably shows none of the enrolled classes (``label`` is still the nearest one).
-    """
-    label: str
-    score: float
-    topk: tuple[tuple[str, float], ...]
-    unknown: bool
-
-    def to_dict(self) -> dict:
-        return {"label": self.label, "score": self.score, "unknown": self.unknown,
-                "topk": [{"label": lab, "score": s} for lab, s in self.topk]}
-
-
-@dataclass(frozen=True)
-class AdaptReport:
-    steps: int
-    lr: float
-    loss_before: float
-    loss_after: float
-    seconds: float
-    classes: int
-    support: int                     # embeddings fine-tuned on
-    losses: tuple[float, ...] = field(repr=False)
-
-    def to_dict(self) -> dict:
-        return {"steps": self.steps, "lr": self.lr, "loss_before": self.loss_before, "loss_after": self.loss_after,
-                "seconds": self.seconds, "classes": self.classes, "support": self.support}
-
-
-@dataclass(frozen=True)
-class CalibrationReport:
-    threshold: float
-    target_fpr: float
-    fpr: float                # fraction of negatives scoring >= threshold (accepted as known)
-    known_accept_rate: float  # fraction of known images accepted (score >= threshold)
-    known_correct_rate: float | None  # accepted and right label (labelled knowns only)
-    negatives: str            # "others" (images of other classes) or "impostors" (best wrong-class scores)
-    n_known: int
-    n_negative: int
-    mode: str                 # "prototypes" or "adapted": the scores it was calibrated on
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Seconds spent in the last call of this thread: image decoding/conversion (``load``), the
-    pre-processing kernel (``preprocess``), the network (``backbone``), top-k / prototype updates
-    (``kernels``), and ``total`` (which includes the rest: validation, bookkeeping, the gallery commit)."""
-    load: float
-    preprocess: float
-    backbone: float
-    kernels: float
-    total: float
-    images: int
-
-    @property
-    def preprocessing(self) -> float:
-        """Everything before the network: ``load + preprocess``."""
-        return self.load + self.preprocess
-
-    def to_dict(self) -> dict:
-        return {**self.__dict__, "preprocessing": self.preprocessing}
 
 
 def _to_host(x) -> np.ndarray:
@@ -331,27 +261,34 @@ class EdgeClassifier:
 
     @property
     def last_timings(self) -> Timings | None:
-        """Timing split of this thread's last enroll/predict call (``None`` before the first)."""
+        """Timing split of this thread's last enroll/predict call, in milliseconds (``None`` before the first)."""
         return getattr(self._local, "timings", None)
 
     @property
     def unknown_threshold(self) -> float | None:
-        """Scores below this are ``unknown`` (``None``: open-set detection off). Set it to override the
-        calibrated/manifest value; :meth:`calibrate_unknown` sets it from data and stores it in the gallery."""
+        """Scores below this are ``unknown`` (``None``: open-set detection off) - the threshold of the head in
+        use. Set it to override the stored/manifest value; :meth:`calibrate_unknown` sets it from data and stores
+        it in the gallery; :meth:`open_set` says where it comes from."""
         return self._threshold_for(self.gallery.adapted)
 
     def _threshold_for(self, adapted: bool) -> float | None:
         if self._threshold_override is not _UNSET:
             return self._threshold_override
-        thresholds = self.gallery.thresholds
-        cosine = self.gallery.metric == "cosine"
-        if adapted:
-            t = thresholds.get("adapted")
-            if t is None and cosine:  # same score scale with or without adaptation
-                t = thresholds.get("prototypes")
-            return t if t is not None else (self._manifest_threshold if cosine else None)
-        t = thresholds.get("prototypes")
-        return t if t is not None else self._manifest_threshold
+        return resolve_threshold(adapted, self.gallery.metric, self.gallery.thresholds, self._manifest_threshold)[0]
+
+    def open_set(self) -> OpenSetState:
+        """The open-set state: the head predictions use, its threshold and where it comes from (calibrated,
+        re-calibrated after adapt, set by hand, the bundle manifest's, an override, or off), and each head's
+        stored record (``OpenSetState.explain()`` says it in one line)."""
+        adapted, thresholds, record = self.gallery.open_set_record()
+        return open_set_state(adapted=adapted, metric=self.gallery.metric, thresholds=thresholds, record=record,
+                              manifest=self._manifest_threshold, override=self._threshold_override,
+                              overridden=self._threshold_override is not _UNSET)
+
+    @property
+    def score_meaning(self) -> str:
+        """What the scores of predictions mean now (depends on the bundle's metric and on adaptation)."""
+        return score_meaning("cosine" if self.gallery.adapted else self.gallery.metric)
 
     @unknown_threshold.setter
     def unknown_threshold(self, value) -> None:
@@ -448,8 +385,38 @@ class EdgeClassifier:
             self.gallery.add(label, emb)
             info = self.gallery.class_info(label)
             t_kernels = time.perf_counter() - t_k
-        self._local.timings = Timings(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
+        self._local.timings = Timings.from_seconds(t_load, t_pre, t_net, t_kernels, time.perf_counter() - start, n)
         return info
+
+    def enroll_many(self, classes: Mapping[str, Any], *, pixel_format: str | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> list[ClassInfo]:
+        """Enroll several classes at once - ``{label: images}`` - in one transaction: all of them or none (any
+        bad label or image raises before anything changes). Each label is a new class or more shots of an
+        existing one, as with :meth:`enroll`. ``progress(done, total, label)`` is called after each class is
+        embedded. Returns the ``ClassInfo`` of each, in order; ``last_timings`` covers the whole call."""
+        self._check_open()
+        if not isinstance(classes, Mapping) or not classes:
+            raise ValueError("`classes`: expected a non-empty {label: images} mapping")
+        labels = [check_label(label) for label in classes]
+        if len(set(labels)) != len(labels):
+            raise ValueError("`classes`: two labels are the same after normalisation (NFC)")
+        start = time.perf_counter()
+        parts, spent = [], [0.0, 0.0, 0.0]
+        for i, (label, images) in enumerate(zip(labels, classes.values())):
+            n, groups, embs, times = self._embed(images, None, pixel_format)
+            parts.append((label, self._host_embeddings(n, groups, embs)))
+            spent = [a + b for a, b in zip(spent, times)]
+            if progress is not None:
+                progress(i + 1, len(labels), label)
+        t_k = time.perf_counter()
+        with self.gallery.transaction():
+            for label, emb in parts:
+                self.gallery.add(label, emb)
+            infos = [self.gallery.class_info(label) for label in labels]
+            t_kernels = time.perf_counter() - t_k
+        self._local.timings = Timings.from_seconds(*spent, t_kernels, time.perf_counter() - start,
+                                                   sum(len(e) for _, e in parts))
+        return infos
 
     def predict(self, images, k: int = 1, *, roi=None, pixel_format: str | None = None):
         """Classify one image (-> ``Prediction``) or several (-> list of ``Prediction``, in order).
@@ -473,7 +440,8 @@ class EdgeClassifier:
             _check_not_empty(frames, boxes, fmt)
             scores, indices, (t_pre, t_net, t_k) = self._pipeline.topk(snap, frames, boxes, kk, fmt)
             preds = self._predictions(snap, scores, indices)
-            self._local.timings = Timings(0.0, t_pre, t_net, t_k, time.perf_counter() - start, len(preds))
+            self._local.timings = Timings.from_seconds(0.0, t_pre, t_net, t_k, time.perf_counter() - start,
+                                                         len(preds))
             if boxes is not None:
                 return preds if np.ndim(roi) == 2 else preds[0]
             return preds[0] if frame_is_single(frames, fmt) else preds
@@ -489,7 +457,7 @@ class EdgeClassifier:
             scores[group.indices], indices[group.indices] = s, i
             t_pre, t_net, t_k = t_pre + a, t_net + b, t_k + c
         preds = self._predictions(snap, scores, indices)
-        self._local.timings = Timings(t_load, t_pre, t_net, t_k, time.perf_counter() - start, n)
+        self._local.timings = Timings.from_seconds(t_load, t_pre, t_net, t_k, time.perf_counter() - start, n)
         return preds[0] if single else preds
 
     def stream(self, source, *, roi=None, every=None, smooth: int = 1, k: int = 1, pixel_format: str | None = None,
@@ -511,10 +479,12 @@ class EdgeClassifier:
     def _predictions(self, snap: ClassMatrix, scores: np.ndarray, indices: np.ndarray) -> list[Prediction]:
         threshold = self._threshold_for(snap.adapted)
         labels = snap.labels
+        conf = confidence(scores[:, 0], snap.metric)
+        conf = [None] * len(scores) if conf is None else conf.tolist()
         preds = []
-        for row_s, row_i in zip(scores.tolist(), indices.tolist()):
+        for row_s, row_i, c in zip(scores.tolist(), indices.tolist(), conf):
             top = tuple((labels[j], s) for j, s in zip(row_i, row_s))
-            preds.append(Prediction(top[0][0], top[0][1], top, threshold is not None and top[0][1] < threshold))
+            preds.append(Prediction(top[0][0], top[0][1], top, threshold is not None and top[0][1] < threshold, c))
         return preds
 
     # ------------------------------------------------------------------ managing classes
@@ -539,6 +509,10 @@ class EdgeClassifier:
         prototypes - weight imprinting + fine-tuning with ``metaedge.kernels.adapt_head`` - and use it for
         ``predict`` from now on. ``progress(step, steps, loss)`` is called as it goes. Classes enrolled later
         are imprinted into the head (their prototype); :meth:`reset_adaptation` returns to pure prototypes.
+
+        Unknown rejection carries over: the new head's threshold is re-calibrated from the calibration set the
+        gallery keeps (see :meth:`calibrate_unknown`) at the same target false-accept rate, in the transaction
+        that installs the head; ``AdaptReport.threshold_source``/``open_set`` say what became of it.
 
         Measured on Omniglot (README): it helps backbones from supervised pre-training (``--method baseline``)
         a little and does not help meta-trained ones, whose prototypes are already what their episodes
@@ -580,14 +554,16 @@ class EdgeClassifier:
         loss_after = float(kernels.adapt_head(weights.copy(), support, labels, steps=1, lr=1.0, momentum=0.0,
                                               scale=scale)[0])
         if not (np.isfinite(losses).all() and math.isfinite(loss_after)):
-            raise ValueError(f"adapt(): the loss diverged (lr={lr} too high?); the classes were not changed")
+            raise ValueError(f"adapt(): the loss diverged (`lr` {lr} too high?); the classes were not changed")
         seconds = time.perf_counter() - start
         info = {"steps": steps, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "scale": scale,
                 "loss_before": losses[0], "loss_after": loss_after, "seconds": seconds, "at": time.time(),
                 "support": int(len(support))}
         self.gallery.set_adapted(weights, info, expected_version=training.version, classes=training.uids)
+        state = self.open_set()
         return AdaptReport(steps, lr, float(losses[0]), loss_after, time.perf_counter() - start,
-                           len(training.labels), int(len(support)), tuple(losses))
+                           len(training.labels), int(len(support)), tuple(losses), state.threshold, state.source,
+                           state.explain())
 
     def reset_adaptation(self) -> None:
         """Drop the adapted head; ``predict`` uses the prototypes again."""
@@ -595,19 +571,18 @@ class EdgeClassifier:
         self.gallery.clear_adapted()
 
     # ------------------------------------------------------------------ open set
-    def _score_top2(self, images, snap: ClassMatrix) -> tuple[np.ndarray, np.ndarray]:
-        emb = self.embed(images)
-        kk = min(2, len(snap))
-        return kernels.topk(emb, snap.kernel_weights, kk, snap.metric)
-
-    def calibrate_unknown(self, images_of_known, images_of_other=None, target_fpr: float = 0.05) -> CalibrationReport:
+    def calibrate_unknown(self, images_of_known, images_of_other=None, target_fpr: float = 0.05, *,
+                          progress: Callable[[int, int], None] | None = None) -> CalibrationReport:
         """Set the open-set threshold from data so that about ``target_fpr`` of non-enrolled images are
-        accepted as known, and store it in the gallery (for the current mode: prototypes or adapted).
+        accepted as known, for every head (the prototypes, and the adapted head if there is one), and store it
+        in the gallery together with the embeddings it was computed from - so that :meth:`adapt` re-calibrates
+        the next head at the same rate. Returns the report for the head in use (``heads``: every head's).
 
         ``images_of_known``: ``{label: images}`` of enrolled classes (preferably not the enrolled shots), or a
         plain collection of images of enrolled classes. ``images_of_other``: images of objects that are
         none of the classes. Without them the negatives are *impostor* scores: for each labelled known image,
         its best score among the other classes (needs the ``{label: images}`` form and >= 2 classes).
+        ``progress(done, total)`` is called after each group of images (a label's, the others) is embedded.
         """
         self._check_open()
         try:
@@ -616,49 +591,40 @@ class EdgeClassifier:
             raise TypeError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr!r}") from None
         if not 0 < target_fpr < 1:
             raise ValueError(f"`target_fpr`: expected a number in (0, 1), got {target_fpr}")
-        snap = self.gallery.snapshot()
-        if len(snap) == 0:
+        if len(self.gallery) == 0:
             raise EmptyGalleryError("calibrate_unknown(): no classes enrolled yet")
-        labelled = isinstance(images_of_known, Mapping)
-        known_scores, correct, impostor = [], [], []
-        if labelled:
+        if isinstance(images_of_known, Mapping):
             if not images_of_known:
                 raise ImageError("`images_of_known`: empty mapping; pass {label: images} of enrolled classes")
-            for label, imgs in images_of_known.items():
-                if label not in snap.labels:
+            for label in images_of_known:
+                if label not in self.gallery:
                     raise ValueError(f"`images_of_known`: {label!r} is not an enrolled class")
-                true = snap.labels.index(label)
-                s, i = self._score_top2(imgs, snap)
-                known_scores.extend(s[:, 0].tolist())
-                correct.extend((i[:, 0] == true).tolist())
-                if s.shape[1] > 1:
-                    impostor.extend(np.where(i[:, 0] == true, s[:, 1], s[:, 0]).tolist())
-        else:
-            s, _ = self._score_top2(images_of_known, snap)
-            known_scores = s[:, 0].tolist()
-        if images_of_other is not None:
-            s, _ = self._score_top2(images_of_other, snap)
-            negatives, kind = np.asarray(s[:, 0], np.float64), "others"
-        elif labelled and impostor:
-            negatives, kind = np.asarray(impostor, np.float64), "impostors"
-        else:
+            if images_of_other is None and len(self.gallery) < 2:
+                raise ValueError("calibrate_unknown(): impostor scores need at least 2 enrolled classes; pass "
+                                 "images_of_other (images of none of the classes)")
+        elif images_of_other is None:
             raise ValueError("calibrate_unknown(): pass images_of_other (images of none of the classes), or "
                              "images_of_known as {label: images} with at least 2 enrolled classes")
-        desc = np.sort(negatives)[::-1]
-        allowed = int(math.floor(target_fpr * len(desc)))
-        # Accept score >= threshold: put it just above the (allowed+1)-th highest negative.
-        threshold = float(np.nextafter(np.float32(desc[allowed]), np.float32(np.inf))) if allowed < len(desc) \
-            else float(desc[-1])
-        known = np.asarray(known_scores, np.float64)
-        mode = "adapted" if snap.adapted else "prototypes"
-        report = CalibrationReport(
-            threshold=threshold, target_fpr=target_fpr, fpr=float(np.mean(negatives >= threshold)),
-            known_accept_rate=float(np.mean(known >= threshold)),
-            known_correct_rate=float(np.mean((known >= threshold) & np.asarray(correct, bool))) if labelled else None,
-            negatives=kind, n_known=len(known), n_negative=len(negatives), mode=mode)
-        self.gallery.set_threshold(mode, threshold)
+        groups = dict(images_of_known) if isinstance(images_of_known, Mapping) else {None: images_of_known}
+        if images_of_other is not None:
+            groups[_OTHER] = images_of_other
+        embedded = {}
+        for i, (key, imgs) in enumerate(groups.items()):
+            embedded[key] = self.embed(imgs)
+            if progress is not None:
+                progress(i + 1, len(groups))
+        other = embedded.pop(_OTHER, None)
+        known = embedded.pop(None) if None in embedded else embedded
+        heads = self.gallery.set_calibration(known, other, target_fpr)
         self._threshold_override = _UNSET
-        return report
+        mode = "adapted" if "adapted" in heads and self.gallery.adapted else "prototypes"
+        r = heads[mode]
+        return CalibrationReport(
+            threshold=r.threshold, target_fpr=target_fpr, fpr=r.fpr, known_accept_rate=r.known_accept_rate,
+            known_correct_rate=r.known_correct_rate, negatives=r.negatives, n_known=r.n_known,
+            n_negative=r.n_negative, mode=mode, heads={h: c.summary() for h, c in heads.items()},
+            score=score_meaning("cosine" if mode == "adapted" else self.gallery.metric),
+            known_scores=r.known_scores, negative_scores=r.negative_scores)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -3,6 +3,7 @@ n-th frame or every t seconds, optionally smoothed over the last frames, with th
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import re
 import time
@@ -71,13 +72,15 @@ class _Smoother:
         self.window: collections.deque = collections.deque(maxlen=n)
 
     def add(self, pred, threshold):
-        from metaedge.runtime.classifier import Prediction
+        from metaedge.runtime.openset import confidence
+        from metaedge.runtime.results import Prediction
         self.window.append(dict(pred.topk))
         labels = set().union(*self.window)
         scores = {lab: sum(f.get(lab, min(f.values())) for f in self.window) / len(self.window) for lab in labels}
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:len(pred.topk)]
         best, score = ranked[0]
-        return Prediction(best, score, tuple(ranked), threshold is not None and score < threshold)
+        return Prediction(best, score, tuple(ranked), threshold is not None and score < threshold,
+                          None if pred.confidence is None else confidence(score, "cosine"))
 
 
 def run_stream(clf, source, *, roi=None, every=None, smooth: int = 1, k: int = 1, pixel_format: str | None = None,
@@ -136,6 +139,5 @@ def _loop(clf, src, owned, boxes, schedule, smooth, k, pixel_format, max_frames)
 def _trim(pred, k: int):
     if len(pred.topk) <= k:
         return pred
-    from metaedge.runtime.classifier import Prediction
-    return Prediction(pred.label, pred.score, pred.topk[:k], pred.unknown)
+    return dataclasses.replace(pred, topk=pred.topk[:k])
 

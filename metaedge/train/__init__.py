@@ -8,6 +8,8 @@ use so that ``import metaedge.train`` stays cheap::
     model = me.train.fit(backbone="conv4", method="protonet", data=data, ways=20, shots=5, queries=15,
                          episodes=2000)
     report = me.train.evaluate(model, me.train.data.SyntheticGlyphs(split="test"), ways=5, shots=1)
+    pretrained = me.train.pretrain(me.train.data.UnlabelledImages.from_folder("frames/"), method="simclr",
+                                   time_budget_s=600)   # no labels; then fit(..., init=CHECKPOINT)
     me.train.save_checkpoint(model, "runs/glyphs/best")
 """
 from __future__ import annotations
@@ -34,11 +36,14 @@ _LAZY = {
     "load_resume_state": "metaedge.train.checkpoint",
     "CheckpointError": "metaedge.train.checkpoint",
     "fit": "metaedge.train.trainer",
-    "TrainConfig": "metaedge.train.trainer",
+    "pretrain": "metaedge.train.pretrain",
+    "TrainConfig": "metaedge.train.config",
+    "PretrainConfig": "metaedge.train.config",
+    "DataConfig": "metaedge.train.config",
     "evaluate": "metaedge.train.evaluate",
     "EvalReport": "metaedge.train.evaluate",
 }
-_SUBMODULES = {"data", "methods", "backbones", "checkpoint", "model", "trainer", "evaluate", "augment"}
+_SUBMODULES = {"data", "methods", "backbones", "checkpoint", "model", "trainer", "evaluate", "augment", "config"}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from metaedge.runtime.spec import ModelSpec, PreprocessSpec
+from metaedge.train.config import BACKBONES
 from metaedge.train.model import EmbeddingModel
 
-BACKBONES = ("conv4", "resnet12", "resnet18", "mobilenet_v3_small")
 _DEFAULT_SIZE = {"conv4": 28, "resnet12": 84, "resnet18": 84, "mobilenet_v3_small": 84}
 
 

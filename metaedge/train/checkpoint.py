@@ -181,6 +181,19 @@ def _checkpoint_dir(path: str) -> str:
                           f"{MODEL_WEIGHTS}, or one of those files)")
 
 
+def find_checkpoint(path: str) -> str:
+    """The checkpoint directory that ``path`` names: a checkpoint itself, one of its files, or a run directory
+    (its ``best/``, else its ``last/``)."""
+    path = os.fspath(path)
+    for candidate in (path, os.path.join(path, "best"), os.path.join(path, "last")):
+        if os.path.isfile(os.path.join(candidate, MODEL_JSON)):
+            return candidate
+    if os.path.basename(path) in (MODEL_JSON, MODEL_WEIGHTS) and os.path.isfile(path):
+        return os.path.dirname(path) or "."
+    raise CheckpointError(f"{path!r}: no {MODEL_JSON} here nor in best/ or last/ (expected a checkpoint or a run "
+                          f"directory)")
+
+
 def _read_json(path: str, what: str) -> dict:
     if not os.path.lexists(path):
         raise CheckpointError(f"{what}: {path} is missing")

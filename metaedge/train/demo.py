@@ -148,7 +148,7 @@ def measure_latency(clf, frames: np.ndarray, n: int) -> dict[str, float]:
         t = clf.last_timings
         if i >= 3:  # warm-up frames excluded
             for key in parts:
-                parts[key].append(getattr(t, key) * 1e3)
+                parts[key].append(getattr(t, f"{key}_ms"))
     return {key: float(np.median(v)) for key, v in parts.items()}
 
 

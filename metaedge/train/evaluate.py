@@ -170,6 +170,19 @@ def evaluate(model, data: FewShotDataset, ways: int = 5, shots: int = 1, queries
                       dataset=data.name, seconds=time.perf_counter() - started, options=options)
 
 
+def training_overlap(model, data: FewShotDataset) -> list[str] | None:
+    """The class keys of ``data`` that the model saw in training (labelled or not: a pretraining folder covers
+    the class folders inside it), as its checkpoint (or ``fit``) recorded them; None when the model carries no
+    such record (a checkpoint from before it was kept). Evaluating on them measures memory, not few-shot
+    learning."""
+    from metaedge.train.data.base import keys_overlap
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    seen = ((meta.get("training") or {}).get("data") or {}).get("seen")
+    if seen is None:
+        return None
+    return keys_overlap(data.seen_keys(), seen)
+
+
 class _NoBar:
     def update(self, n=1):
         pass
@@ -200,3 +213,4 @@ class _CallableModule(type(math)):
 import sys as _sys  # noqa: E402
 
 _sys.modules[__name__].__class__ = _CallableModule
+

@@ -74,7 +74,7 @@ def test_one_frame_path_agrees_with_the_general_path(clf, glyphs, layout):
     assert general.label == "glyph 4"
     for _ in range(3):  # a snapshot's first frame is scored by plain topk, later ones by its packed matcher
         one = clf.predict(frame, k=3)
-        assert clf.last_timings.images == 1 and clf.last_timings.kernels > 0
+        assert clf.last_timings.images == 1 and clf.last_timings.kernels_ms > 0
         assert_same_prediction(one, general)
     flipped = clf.predict(frame[:, ::-1], k=3)  # a reversed view: copied once natively, same route
     assert_same_prediction(flipped, clf.predict(np.ascontiguousarray(frame[:, ::-1]), k=3))
@@ -173,8 +173,13 @@ def test_forget_rename_classes_and_timings(clf, glyphs):
     assert "bolt M6" in clf.labels and "glyph 4" not in clf and len(clf) == 7
     assert clf.predict(glyphs.sample(3, 1)[0]).label == "bolt M6"
     t = clf.last_timings
-    assert t.images == 1 and min(t.load, t.preprocess, t.backbone, t.kernels) >= 0
-    assert t.load + t.preprocess + t.backbone + t.kernels <= t.total
+    assert t.images == 1 and min(t.load_ms, t.preprocess_ms, t.backbone_ms, t.kernels_ms) >= 0
+    assert t.load_ms + t.preprocess_ms + t.backbone_ms + t.kernels_ms <= t.total_ms
+    assert t.preprocessing_ms == t.load_ms + t.preprocess_ms and set(t.to_dict()) == {
+        "load_ms", "preprocess_ms", "backbone_ms", "kernels_ms", "total_ms", "preprocessing_ms", "images"}
+    assert "ms" in str(t) and f"total {t.total_ms:.1f} ms" in str(t)
+    with pytest.warns(DeprecationWarning, match="total_ms"):  # the unit-less names of 0.1 still read, in seconds
+        assert t.total == pytest.approx(t.total_ms / 1e3)
     with pytest.raises(UnknownLabelError):
         clf.forget("glyph 4")
 

@@ -140,6 +140,11 @@ def _tamper(path, sql, params=(), recompute=True):
     ("UPDATE meta SET value='{\"prototypes\": NaN, \"adapted\": null}' WHERE key='thresholds'", (), "thresholds"),
     ("UPDATE meta SET value=? WHERE key='next_uid'", (str(2 ** 70),), "next_uid"),
     ("UPDATE meta SET value='-1' WHERE key='generation'", (), "generation"),
+    ("UPDATE meta SET value='{\"heads\": {\"adapted\": {\"how\": \"guessed\"}}, \"calibration\": null}' "
+     "WHERE key='open_set'", (), "open_set: head 'adapted'"),
+    ("UPDATE meta SET value='{\"heads\": {}, \"calibration\": {\"negatives\": \"others\", \"target_fpr\": 2}}' "
+     "WHERE key='open_set'", (), "calibration: target_fpr"),
+    ("DELETE FROM meta WHERE key='open_set'", (), "'open_set' is missing"),
     ("UPDATE meta SET value='0' WHERE key='embedding_dim'", (), "embedding_dim"),
     ("UPDATE meta SET value='manhattan' WHERE key='metric'", (), "metric"),
     ("UPDATE meta SET value='-5' WHERE key='seed'", (), "seed"),

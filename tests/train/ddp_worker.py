@@ -18,3 +18,9 @@ for method, options in (("protonet", {}), ("fomaml", {"inner_steps": 1, "inner_l
                 lr=0.5, schedule="constant", backbone_options={"hidden": 8}, method_options=options, seed=11,
                 progress=False, device="cpu", amp="off")
     save_file({k: v.contiguous() for k, v in model.named_parameters()}, os.path.join(out, f"{method}-{rank}.safetensors"))
+# self-supervised pretraining under DDP: two SimCLR steps on different unsupervised episodes per rank
+from metaedge.train.pretrain import pretrain  # noqa: E402
+
+model = pretrain(data, "simclr", episodes=2, batch_size=8, backbone_options={"hidden": 8}, seed=11, progress=False,
+                 device="cpu", amp="off", augment="light")
+save_file({k: v.contiguous() for k, v in model.named_parameters()}, os.path.join(out, f"simclr-{rank}.safetensors"))

@@ -43,6 +43,8 @@ def test_train_resume_and_eval_json(tmp_path, capsys):
     assert code == 0 and json.loads(capsys.readouterr().out)["episodes"] == 8
     assert main(["train", "--resume", run_dir, "--lr", "0.5", "--episodes", "9"]) == 2
     assert "cannot change" in capsys.readouterr().err
+    assert main(["train", "--resume", run_dir, "--data-seed", "5", "--episodes", "9"]) == 2
+    assert "data_seed: 0 -> 5" in capsys.readouterr().err
     code = main(["eval", run_dir, *TINY, "--ways", "5", "3", "--shots", "1", "--queries", "4", "--episodes", "12",
                  "--json", "--per-episode"])
     assert code == 0

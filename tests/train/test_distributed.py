@@ -76,3 +76,6 @@ def test_torchrun_two_gloo_ranks_average_gradients_of_different_episodes(tmp_pat
         for key, value in expected.items():
             assert torch.equal(rank0[key], rank1[key]), key
             assert torch.allclose(rank0[key], value, atol=1e-5), key
+    # SimCLR under DDP: the ranks drew different images, and averaged gradients keep their weights identical
+    rank0, rank1 = (load_file(str(tmp_path / f"simclr-{r}.safetensors")) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)

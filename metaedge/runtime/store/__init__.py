@@ -1,7 +1,9 @@
 """The gallery store: enrolled classes shared by any number of processes, one SQLite database per gallery.
 
 Modules (each one job): ``gallery`` (the :class:`Gallery`: opening, lock-free reads, catching up with other
-processes, transactions), ``changes`` (enroll / forget / rename / adapt / thresholds, one transaction each),
+processes, transactions), ``changes`` (enroll / forget / rename / adapt, one transaction each),
+``calibration`` (the open-set record: calibration set, per-head thresholds, re-calibration after adapt),
+``migrations`` (in-place upgrades of older store schemas),
 ``transfer`` (class packs, copies, conversion of old files), ``audit`` (who changed what), ``db`` (schema,
 checked reads and writes of rows, the audit trail), ``checks`` (the range of every stored field), ``state``
 (the immutable in-memory state and the class maths: running means, reservoir sampling), ``matrix`` (the

@@ -1,4 +1,5 @@
-"""The changes of a gallery: enroll, forget, rename, clear, adapt, thresholds - each one transaction.
+"""The changes of a gallery: enroll, forget, rename, clear, adapt - each one transaction (thresholds and the
+calibration set: :mod:`.calibration`).
 
 A mixin of :class:`~metaedge.runtime.store.gallery.Gallery` (the class that owns the store, the in-memory state and
 :meth:`transaction`): every method here runs inside a transaction, computes its rows from the caught-up working
@@ -144,11 +145,15 @@ class Changes:
             self._changed(empty_state(self.embedding_dim, self.metric, self._gen, s.thresholds))
 
     def set_adapted(self, weights: np.ndarray, info: dict | None = None, *, expected_version: int | None = None,
-                    classes: np.ndarray | None = None) -> None:
+                    classes: np.ndarray | None = None) -> dict | None:
         """Install adapted classifier weights: rows in ``labels`` order, or - with ``classes`` (the uids of a
         :class:`TrainingSet`) - in that order. ``expected_version``: the version the weights were computed
         from; classes enrolled, re-enrolled or forgotten since are imprinted (as if changed after the adapt) when
-        ``classes`` is given, else the change is refused with a RuntimeError."""
+        ``classes`` is given, else the change is refused with a RuntimeError.
+
+        The adapted head's unknown threshold is set in the same transaction: re-calibrated from the stored
+        calibration set at its target false-accept rate, kept if set by hand, else none. Returns its open-set
+        record (``{"threshold", "how", figures...}``), or None when the head has no threshold."""
         w = np.asarray(weights)
         if w.dtype.kind != "f" or w.ndim != 2 or w.shape[1] != self.embedding_dim:
             raise ValueError(f"`weights`: expected float [C, {self.embedding_dim}], got {w.dtype} {list(w.shape)}")
@@ -179,9 +184,14 @@ class Changes:
                     adapted[i] = imprint(s.protos[i])
             self._write_adapted(s, adapted, fresh)
             self._store.set_meta(adaptation=info)
+            thresholds, head = self._adapted_threshold(s, adapted)
             self._audit("adapt", detail={**{k: v for k, v in info.items() if k != "losses"},
-                                         "classes": len(s), "trained": int(fresh.sum())})
-            self._changed(s.with_adapted(adapted, fresh, info, self._gen))
+                                         "classes": len(s), "trained": int(fresh.sum()),
+                                         "unknown_threshold": None if head is None else head["threshold"],
+                                         "threshold_how": None if head is None else head["how"]})
+            self._changed(s.with_adapted(adapted, fresh, info, self._gen).with_settings(self._gen,
+                                                                                        thresholds=thresholds))
+        return head
 
     def _write_adapted(self, s: State, adapted: np.ndarray | None, fresh: np.ndarray) -> None:
         for i in range(len(s)):
@@ -198,21 +208,7 @@ class Changes:
             fresh = np.zeros(len(s), bool)
             self._write_adapted(s, None, fresh)
             self._store.set_meta(adaptation=None)
+            thresholds, _ = self._adapted_threshold(s, None)
             self._audit("reset_adaptation")
-            self._changed(s.with_adapted(None, fresh, None, self._gen))
-
-    def set_threshold(self, mode: str, value: float | None) -> None:
-        """Store the open-set threshold calibrated for ``mode`` (``"prototypes"`` or ``"adapted"``)."""
-        if mode not in ("prototypes", "adapted"):
-            raise ValueError(f"`mode`: expected 'prototypes' or 'adapted', got {mode!r}")
-        if value is not None:
-            value = float(value)
-            if not np.isfinite(value):
-                raise ValueError(f"`value`: expected a finite threshold, got {value}")
-        with self.transaction():
-            s = self._work
-            thresholds = dict(s.thresholds)
-            thresholds[mode] = value
-            self._store.set_meta(thresholds=thresholds)
-            self._audit("threshold", detail={"mode": mode, "value": value})
-            self._changed(s.with_settings(self._gen, thresholds=thresholds))
+            self._changed(s.with_adapted(None, fresh, None, self._gen).with_settings(self._gen,
+                                                                                     thresholds=thresholds))

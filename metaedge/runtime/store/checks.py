@@ -8,7 +8,7 @@ from typing import Any
 from metaedge import kernels
 from metaedge.runtime.store.errors import GalleryCorruptError
 
-__all__ = ["check_int", "check_time_field", "check_thresholds", "check_fingerprint", "check_settings",
+__all__ = ["check_int", "check_time_field", "check_thresholds", "check_open_set", "check_fingerprint", "check_settings",
            "MAX_EMBEDDING_DIM", "MAX_SUPPORT_CAP", "MAX_SHOTS", "MAX_ID", "MAX_TIME", "MAX_FINGERPRINT"]
 
 MAX_EMBEDDING_DIM = 65536
@@ -46,6 +46,63 @@ def check_thresholds(value: Any, what: str) -> dict:
             v = float(v)
         out[key] = v
     return out
+
+
+HOWS = ("calibrated", "recalibrated", "set", "migrated")
+MAX_CALIBRATION_ROWS = 5000   # known images, and again other images, kept per gallery (a seeded sample of more)
+
+
+def _check_rate(value, what: str, *, none_ok: bool = False, open_interval: bool = False):
+    if value is None and none_ok:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        0 < value < 1 if open_interval else 0 <= value <= 1)
+    if not ok:
+        raise GalleryCorruptError(f"{what}: expected a number in {'(0, 1)' if open_interval else '[0, 1]'}, "
+                                  f"got {value!r}")
+    return float(value)
+
+
+def check_open_set(value: Any, what: str) -> dict:
+    """The open-set record: ``{"heads": {head: {"how", "at", figures...}}, "calibration": null | {...}}``."""
+    if not isinstance(value, dict) or set(value) != {"heads", "calibration"} or not isinstance(value["heads"], dict):
+        raise GalleryCorruptError(f"{what}: expected {{'heads': {{...}}, 'calibration': ...}}, got {str(value)[:80]}")
+    heads = {}
+    for head, entry in value["heads"].items():
+        where = f"{what}: head {head!r}"
+        if head not in ("prototypes", "adapted") or not isinstance(entry, dict) or entry.get("how") not in HOWS:
+            raise GalleryCorruptError(f"{where}: expected 'prototypes' or 'adapted' with 'how' one of {HOWS}")
+        out = {"how": entry["how"]}
+        if "at" in entry:
+            out["at"] = check_time_field(entry["at"], f"{where}: at")
+        for key in ("fpr", "known_accept_rate", "target_fpr"):
+            if key in entry:
+                out[key] = _check_rate(entry[key], f"{where}: {key}", open_interval=key == "target_fpr")
+        if "known_correct_rate" in entry:
+            out["known_correct_rate"] = _check_rate(entry["known_correct_rate"], f"{where}: known_correct_rate",
+                                                    none_ok=True)
+        for key in ("n_known", "n_negative"):
+            if key in entry:
+                out[key] = check_int(entry[key], 0, 2 * MAX_CALIBRATION_ROWS, f"{where}: {key}")
+        if "negatives" in entry:
+            if entry["negatives"] not in ("others", "impostors"):
+                raise GalleryCorruptError(f"{where}: negatives: expected 'others' or 'impostors'")
+            out["negatives"] = entry["negatives"]
+        heads[head] = out
+    cal = value["calibration"]
+    if cal is not None:
+        if not isinstance(cal, dict) or cal.get("negatives") not in ("others", "impostors"):
+            raise GalleryCorruptError(f"{what}: calibration: expected an object with negatives 'others' or "
+                                      f"'impostors', got {str(cal)[:80]}")
+        cal = {"negatives": cal["negatives"],
+               "target_fpr": _check_rate(cal.get("target_fpr"), f"{what}: calibration: target_fpr",
+                                         open_interval=True),
+               "at": check_time_field(cal.get("at"), f"{what}: calibration: at"),
+               "version": check_int(cal.get("version"), 0, MAX_ID, f"{what}: calibration: version"),
+               "classes": check_int(cal.get("classes"), 0, MAX_ID, f"{what}: calibration: classes"),
+               **{key: check_int(cal.get(key), 0, MAX_ID, f"{what}: calibration: {key}")
+                  for key in ("known", "other", "known_given", "other_given")}}
+    return {"heads": heads, "calibration": cal}
 
 
 def check_fingerprint(value: Any, what: str) -> str | None:

@@ -4,11 +4,16 @@ Tables (schema version :data:`SCHEMA_VERSION`; ``PRAGMA user_version`` holds it,
 marks the file as a metaedge gallery)::
 
     meta     (key, value, crc)        format, schema, embedding_dim, metric, bundle_fingerprint, support_cap,
-                                      seed, created_at, generation, next_uid, thresholds, adaptation
+                                      seed, created_at, generation, next_uid, thresholds, open_set, adaptation
     classes  (uid, label, shots, prototype, enrolled_at, updated_at, adapted, fresh, support, vector_gen,
               changed, crc)           one row per class; uid order = enrollment order
     support  (uid, rows, embeddings, crc)   the class's support memory (float32 [rows, d])
     audit    (seq, generation, at, op, label, uid, shots, actor, detail)   every change, never rewritten
+    calibration (seq, role, uid, rows, embeddings, crc)   the embeddings the unknown thresholds were calibrated
+                                      from (runtime/store/calibration.py), so a new head can be re-calibrated
+
+Older store schemas are upgraded in place when a store is opened for writing (runtime/store/migrations.py);
+opened read-only, they are read as they are.
 
 Every change is one write transaction (``BEGIN IMMEDIATE``: one writer at a time across processes, readers never
 blocked) that touches only its own rows, bumps ``generation`` and appends to ``audit``; the audit rows of a
@@ -30,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from metaedge.runtime.store.checks import (MAX_ID, MAX_SHOTS, MAX_SUPPORT_CAP, MAX_TIME, check_fingerprint, check_int,
-                                          check_settings, check_thresholds, check_time_field)
+                                          check_open_set, check_settings, check_thresholds, check_time_field)
 from metaedge.runtime.store.errors import (STORE_ERRORS, GalleryCorruptError, GalleryError, GalleryVersionError,
                                            from_sqlite_error)
 from metaedge.runtime.store.labels import check_label
@@ -40,7 +45,9 @@ __all__ = ["Store", "Meta", "AuditRow", "SCHEMA_VERSION", "FORMAT", "APPLICATION
            "MAX_SUPPORT_CAP", "MAX_SHOTS", "MAX_TIME", "is_sqlite_file"]
 
 FORMAT = "metaedge.gallery"
-SCHEMA_VERSION = 2            # 1 was the single safetensors file (runtime/store/legacy.py reads and converts it)
+SCHEMA_VERSION = 3            # 1 was the single safetensors file (runtime/store/legacy.py reads and converts it);
+                              # 2 had no calibration table and open-set record (runtime/store/migrations.py)
+OLDEST_STORE_SCHEMA = 2
 APPLICATION_ID = 0x4D45474C   # "MEGL"
 SQLITE_MAGIC = b"SQLite format 3\0"
 MAX_ACTOR = 256
@@ -61,7 +68,11 @@ _SCHEMA = {
                         "at REAL NOT NULL, op TEXT NOT NULL, label TEXT, uid INTEGER, shots INTEGER, "
                         "actor TEXT NOT NULL, detail TEXT)",
     ("index", "audit_generation"): "CREATE INDEX audit_generation ON audit (generation)",
+    ("table", "calibration"): "CREATE TABLE calibration (seq INTEGER PRIMARY KEY, role TEXT NOT NULL, uid INTEGER, "
+                              "rows INTEGER NOT NULL, embeddings BLOB NOT NULL, crc INTEGER NOT NULL)",
 }
+# The objects of each store schema this version reads.
+SCHEMA_OBJECTS = {3: set(_SCHEMA), 2: set(_SCHEMA) - {("table", "calibration")}}
 # Objects SQLite makes by itself for the schema above.
 _AUTOMATIC = {("table", "sqlite_sequence"), ("index", "sqlite_autoindex_classes_1"),
               ("index", "sqlite_autoindex_meta_1")}
@@ -71,6 +82,12 @@ CLASS_OPS = {"enroll", "forget", "rename", "import"}
 SETTINGS_OPS = {"threshold", "fingerprint", "create"}
 WIDE_OPS = {"adapt", "reset_adaptation", "clear", "migrate"}
 ALL_OPS = CLASS_OPS | SETTINGS_OPS | WIDE_OPS
+
+
+def migrated_open_set(thresholds: dict | None) -> dict:
+    """The open-set record of thresholds that came without one (an upgraded store, a converted old file)."""
+    return {"heads": {head: {"how": "migrated"} for head, value in (thresholds or {}).items() if value is not None},
+            "calibration": None}
 
 
 def is_sqlite_file(head: bytes) -> bool:
@@ -101,6 +118,7 @@ class Meta:
     generation: int
     next_uid: int
     thresholds: dict
+    open_set: dict                  # per head how its threshold was set; the calibration set's settings
     adaptation: dict | None
     metaedge_version: str
 
@@ -121,11 +139,13 @@ class AuditRow:
 class Store:
     """One connection to a gallery database (or ``:memory:``). Not thread-safe: the Gallery serialises use."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool = False, dim: int = 0):
+    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool = False, dim: int = 0,
+                 schema: int = SCHEMA_VERSION):
         self.conn = conn
         self.path = path
         self.readonly = readonly
         self.dim = dim
+        self.schema = schema  # an older schema only when opened read-only (else upgraded at open)
 
     # ------------------------------------------------------------------ opening and creating
     @staticmethod
@@ -151,7 +171,7 @@ class Store:
             raise from_sqlite_error(exc, path, "opening the gallery") from None
         store = cls(conn, path, readonly)
         try:
-            store._check_file()
+            store.schema = store._check_file()
             if not readonly and path != ":memory:":
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
@@ -159,6 +179,9 @@ class Store:
                                        f"galleries on a local file system")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA journal_size_limit=67108864")
+            if store.schema < SCHEMA_VERSION and not readonly:
+                from metaedge.runtime.store.migrations import upgrade
+                upgrade(store)
         except STORE_ERRORS as exc:
             conn.close()
             raise from_sqlite_error(exc, path, "opening the gallery") from None
@@ -167,7 +190,8 @@ class Store:
             raise
         return store
 
-    def _check_file(self) -> None:
+    def _check_file(self) -> int:
+        """The file's store schema, after checking that it is a metaedge gallery of a schema this version reads."""
         c = self.conn
         app, version = c.execute("PRAGMA application_id").fetchone()[0], c.execute("PRAGMA user_version").fetchone()[0]
         if app != APPLICATION_ID:
@@ -176,25 +200,26 @@ class Store:
         if version > SCHEMA_VERSION:
             raise GalleryVersionError(f"{self.path}: written with gallery schema {version} by a newer metaedge; "
                                       f"this metaedge reads schema <= {SCHEMA_VERSION}: upgrade metaedge")
-        if version < SCHEMA_VERSION:
-            # No older store schema exists yet: schema 1 was the safetensors file, converted by `migrate`.
+        if version < OLDEST_STORE_SCHEMA:
+            # schema 1 was the safetensors file (converted by `classes migrate`), never an SQLite database
             raise GalleryCorruptError(f"{self.path}: unknown gallery schema {version}")
         objects = {(t, n) for t, n in c.execute("SELECT type, name FROM sqlite_master")}
-        unexpected = objects - set(_SCHEMA) - _AUTOMATIC
-        missing = set(_SCHEMA) - objects
+        unexpected = objects - SCHEMA_OBJECTS[version] - _AUTOMATIC
+        missing = SCHEMA_OBJECTS[version] - objects
         if unexpected or missing:
             what = ", ".join(f"{t} {n!r}" for t, n in sorted(unexpected)) or ""
             gone = ", ".join(f"{t} {n!r}" for t, n in sorted(missing)) or ""
             raise GalleryCorruptError(f"{self.path}: not a metaedge gallery schema"
                                       + (f" (unexpected {what})" if what else "")
                                       + (f" (missing {gone})" if gone else ""))
+        return version
 
     @classmethod
     def initialise(cls, conn: sqlite3.Connection, *, embedding_dim: int, metric: str, fingerprint: str | None,
                    support_cap: int, seed: int, created_at: float, thresholds: dict | None = None,
                    generation: int = 0, next_uid: int = 0, actor: str = "?") -> None:
         """Write the schema and settings of a new gallery into an empty database (one transaction), and the
-        audit trail's first entry."""
+        audit trail's first entry. ``thresholds`` (of a converted old gallery) are recorded as ``migrated``."""
         from metaedge import __version__
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -206,8 +231,8 @@ class Store:
             store.set_meta(format=FORMAT, schema_version=str(SCHEMA_VERSION), embedding_dim=embedding_dim,
                            metric=metric, bundle_fingerprint=fingerprint or "", support_cap=support_cap, seed=seed,
                            created_at=created_at, generation=generation, next_uid=next_uid,
-                           thresholds=thresholds or {"prototypes": None, "adapted": None}, adaptation=None,
-                           metaedge_version=__version__)
+                           thresholds=thresholds or {"prototypes": None, "adapted": None},
+                           open_set=migrated_open_set(thresholds), adaptation=None, metaedge_version=__version__)
             store.record(generation, created_at, "create", actor,
                          detail={"embedding_dim": embedding_dim, "metric": metric, "support_cap": support_cap})
             conn.execute("COMMIT")
@@ -270,6 +295,8 @@ class Store:
         dim, metric, cap, seed = get("embedding_dim"), get("metric"), get("support_cap"), get("seed")
         check_settings(embedding_dim=dim, metric=metric, support_cap=cap, seed=seed, where=where)
         adaptation = get("adaptation")
+        # (a store of schema 2, read as it is, has no open-set record: what an upgrade would write)
+        open_set = get("open_set") if self.schema >= 3 or "open_set" in v else migrated_open_set(get("thresholds"))
         if adaptation is not None and not isinstance(adaptation, dict):
             raise GalleryCorruptError(f"{where}: setting 'adaptation': expected an object or null")
         meta = Meta(embedding_dim=dim, metric=metric,
@@ -277,7 +304,8 @@ class Store:
                     support_cap=cap, seed=seed, created_at=check_time_field(get("created_at"), f"{where}: created_at"),
                     generation=check_int(get("generation"), 0, MAX_ID, f"{where}: generation"),
                     next_uid=check_int(get("next_uid"), 0, MAX_ID, f"{where}: next_uid"),
-                    thresholds=check_thresholds(get("thresholds"), f"{where}: thresholds"), adaptation=adaptation,
+                    thresholds=check_thresholds(get("thresholds"), f"{where}: thresholds"),
+                    open_set=check_open_set(open_set, f"{where}: open_set"), adaptation=adaptation,
                     metaedge_version=str(get("metaedge_version")))
         self.dim = meta.embedding_dim
         return meta

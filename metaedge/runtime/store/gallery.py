@@ -28,6 +28,7 @@ import numpy as np
 from metaedge import kernels
 from metaedge.runtime.store import files
 from metaedge.runtime.store.audit import AuditEntry, default_actor, entry_of
+from metaedge.runtime.store.calibration import OpenSet, load_calibration
 from metaedge.runtime.store.changes import Changes
 from metaedge.runtime.store.checks import check_settings
 from metaedge.runtime.store.db import BUSY_TIMEOUT_S, MAX_IDS_PER_QUERY, Meta, Store
@@ -61,7 +62,7 @@ class TrainingSet:
     support_labels: np.ndarray  # int64 [M]
 
 
-class Gallery(Changes, Transfers):
+class Gallery(Changes, OpenSet, Transfers):
     """Enrolled classes (see the module docstring). ``Gallery(dim, ...)`` makes a new one - in memory, or
     with ``path`` a new store file; :meth:`open` opens (or creates) a store, :meth:`load` opens an existing one.
 
@@ -132,7 +133,7 @@ class Gallery(Changes, Transfers):
         try:
             # realpath: every process must find the same counter, whichever link it opened the gallery through
             real = os.path.realpath(path)
-            if why is None:
+            if why is None and not (readonly and not os.path.exists(real + COUNTER_SUFFIX)):
                 counter = ChangeCounter(real, os.stat(path).st_mode & 0o777, writable=not readonly)
             elif why != errno.EROFS and os.path.exists(real + COUNTER_SUFFIX):
                 counter = ChangeCounter(real, writable=False)
@@ -587,6 +588,7 @@ class Gallery(Changes, Transfers):
                 self._store.meta()
                 self._store.load_classes()
                 self._store.load_support(None, self.support_cap)
+                load_calibration(self._store)
                 self._store.history()
             except GalleryError as exc:
                 problems.append(str(exc))

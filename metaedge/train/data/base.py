@@ -17,8 +17,8 @@ import torch
 
 from metaedge.runtime.spec import PreprocessSpec
 
-LUMA = (0.299, 0.587, 0.114)
-_ROTATION_SUFFIX = re.compile(r"(/rot(90|180|270))?(/mirror)?$")  # ITU-R 601, as metaedge.kernels.preprocess
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as metaedge.kernels.preprocess
+_ROTATION_SUFFIX = re.compile(r"(/rot(90|180|270))?(/mirror)?$")
 
 
 class DataError(ValueError):
@@ -71,11 +71,16 @@ class FewShotDataset:
 
     ``images``: uint8 ``[N, C, H, W]``; ``labels``: int64 ``[N]`` in ``[0, num_classes)``; ``class_names``;
     ``groups``: one group name per class (e.g. the Omniglot alphabet) for group-aware splits;
-    ``preprocess``: the ``PreprocessSpec`` whose maths produced (and ``to_input`` finishes) the inputs.
+    ``preprocess``: the ``PreprocessSpec`` whose maths produced (and ``to_input`` finishes) the inputs;
+    ``class_keys``: one identity per class that does not depend on how the data was loaded or split
+    (``omniglot/Greek/character01``, ``synthetic:seed0/glyph0012``, ``folder:/abs/root/cat``; rotated or mirrored
+    copies share their original's key): what a checkpoint records as "seen in training", so that an evaluation
+    can refuse classes a model was trained on.
     """
+    unlabelled = False
 
     def __init__(self, images: torch.Tensor, labels, class_names: Sequence[str], preprocess: PreprocessSpec,
-                 groups: Sequence[str] | None = None, name: str = "dataset"):
+                 groups: Sequence[str] | None = None, name: str = "dataset", class_keys: Sequence[str] | None = None):
         labels = torch.as_tensor(labels, dtype=torch.int64)
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise DataError(f"images: expected a uint8 [N, C, H, W] tensor, got {images.dtype} {tuple(images.shape)}")
@@ -95,6 +100,10 @@ class FewShotDataset:
             raise DataError("groups: expected one group per class")
         self.preprocess = preprocess.validate()
         self.name = name
+        self.class_keys = list(class_keys) if class_keys is not None else \
+            [f"{name}/{_ROTATION_SUFFIX.sub('', c)}" for c in self.class_names]
+        if len(self.class_keys) != len(self.class_names):
+            raise DataError("class_keys: expected one key per class")
         order = torch.argsort(labels, stable=True)
         counts = torch.bincount(labels, minlength=len(class_names))
         self._class_indices = list(torch.split(order, counts.tolist()))
@@ -113,6 +122,10 @@ class FewShotDataset:
 
     def class_indices(self, c: int) -> torch.Tensor:
         return self._class_indices[c]
+
+    def seen_keys(self) -> list[str]:
+        """What training on this data set shows a model: its distinct class keys (see the class docstring)."""
+        return sorted(set(self.class_keys))
 
     def __repr__(self) -> str:
         p = self.preprocess
@@ -154,7 +167,8 @@ class FewShotDataset:
             if idx else torch.empty(0, dtype=torch.int64)
         all_idx = torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)
         return FewShotDataset(self.images[all_idx], new_labels, [self.class_names[c] for c in classes],
-                              self.preprocess, [self.groups[c] for c in classes], name or self.name)
+                              self.preprocess, [self.groups[c] for c in classes], name or self.name,
+                              [self.class_keys[c] for c in classes])
 
     def select_groups(self, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                       name: str | None = None) -> "FewShotDataset":
@@ -201,7 +215,7 @@ class FewShotDataset:
         if "size" in changes or "color" in changes:
             raise DataError("size/color are baked into the cache: rebuild the data set to change them")
         return FewShotDataset(self.images, self.labels, self.class_names, replace(self.preprocess, **changes),
-                              self.groups, self.name)
+                              self.groups, self.name, self.class_keys)
 
     @staticmethod
     def concat(datasets: Sequence["FewShotDataset"], name: str = "concat") -> "FewShotDataset":
@@ -211,11 +225,25 @@ class FewShotDataset:
         for d in datasets[1:]:
             if d.preprocess != pre:
                 raise DataError(f"concat: pre-processing differs ({d.preprocess} vs {pre})")
-        images, labels, names, groups, offset = [], [], [], [], 0
+        images, labels, names, groups, keys, offset = [], [], [], [], [], 0
         for d in datasets:
             images.append(d.images)
             labels.append(d.labels + offset)
             names += d.class_names
             groups += d.groups
+            keys += d.class_keys
             offset += d.num_classes
-        return FewShotDataset(torch.cat(images), torch.cat(labels), names, pre, groups, name)
+        return FewShotDataset(torch.cat(images), torch.cat(labels), names, pre, groups, name, keys)
+
+
+def keys_overlap(keys: Sequence[str], seen: Sequence[str]) -> list[str]:
+    """The ``keys`` that a ``seen`` key covers: equal, or one a ``/``-path prefix of the other (a folder seen
+    without labels covers every class folder inside it; a class folder covers the images listed from it)."""
+    seen_set = set(seen)
+
+    def prefixes(key: str):
+        parts = key.split("/")
+        return ("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+    seen_prefixes = {p for s in seen_set for p in prefixes(s)}
+    return sorted({k for k in keys if k in seen_prefixes or any(p in seen_set for p in prefixes(k))})

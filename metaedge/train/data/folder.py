@@ -91,8 +91,9 @@ class ImageFolderDataset(FewShotDataset):
                                  pad=pad).validate()
         except ValueError as exc:
             raise DataError(str(exc)) from None
+        root_abs = os.path.abspath(root)
         super().__init__(cache_images(pixels, pre), labels, names, pre, groups,
-                         name=os.path.basename(os.path.abspath(root)))
+                         name=os.path.basename(root_abs), class_keys=[f"folder:{root_abs}/{n}" for n in names])
         self.skipped = skipped
         if split is not None:
             parts = dict(zip(("train", "val", "test"), self.split(split_fractions, split_seed, split_by)))
@@ -100,4 +101,4 @@ class ImageFolderDataset(FewShotDataset):
                 raise DataError(f"split: expected 'train', 'val' or 'test', got {split!r}")
             chosen = parts[split]
             FewShotDataset.__init__(self, chosen.images, chosen.labels, chosen.class_names, pre, chosen.groups,
-                                    chosen.name)
+                                    chosen.name, chosen.class_keys)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from metaedge.runtime.spec import PreprocessSpec
-from metaedge.train.data.base import DataError, FewShotDataset, cache_images
+from metaedge.train.data.base import _ROTATION_SUFFIX, DataError, FewShotDataset, cache_images
 
 ENV_VAR = "METAEDGE_OMNIGLOT"
 _IMAGE_EXT = (".png",)
@@ -169,6 +169,8 @@ class Omniglot(FewShotDataset):
             all_labels += [lab + n for lab in all_labels]
             all_names += [f"{name}/mirror" for name in all_names]
             all_groups += list(all_groups)
+        # a character's identity, whichever set, rotation or mirror image it comes from
+        keys = ["omniglot/" + _ROTATION_SUFFIX.sub("", n) for n in all_names]
         super().__init__(torch.cat(all_images).contiguous(), torch.cat(all_labels), all_names, pre, all_groups,
-                         name="omniglot")
+                         name="omniglot", class_keys=keys)
         self.alphabets = sorted(set(groups))

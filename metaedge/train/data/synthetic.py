@@ -88,6 +88,8 @@ class SyntheticGlyphs(FewShotDataset):
             cached = torch.from_numpy(pixels[:, None].copy())
         else:
             cached = cache_images(list(pixels), pre)
-        super().__init__(cached, np.concatenate(labels), [f"glyph{c:04d}" for c in classes], pre,
-                         groups=["glyphs"] * len(classes), name=f"synthetic-glyphs/{split or 'all'}")
+        names = [f"glyph{c:04d}" for c in classes]
+        super().__init__(cached, np.concatenate(labels), names, pre, groups=["glyphs"] * len(classes),
+                         name=f"synthetic-glyphs/{split or 'all'}",
+                         class_keys=[f"synthetic:seed{seed}/{n}" for n in names])
         self.seed = seed

@@ -59,7 +59,9 @@ class Method(nn.Module):
     """Base class. Subclasses implement ``forward_loss``; parameters of the method itself (a learned scale, a
     classifier head) are registered on it and trained with the backbone."""
     name = "method"
-    episodic = True
+    episodic = True            # trains on episodes (False: on class-balanced batches of labelled images)
+    needs_labels = False       # True: cannot learn from unsupervised episodes (the Baseline's class head)
+    self_supervised = False    # True: an episode is a batch of images x 2 augmented views (SimCLR, BYOL)
     metric = "euclidean"       # how the embeddings are compared on the device
     ddp_compatible = True      # the loss is a plain forward pass (DDP's gradient hooks work)
 
@@ -78,6 +80,12 @@ class Method(nn.Module):
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         return self.forward_loss(model, batch)
+
+    def setup(self, model: nn.Module) -> None:
+        """Called once the backbone is built and placed (BYOL copies it into its target network)."""
+
+    def after_step(self, model: nn.Module, progress: float) -> None:
+        """Called after every optimizer step; ``progress`` is the fraction of the run done (BYOL's EMA)."""
 
     def compute_grads(self, model: nn.Module, batch: Batch, loss_fn, backward) -> StepOutput:
         """Fill ``.grad`` of the parameters to update. ``loss_fn(batch)`` runs the (possibly DDP-wrapped,

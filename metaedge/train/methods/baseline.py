@@ -15,6 +15,7 @@ from metaedge.train.methods.base import Batch, Method, StepOutput, full_precisio
 class Baseline(Method):
     name = "baseline"
     episodic = False
+    needs_labels = True
 
     def __init__(self, num_classes: int, embedding_dim: int, head: str = "cosine", scale: float = 10.0,
                  learn_scale: bool = True, label_smoothing: float = 0.0):
