@@ -26,7 +26,10 @@ class Server:
         token_args = ["--tokens", str(tokens if tokens is not None else os.path.join(self.workdir, "no-tokens.json"))]
         argv = [sys.executable, "-m", "metaedge", "serve", str(bundle), str(gallery), "--port", "0", *token_args,
                 *map(str, args)]
-        full_env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+        # every DeprecationWarning printed (Python hides them outside __main__), so tests can see the server use
+        # none of metaedge's deprecated API (deprecated_uses)
+        full_env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    "PYTHONWARNINGS": "always::DeprecationWarning", **(env or {})}
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self._out, stderr=self._err, env=full_env)
         self.returncode = None
         self.url = None
@@ -62,6 +65,11 @@ class Server:
     def stderr(self) -> str:
         with open(self._err.name) as f:
             return f.read()
+
+    def deprecated_uses(self) -> list[str]:
+        """The DeprecationWarnings the server printed that metaedge raised (third-party ones are not ours)."""
+        return [line for line in self.stderr.splitlines() if "DeprecationWarning" in line
+                and ("metaedge" in line.split("DeprecationWarning")[-1] or "/metaedge/" in line)]
 
     def wait(self, timeout: float = 60.0) -> int:
         self.returncode = self.proc.wait(timeout)

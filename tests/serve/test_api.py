@@ -70,6 +70,13 @@ def test_enroll_predict_and_manage_classes(http, server, objects):
     assert r.status_code == 200 and body["predictions"][0]["label"] in ("red", "Grüne Ecke")
     assert len(body["predictions"][0]["topk"]) == 2 and body["classes"] == 3
     assert set(body["timings"]) == {"decode_ms", "preprocess_ms", "network_ms", "topk_ms", "total_ms"}
+    timings = body["timings"]
+    assert 0 < timings["network_ms"] < timings["total_ms"] < 10_000  # milliseconds, not seconds
+    best = body["predictions"][0]
+    if http.get("/v1/info").json()["bundle"]["metric"] == "cosine":
+        assert best["confidence"] == pytest.approx((1 + best["score"]) / 2)
+    else:  # dot / euclidean scores have no bounded scale
+        assert "confidence" in best and best["confidence"] is None
     r = http.post("/v1/predict", files=[("image", ("a.png", png(blue[5]), "image/png")),
                                         ("image", ("b.jpg", jpeg(blue[4]), "image/jpeg"))])
     assert [p["label"] for p in r.json()["predictions"]] == ["blue", "blue"]
@@ -110,6 +117,11 @@ def test_enroll_predict_and_manage_classes(http, server, objects):
     assert report["negatives"] == "others" and report["n_known"] == 6 and report["n_negative"] == 4
     pred = http.post("/v1/predict", content=png(red[4]), headers={"Content-Type": "image/png"}).json()
     assert pred["threshold"] == pytest.approx(report["threshold"])
+    open_set = http.get("/v1/classes").json()["open_set"]
+    assert open_set["head"] == "prototypes" and open_set["source"] == "calibrated"
+    assert open_set["threshold"] == pytest.approx(report["threshold"]) and open_set["target_fpr"] == 0.25
+    assert "threshold" in open_set["explain"]
+    assert http.get("/v1/info").json()["gallery"]["open_set"]["threshold"] == pytest.approx(report["threshold"])
     assert http.post("/v1/calibrate", files=[("other", ("o.png", png(red[0]), "image/png"))]).status_code == 400
 
     # the history: every change, in order, with who made it
@@ -239,3 +251,9 @@ def test_pages_of_other_sites_cannot_use_a_server_without_tokens(http, server, o
     assert r.status_code == 403 and r.json()["error"] == "bad_host"
     assert http.get("/v1/classes", headers={"Host": "localhost"}).status_code == 200
     assert "csrf" not in [c["label"] for c in http.get("/v1/classes").json()["classes"]]
+
+
+def test_the_server_uses_no_deprecated_metaedge_api(server, http, objects):
+    """(After the tests above: predictions, metrics and every change went through this server.)"""
+    assert http.get("/metrics").status_code == 200
+    assert server.deprecated_uses() == []

@@ -101,6 +101,10 @@ def test_enroll_from_the_live_view_then_predictions_follow(http):
         if latest["predictions"]:
             break
     assert latest["predictions"][0]["label"] == "red" and latest["classes"] == 1
+    best = latest["predictions"][0]
+    metric = http.get("/v1/info").json()["bundle"]["metric"]
+    assert best["confidence"] == (pytest.approx((1 + best["score"]) / 2) if metric == "cosine" else None)
+    assert 0 < latest["predict_ms"] < 10_000  # milliseconds
 
 
 def test_the_region_of_interest(http):
@@ -124,13 +128,20 @@ def test_the_region_of_interest(http):
     assert http.put("/v1/live/roi", json={"roi": None}).json() == {"roi": None}
 
 
-def test_live_metrics(http):
+def test_live_metrics(http, server):
     text = http.get("/metrics").text
     frames = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("metaedge_stream_frames_total")]
     assert frames and frames[0] > 10
     fps = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("metaedge_stream_fps")]
     assert fps and fps[0] > 1
     assert 'source="live"' in text
+    # Prometheus histograms are in seconds: the mean live predict time of a small network is well under one
+    sums = {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith(("metaedge_predict_seconds_sum{", "metaedge_predict_seconds_count{"))
+            and 'source="live"' in line}
+    assert sums["metaedge_predict_seconds_count"] > 0
+    assert 0 < sums["metaedge_predict_seconds_sum"] / sums["metaedge_predict_seconds_count"] < 1.0
+    assert server.deprecated_uses() == []
 
 
 class Webhook:

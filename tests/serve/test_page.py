@@ -122,6 +122,8 @@ def test_page_live_view_enroll_rename_forget(browser, bundle, video, objects, tm
                  what="the new class in the list")
         row = browser.find_element("css selector", "#classes tbody tr[data-label='widget']")
         assert row.find_elements("tag name", "td")[1].text == "3"
+        count = browser.find_element("id", "class-count")  # the open-set state, as `metaedge classes list` says it
+        assert "unknowns not rejected" in count.text and "no threshold" in count.get_attribute("title")
         wait_for(lambda: _text(browser, "live-label") == "widget", what="the live prediction to become the class")
 
         # a second class through the API, so that the charts and the list have something to show; a few predictions

@@ -41,16 +41,16 @@ def _state(request: Request):
     return request.app.state.server
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1e3, 3)
-
-
-def _timings(calls: list, decode: float) -> dict:
-    """The timing split of the predict calls of one request (``EdgeClassifier.last_timings`` of each)."""
-    def total(attr: str) -> float:
-        return sum(getattr(t, attr) for t in calls)
-    return {"decode_ms": _ms(decode), "preprocess_ms": _ms(total("preprocess")), "network_ms": _ms(total("backbone")),
-            "topk_ms": _ms(total("kernels")), "total_ms": _ms(total("total") + decode)}
+def _timings(calls: list, decode_s: float) -> dict:
+    """The timing split of the predict calls of one request (``EdgeClassifier.last_timings`` of each, in
+    milliseconds) after the server's own decoding of the upload: pre-processing (array conversion and the
+    resize kernel), network, top-k, and the whole including decoding."""
+    def total(field: str) -> float:
+        return sum(getattr(t, field) for t in calls)
+    decode_ms = decode_s * 1e3
+    return {"decode_ms": round(decode_ms, 3), "preprocess_ms": round(total("preprocessing_ms"), 3),
+            "network_ms": round(total("backbone_ms"), 3), "topk_ms": round(total("kernels_ms"), 3),
+            "total_ms": round(total("total_ms") + decode_ms, 3)}
 
 
 # ---------------------------------------------------------------------------------------------------- predict
@@ -158,12 +158,24 @@ async def enroll(request: Request, label: str, roi: list[str] | None = Query(Non
     return JSONResponse(body, status_code=200 if existed else 201)
 
 
-@router.get("/classes", summary="the enrolled classes with their shots and times (viewer)")
+def _open_set(clf) -> dict:
+    """The open-set state (the head in use, its threshold and where it comes from, each head's record) and the
+    same in one line, as `metaedge classes list` shows it."""
+    state = clf.open_set()
+    return {**state.to_dict(), "explain": state.explain()}
+
+
+@router.get("/classes", summary="the enrolled classes with their shots and times, and the open-set state (viewer)")
 async def classes(request: Request, principal=Depends(need("viewer"))):
     state = _state(request)
-    items, adapted = await state.run(lambda: ([c.to_dict() for c in state.clf.classes()], state.clf.adapted))
+
+    def work():  # (a store may read its database: off the event loop)
+        clf = state.clf
+        return [c.to_dict() for c in clf.classes()], clf.adapted, _open_set(clf)
+
+    items, adapted, open_set = await state.run(work)
     state.metrics.classes.set(len(items))
-    return {"classes": items, "count": len(items), "adapted": adapted}
+    return {"classes": items, "count": len(items), "adapted": adapted, "open_set": open_set}
 
 
 @router.delete("/classes/{label:path}", summary="forget a class (operator)")
@@ -285,7 +297,7 @@ async def info(request: Request, principal=Depends(need("viewer"))):
 
     def gallery():  # (a store may read its database: off the event loop)
         return {"path": cfg.gallery, "classes": len(clf), "adapted": clf.adapted,
-                "unknown_threshold": clf.unknown_threshold}
+                "unknown_threshold": clf.unknown_threshold, "open_set": _open_set(clf)}
 
     return {
         "version": state.version, "pid": os.getpid(), "started": state.started,

@@ -138,7 +138,7 @@ class FrameLoop:
         meta = {"seq": self._seq, "index": frame.index, "timestamp": frame.timestamp, "time": now,
                 "width": int(bgr.shape[1]), "height": int(bgr.shape[0]), "classified": classified,
                 "fps": round(fps, 3), "latency_ms": round(latency * 1e3, 3),
-                "predict_ms": round(timings.total * 1e3, 3) if timings is not None else None, "roi": self.roi,
+                "predict_ms": round(timings.total_ms, 3) if timings is not None else None, "roi": self.roi,
                 "predictions": [p.to_dict() for p in predictions], "status": self.status, "error": self.error,
                 "source": self.config.source, "classes": len(self.clf)}
         self.feed.publish(jpeg.tobytes(), meta)

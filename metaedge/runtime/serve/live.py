@@ -65,11 +65,11 @@ class _Overlay:
 def draw(meta: dict, jpeg: bytes, quality: int) -> bytes:
     import cv2
 
-    from metaedge.runtime.classifier import Prediction
+    from metaedge.runtime.results import Prediction
     from metaedge.runtime.video import draw_predictions
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    preds = [Prediction(p["label"], p["score"], tuple((t["label"], t["score"]) for t in p["topk"]), p["unknown"])
-             for p in meta.get("predictions") or []]
+    preds = [Prediction(p["label"], p["score"], tuple((t["label"], t["score"]) for t in p["topk"]), p["unknown"],
+                        p.get("confidence")) for p in meta.get("predictions") or []]
     if preds:
         draw_predictions(image, preds, meta.get("roi"), fps=meta.get("fps"))
     elif meta.get("roi"):

@@ -85,12 +85,13 @@ class Metrics:
         self._unknown = {source: self.unknown.labels(source, *self.backend_labels) for source in ("api", "live")}
 
     def observe_predictions(self, source: str, timings, predictions) -> None:
-        """One predict call: its timing split (``EdgeClassifier.last_timings``) and its predictions."""
+        """One predict call: its timing split (``EdgeClassifier.last_timings``, milliseconds; Prometheus
+        histograms are in seconds) and its predictions."""
         if timings is not None:
-            self._whole[source].observe(timings.total)
-            self._stage["preprocess", source].observe(timings.preprocessing)
-            self._stage["network", source].observe(timings.backbone)
-            self._stage["topk", source].observe(timings.kernels)
+            self._whole[source].observe(timings.total_ms / 1e3)
+            self._stage["preprocess", source].observe(timings.preprocessing_ms / 1e3)
+            self._stage["network", source].observe(timings.backbone_ms / 1e3)
+            self._stage["topk", source].observe(timings.kernels_ms / 1e3)
         self._count[source].inc(len(predictions))
         unknown = sum(1 for p in predictions if p.unknown)
         if unknown:

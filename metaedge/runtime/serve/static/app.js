@@ -439,7 +439,10 @@ async function loadClasses() {
   page.editing = false;
   rows.forEach((row, i) => { if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null); });
   while (body.children.length > rows.length) body.lastElementChild.remove();
-  $("class-count").textContent = `(${data.count}${data.adapted ? ", adapted" : ""})`;
+  const rejecting = data.open_set && data.open_set.threshold !== null;
+  $("class-count").textContent = `(${data.count}${data.adapted ? ", adapted" : ""}` +
+    `${rejecting ? ", rejecting unknowns" : ", unknowns not rejected"})`;
+  $("class-count").title = data.open_set ? data.open_set.explain : "";
   $("classes-empty").classList.toggle("hidden", data.count > 0);
 }
 
