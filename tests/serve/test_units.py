@@ -146,14 +146,16 @@ def test_alert_rules_parse():
             parse_rule(bad)
 
 
-class _P:
-    def __init__(self, unknown):
-        self.unknown = unknown
+def _P(unknown: bool):
+    """A real prediction (the monitor reads whether it is unknown)."""
+    from metaedge.runtime.results import Prediction
+    return Prediction("a", 0.1 if unknown else 0.9, (("a", 0.1 if unknown else 0.9),), unknown, 0.5)
 
 
-class _T:
-    def __init__(self, total):
-        self.total, self.preprocessing, self.backbone, self.kernels = total, 0.0, total, 0.0
+def _T(total_s: float):
+    """Real timings of a predict call that took ``total_s`` seconds, all of it in the network."""
+    from metaedge.runtime.results import Timings
+    return Timings.from_seconds(0.0, 0.0, total_s, 0.0, total_s, 1)
 
 
 def test_alert_monitor_on_real_metrics(tmp_path):
