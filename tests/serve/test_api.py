@@ -213,7 +213,7 @@ def test_the_operator_page_and_its_files_are_served(http):
     assert r.status_code == 200 and "<title>metaedge" in r.text
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert "http://" not in r.text.replace("http://127.0.0.1", "") and "https://" not in r.text  # no CDN
-    for name in ("app.js", "app.css"):
+    for name in ("app.js", "charts.js", "app.css"):
         r = http.get(f"/static/{name}")
         assert r.status_code == 200 and len(r.content) > 500
         assert "https://" not in r.text

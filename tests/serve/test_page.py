@@ -137,6 +137,8 @@ def test_page_live_view_enroll_rename_forget(browser, bundle, video, objects, tm
         wait_for(lambda: "enroll" in _text(browser, "history") and "alice" in _text(browser, "history"),
                  what="the history")
         time.sleep(4.5)  # two more stats polls: the charts draw their first points
+        wait_for(lambda: browser.execute_script("return page.stats.filter((p) => p.mean !== null).length") > 0,
+                 what="a latency point in the charts")
         browser.save_screenshot(os.path.join(ARTIFACTS, "serve_page.png"))
 
         # rename through the page: the prediction follows
