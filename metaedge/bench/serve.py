@@ -311,7 +311,7 @@ def main(argv=None) -> int:
         if one and one["p50_ms"] is not None:
             summary[f"vs_in_process_{name}_c1"] = one["p50_ms"] / baseline[name]
     common.write_json(args.json, {"environment": common.environment(), "cores": cores,
-                                  "duration_s": args.duration, "in_process_p50_ms": baseline, "results": rows,
+                                  "seconds_per_phase": args.duration, "in_process_p50_ms": baseline, "results": rows,
                                   "checks": checks, "summary": summary})
     print(f"\nwrote {args.json}")
     return 0
