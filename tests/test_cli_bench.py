@@ -1,7 +1,7 @@
 """metaedge bench: the suites ship in the package (metaedge.bench) and run from a copy of it outside the source
 tree; suite discovery, each suite's flags, the developer entry points in tools/bench, and the combined ratio
-table (the suites themselves are benchmarks, not tests; kernels --quick runs once, on its smallest section, and serve for
-one short phase per mode, checking it loses no request and no enrollment)."""
+table (the suites themselves are benchmarks, not tests; kernels --quick runs once, on its smallest section, and
+serve for one short phase per mode, checking it loses no request and no enrollment)."""
 import ast
 import json
 import os
