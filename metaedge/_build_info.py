@@ -10,7 +10,7 @@ from pathlib import Path
 from metaedge._optional import version_of
 
 OPTIONAL_PACKAGES = ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "safetensors", "PIL",
-                     "tqdm", "matplotlib", "faiss")
+                     "tqdm", "matplotlib", "faiss", "cv2", "fastapi", "uvicorn", "prometheus_client")
 
 
 def _build_config() -> dict:

@@ -17,7 +17,10 @@ _INSTALL_HINTS = {
     "PIL": "pip install pillow",
     "cv2": "pip install 'metaedge[video]' (on a Jetson: sudo apt install python3-opencv, JetPack's OpenCV with GStreamer)",
     "safetensors": "pip install safetensors",
-    "cv2": "pip install opencv-python-headless",
+    "fastapi": "pip install 'metaedge[serve]'",
+    "uvicorn": "pip install 'metaedge[serve]'",
+    "prometheus_client": "pip install 'metaedge[serve]'",
+    "python_multipart": "pip install 'metaedge[serve]'",
 }
 
 
@@ -48,7 +51,8 @@ def version_of(module: str) -> str | None:
         return None
     try:
         from importlib.metadata import PackageNotFoundError, version
-        dist = {"PIL": "pillow", "faiss": "faiss-cpu"}.get(module, module)
+        dist = {"PIL": "pillow", "faiss": "faiss-cpu", "cv2": "opencv-python-headless",
+                "prometheus_client": "prometheus-client"}.get(module, module)
         try:
             return version(dist)
         except PackageNotFoundError:

@@ -1,6 +1,7 @@
 """metaedge bench: the suites ship in the package (metaedge.bench) and run from a copy of it outside the source
 tree; suite discovery, each suite's flags, the developer entry points in tools/bench, and the combined ratio
-table (the suites themselves are benchmarks, not tests; kernels --quick runs once, on its smallest section)."""
+table (the suites themselves are benchmarks, not tests; kernels --quick runs once, on its smallest section, and
+serve for one short phase per mode, checking it loses no request and no enrollment)."""
 import ast
 import json
 import os
@@ -104,3 +105,21 @@ def test_bench_list_says_what_applies(package_copy, tmp_path):
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert set(lines) == set(SUITES)
     assert "applies" in lines["kernels"] and "applies" in lines["gallery"]
+
+
+def test_serve_suite_runs_briefly_from_an_installed_package(package_copy, tmp_path):
+    """The load test of `metaedge serve`, cut to one short phase per mode: it starts the server of the package it
+    ships in, and the run it reports has no failed request and no lost enrollment."""
+    for module in ("torch", "onnxruntime", "fastapi", "uvicorn", "prometheus_client", "PIL"):
+        pytest.importorskip(module)
+    _, env = package_copy
+    out = tmp_path / "serve.json"
+    cmd = [sys.executable, "-m", "metaedge.bench.serve", "--json", str(out), "--duration", "0.5", "--warmup", "0.2",
+           "--concurrency", "2", "--workers", "1", "--images", "png28", "--enroll-share", "0.3"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert [(r["mode"], r["concurrency"]) for r in data["results"]] == [("predict only", 2), ("mixed", 2)]
+    assert all(r["errors"] == 0 and r["lost_enrollments"] == 0 and r["requests"] > 0 for r in data["results"])
+    assert data["results"][1]["enrolls"] > 0
+    assert data["in_process_p50_ms"]["png28"] > 0

@@ -113,6 +113,8 @@ def test_wheel_holds_the_package_the_module_and_the_typing_files(packages):
     assert {"metaedge/py.typed", "metaedge/_C.pyi", "metaedge/_version.py"} <= names
     python_sources = {f for f in tracked_files() if f.startswith("metaedge/") and f.endswith((".py", ".pyi"))}
     assert python_sources <= names, sorted(python_sources - names)
+    page = {f for f in tracked_files() if f.startswith("metaedge/runtime/serve/static/")}
+    assert page and page <= names, sorted(page - names)  # the operator page of `metaedge serve`
     assert not any(n.startswith(("csrc/", "tests/", "tools/")) for n in names)
     assert f"\nVersion: {__version__}\n" in metadata
     assert '"cuda_built": false' in config

@@ -30,6 +30,8 @@ PUBLIC: list[tuple[str, str, list[str] | None]] = [
       "LabelConflictError", "UnknownLabelError"]),
     ("metaedge.runtime.spec", "metaedge.runtime.spec", ["ModelSpec", "PreprocessSpec"]),
     ("metaedge.runtime.backends", "metaedge.runtime.backends", ["open_backend", "Backend"]),
+    ("metaedge.runtime.serve", "metaedge.runtime.serve", ["serve", "ServeConfig", "create_app", "ServerState",
+                                                          "TokenStore"]),
     ("metaedge.export", "metaedge.export", ["export_bundle", "build_engine"]),
     ("metaedge.train", "metaedge.train", ["fit", "TrainConfig", "evaluate", "EvalReport", "build_backbone",
                                           "save_checkpoint", "load_checkpoint"]),

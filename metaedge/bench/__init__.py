@@ -35,4 +35,6 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("sdk", "--json", None, ("torch", "onnxruntime"), False, "EdgeClassifier latency split, enroll, store"),
     Suite("train", "--out", None, ("torch", "easyfsl"), False, "training throughput vs easyfsl"),
     Suite("kernels_gpu", "--json", "--quick", ("torch",), True, "CUDA kernels vs torch on the GPU"),
+    Suite("serve", "--json", "--quick", ("torch", "onnxruntime", "PIL", "fastapi", "uvicorn", "prometheus_client"),
+          False, "metaedge serve under load on 127.0.0.1 vs in-process predict; 1 vs 2 workers"),
 )}

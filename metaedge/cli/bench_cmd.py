@@ -18,8 +18,9 @@ def register(sub) -> None:
                        description="Run the benchmark suites that ship with metaedge (metaedge.bench; in a source "
                                    "checkout also python tools/bench/SUITE.py) that apply to this machine - kernels "
                                    "and gallery (always), preprocess (OpenCV), backbones and sdk (torch + "
-                                   "onnxruntime), train (torch + easyfsl), kernels_gpu (a CUDA build and a GPU) - "
-                                   "each comparing metaedge with its baselines in the same run, then print one "
+                                   "onnxruntime), train (torch + easyfsl), kernels_gpu (a CUDA build and a GPU), serve "
+                                   "(the HTTP server under load on 127.0.0.1; torch + onnxruntime + the [serve] extra) "
+                                   "- each comparing metaedge with its baselines in the same run, then print one "
                                    "table of the ratios. --list says which apply and why not.")
     p.add_argument("--suites", nargs="+", choices=sorted(SUITES), help="suites to run (default: all that apply)")
     p.add_argument("--list", action="store_true", help="list the suites, what they measure and whether they apply")

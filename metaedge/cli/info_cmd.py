@@ -65,7 +65,7 @@ def format_info(info: dict) -> str:
         lines.append(f"  WARNING: {warning}")
     lines.append("  packages:")
     for name, version in info["packages"].items():
-        lines.append(f"    {name:<14} {version or '-'}")
+        lines.append(f"    {name:<17} {version or '-'}")
     return "\n".join(lines)
 
 

@@ -8,8 +8,8 @@ import os
 import sys
 
 # (module, commands it registers) - the order is the order of `metaedge --help`.
-COMMAND_MODULES = ("demo", "pretrain", "train", "evaluate", "compress", "export", "build", "enroll", "predict", "adapt", "classes",
-                   "info", "bench")
+COMMAND_MODULES = ("demo", "pretrain", "train", "evaluate", "compress", "export", "build", "enroll", "predict", "adapt",
+                   "classes", "serve", "token", "info", "bench")
 
 
 class CliError(Exception):

@@ -220,11 +220,13 @@ def as_write_error(exc: OSError, path: str, error_type: type = WriteError) -> OS
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | memoryview | Iterable, *, make_dirs: bool = False,
-                 error_type: type = WriteError) -> None:
+                 error_type: type = WriteError, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` (bytes, or an iterable of bytes-like chunks) atomically and durably.
 
     A symlink's target is replaced, not the link. A new file gets mode 0o666 minus the umask; a replaced
     file keeps its mode. Every failure is ``error_type`` (a :class:`WriteError`) and leaves ``path`` as it was.
+    ``durable=False``: atomic but not fsynced (transient files: readers never see a torn one, a power loss may
+    lose it).
     """
     path = os.path.realpath(os.fspath(path))
     directory, base = os.path.split(path)
@@ -239,12 +241,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | Iterable, *
             with contextlib.suppress(FileNotFoundError):
                 os.fchmod(fd, os.stat(path).st_mode & 0o7777)
             _write_all(fd, chunks)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
         tmp = None
-        fsync_dir(directory)
+        if durable:
+            fsync_dir(directory)
     except OSError as exc:
         raise as_write_error(exc, path, error_type) from None
     finally:
@@ -254,9 +258,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | Iterable, *
     _remove_stale_temps(directory, base)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """:func:`atomic_write` of bytes, creating missing parent directories."""
-    atomic_write(path, data, make_dirs=True)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """:func:`atomic_write` of bytes, creating missing parent directories. ``durable=False`` skips the fsyncs:
+    for files that must never be torn but need not survive a power loss (the live frame a server hands to its
+    workers, many times a second)."""
+    atomic_write(path, data, make_dirs=True, durable=durable)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

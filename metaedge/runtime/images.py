@@ -28,8 +28,8 @@ import numpy as np
 
 from metaedge.runtime.fileio import UnreadableFileError, read_file
 
-__all__ = ["ImageError", "ImageGroup", "load_images", "group_by_shape", "is_single_image", "to_groups", "upright",
-           "max_pixels", "set_max_pixels", "check_pixels", "open_image", "read_image_file",
+__all__ = ["ImageError", "TooManyPixelsError", "ImageGroup", "load_images", "group_by_shape", "is_single_image",
+           "to_groups", "upright", "max_pixels", "set_max_pixels", "check_pixels", "open_image", "read_image_file",
            "DEFAULT_MAX_PIXELS", "MAX_IMAGE_FILE_BYTES"]
 
 # 4096 x 4096: 4K frames (3840x2160 = 8.3 MP, 4096x2160 = 8.8 MP) and 12 MP phone photos pass; a decompression
@@ -56,19 +56,22 @@ def max_pixels() -> int:
     return DEFAULT_MAX_PIXELS
 
 
-def check_pixels(img, what: str) -> None:
-    """ImageError unless the opened (not yet decoded) PIL image ``img`` has at most :func:`max_pixels` pixels."""
+def check_pixels(img, what: str, limit: int | None = None) -> None:
+    """TooManyPixelsError unless the opened (not yet decoded) PIL image ``img`` has at most ``limit`` pixels
+    (default: :func:`max_pixels`)."""
     width, height = img.size
-    limit = max_pixels()
+    hint = ""
+    if limit is None:
+        limit = max_pixels()
+        hint = " (raise it with METAEDGE_MAX_PIXELS or metaedge.runtime.images.set_max_pixels)"
     if width * height > limit:
-        raise ImageError(f"{what}: {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,}; "
-                         f"refused before decoding (raise it with METAEDGE_MAX_PIXELS or "
-                         f"metaedge.runtime.images.set_max_pixels)")
+        raise TooManyPixelsError(f"{what}: {width}x{height} = {width * height:,} pixels, more than the limit of "
+                                 f"{limit:,}; refused before decoding{hint}")
 
 
-def open_image(raw: bytes, what: str):
+def open_image(raw: bytes, what: str, limit: int | None = None):
     """A PIL image opened on encoded bytes - its header read, nothing decoded - whose pixel count is within
-    :func:`max_pixels` (ImageError otherwise). Use it as a context manager."""
+    ``limit`` (default :func:`max_pixels`; TooManyPixelsError otherwise). Use it as a context manager."""
     from metaedge._optional import require
     pil = require("PIL.Image", "reading image files")
     try:
@@ -76,9 +79,9 @@ def open_image(raw: bytes, what: str):
             warnings.simplefilter("ignore", pil.DecompressionBombWarning)
             img = pil.open(io.BytesIO(raw))
     except pil.DecompressionBombError as exc:  # beyond twice PIL's limit it refuses at open
-        raise ImageError(f"{what}: refused before decoding: {exc}") from None
+        raise TooManyPixelsError(f"{what}: refused before decoding: {exc}") from None
     try:
-        check_pixels(img, what)
+        check_pixels(img, what, limit)
     except BaseException:
         img.close()
         raise
@@ -115,6 +118,10 @@ _DIRECT_MODES = {"L": 1, "RGB": 3, "RGBA": 4}
 
 class ImageError(ValueError):
     """An image could not be read or has an unusable shape/dtype; the message names the image."""
+
+
+class TooManyPixelsError(ImageError):
+    """An image larger (width x height) than the decoding limit, refused from its header before decoding."""
 
 
 @dataclass(frozen=True)

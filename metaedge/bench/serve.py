@@ -1,0 +1,321 @@
+#!/usr/bin/env python
+"""Load test of `metaedge serve` on loopback (127.0.0.1 only; every phase is bounded in time and stops by itself).
+
+For 1 and 2 worker processes, for a 28x28 PNG and a 224x224 JPEG, at concurrency 1, 8 and 32 (keep-alive
+connections, each sending its next request when the last one is answered) for ``--duration`` seconds each:
+requests/s and predict latency p50/p99, with ``--enroll-share`` (10%) of the requests enrolling the same image
+into one of ten classes. Afterwards the server's class list must hold every acknowledged enrollment (lost = 0),
+and no request may fail (errors = 0).
+
+Baselines in the same run: in-process ``EdgeClassifier.predict`` on the same encoded bytes (decoding included,
+the same ONNX Runtime threads as one worker) -> the HTTP overhead at concurrency 1; and 1 worker vs 2 workers
+-> the scaling. Targets (issue 14): overhead <= 1 ms at p50, concurrency 1; 2 workers >= 1.6x the requests/s
+of 1 on 2 cores.
+
+Each configuration runs a predictions-only phase (the latency, overhead and scaling figures) and a mixed phase
+(the enrollment share, through every worker into the one gallery store; errors and lost enrollments).
+The client is a minimal asyncio HTTP/1.1 client (a few tens of microseconds per request), so the load generator
+is not what is measured; it still shares the machine's cores with the server - on a 2-core machine, read the
+scaling with that in mind.
+
+    metaedge bench --suites serve                # ~5 min: the table, and the ratios with the other suites'
+    python -m metaedge.bench.serve               # the same (also python tools/bench/serve.py): out/bench/serve.json
+    python -m metaedge.bench.serve --quick       # 3 s per phase
+    python -m metaedge.bench.serve --bundle my_bundle/ --concurrency 1 8 --workers 1
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from metaedge.bench import common
+
+LABELS = [f"bench-{i}" for i in range(10)]
+
+
+# ---------------------------------------------------------------------------------------------------- material
+def make_bundle(directory: str) -> str:
+    """A seeded (untrained) conv4 for 28x28 gray images, exported like a trained one: the network is small, so
+    what the server adds is visible."""
+    import torch
+
+    from metaedge.export.onnx import export_bundle
+    from metaedge.train.backbones import build_backbone
+    torch.manual_seed(0)
+    model = build_backbone("conv4", color="gray", input_size=28).eval()
+    return str(export_bundle(model, os.path.join(directory, "bundle"), overwrite=True).path)
+
+
+def make_images() -> dict[str, tuple[bytes, str]]:
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    glyph = np.full((28, 28), 255, np.uint8)
+    glyph[6:22, 12:16] = 0
+    glyph[12:16, 6:22] = 0
+    photo = (rng.random((224, 224, 3)) * 60 + np.linspace(60, 190, 224)[None, :, None]).astype(np.uint8)
+    out = {}
+    for name, array, fmt, mime in (("png28", glyph, "PNG", "image/png"), ("jpeg224", photo, "JPEG", "image/jpeg")):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        out[name] = (buf.getvalue(), mime)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the server
+def _server_environment() -> dict[str, str]:
+    """The server process imports the metaedge this benchmark runs (a source checkout's or the installed one),
+    whatever its working directory."""
+    import metaedge
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(metaedge.__file__)))
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+
+
+class ServerProcess:
+    def __init__(self, bundle: str, gallery: str, workdir: str, workers: int):
+        args = [sys.executable, "-m", "metaedge", "serve", bundle, gallery, "--port", "0", "--workers", str(workers),
+                "--rate-limit", "off", "--no-access-log", "--tokens", os.path.join(workdir, "no-tokens.json")]
+        self.log = open(os.path.join(workdir, f"server-{workers}.log"), "w+")
+        self.out = open(os.path.join(workdir, f"server-{workers}.out"), "w+")
+        self.proc = subprocess.Popen(args, cwd=workdir, stdout=self.out, stderr=self.log, env=_server_environment())
+        self.port = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}): {open(self.log.name).read()[-3000:]}")
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", open(self.out.name).read())
+            if m and self._ready(int(m.group(1))):
+                self.port = int(m.group(1))
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the server did not become ready within 180 s")
+
+    @staticmethod
+    def _ready(port: int) -> bool:
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        self.out.close()
+
+
+# ---------------------------------------------------------------------------------------------------- the client
+def request(method: str, path: str, body: bytes = b"", content_type: str | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+async def _response(reader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    body = await reader.readexactly(int(m.group(1))) if m else b""
+    return status, body
+
+
+async def _connection(port, plan, stop_at, measure_from, out):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            kind, label, payload = plan()
+            start = time.perf_counter()
+            writer.write(payload)
+            await writer.drain()
+            status, body = await _response(reader)
+            elapsed = time.perf_counter() - start
+            ok = status in (200, 201)
+            if start >= measure_from:
+                out["latency"][kind].append(elapsed)
+                out["errors"] += 0 if ok else 1
+                if not ok and len(out["error_samples"]) < 5:
+                    out["error_samples"].append(f"{status} {body[:200]!r}")
+            if kind == "enroll" and ok:
+                out["acked"][label] = out["acked"].get(label, 0) + 1  # acknowledged: it must be in the gallery
+    finally:
+        writer.close()
+
+
+def run_load(port: int, image: bytes, mime: str, concurrency: int, seconds: float, warmup: float,
+             enroll_share: float, seed: int) -> dict:
+    rng = random.Random(seed)
+    predict = request("POST", "/v1/predict", image, mime)
+    enrolls = {label: request("POST", f"/v1/classes/{label}/shots", image, mime) for label in LABELS}
+
+    def plan():
+        if enroll_share and rng.random() < enroll_share:
+            label = rng.choice(LABELS)
+            return "enroll", label, enrolls[label]
+        return "predict", None, predict
+
+    out = {"latency": {"predict": [], "enroll": []}, "errors": 0, "error_samples": [], "acked": {}}
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+
+    async def main():
+        await asyncio.gather(*(_connection(port, plan, stop_at, measure_from, out) for _ in range(concurrency)))
+    asyncio.run(main())
+    measured = time.perf_counter() - measure_from
+    pred = sorted(out["latency"]["predict"])
+    n = len(pred) + len(out["latency"]["enroll"])
+    return {"requests": n, "rps": n / measured, "predict_rps": len(pred) / measured,
+            "p50_ms": 1e3 * statistics.median(pred) if pred else None,
+            "p99_ms": 1e3 * pred[min(len(pred) - 1, int(0.99 * len(pred)))] if pred else None,
+            "enroll_p50_ms": 1e3 * statistics.median(out["latency"]["enroll"]) if out["latency"]["enroll"] else None,
+            "errors": out["errors"], "error_samples": out["error_samples"], "acked": out["acked"]}
+
+
+def classes(port: int) -> dict[str, int]:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/classes", timeout=30) as r:
+        return {c["label"]: c["shots"] for c in json.loads(r.read())["classes"]}
+
+
+def seed_classes(port: int, image: bytes, mime: str) -> None:
+    import urllib.request
+    for label in LABELS:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/classes/{label}/shots", data=image, method="POST",
+                                     headers={"Content-Type": mime})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status in (200, 201)
+
+
+# ---------------------------------------------------------------------------------------------------- baseline
+def in_process(bundle: str, images: dict, threads: int, repeats: int) -> dict:
+    from metaedge.runtime.classifier import EdgeClassifier
+    out = {}
+    with EdgeClassifier(bundle, backend="ort-cpu", backend_options={"threads": threads}) as clf:
+        seed = images["png28"][0]
+        for label in LABELS:
+            clf.enroll(label, [seed])
+        for name, (data, _) in images.items():
+            t = common.time_call(lambda d=data: clf.predict(d), warmup=20, repeats=repeats, max_seconds=10)
+            out[name] = t["median_ms"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- phases
+def phase(port: int, workers: int, name: str, data: bytes, mime: str, c: int, mode: str, args) -> dict:
+    """One measured phase; enrollments acknowledged in it must all be in the class list afterwards."""
+    before = classes(port)
+    got = run_load(port, data, mime, c, args.duration, args.warmup, args.enroll_share if mode == "mixed" else 0.0,
+                   seed=c)
+    after = classes(port)
+    lost = sum(max(0, before.get(label, 0) + n - after.get(label, 0)) for label, n in got["acked"].items())
+    print(f"  workers {workers}  {name:<8} c={c:<3} {mode:<12} {got['rps']:8.1f} req/s  p50 {got['p50_ms'] or 0:7.2f} "
+          f"ms  p99 {got['p99_ms'] or 0:7.2f} ms  errors {got['errors']}  lost {lost}", flush=True)
+    return {"workers": workers, "image": name, "concurrency": c, "mode": mode, "requests": got["requests"],
+            "rps": got["rps"], "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "enroll_p50_ms": got["enroll_p50_ms"],
+            "enrolls": sum(got["acked"].values()), "errors": got["errors"], "lost_enrollments": lost,
+            "error_samples": got["error_samples"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default=os.path.join("out", "bench", "serve.json"), help="where to write JSON")
+    p.add_argument("--bundle", default=None, help="bench this bundle (default: a seeded conv4 1x28x28, exported)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds measured per phase (default 20)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--images", nargs="+", default=["png28", "jpeg224"], choices=["png28", "jpeg224"])
+    p.add_argument("--enroll-share", type=float, default=0.1, help="share of requests that enroll (default 0.1)")
+    p.add_argument("--quick", action="store_true", help="3 s per phase, 1 s warm-up")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    images = make_images()
+    rows, checks = [], []
+    with tempfile.TemporaryDirectory(prefix="metaedge-bench-serve-") as tmp:
+        bundle = args.bundle or make_bundle(tmp)
+        # the same ONNX Runtime threads as a one-worker server uses (its default: cores / concurrent calls)
+        threads = max(1, cores // 4)
+        baseline = in_process(bundle, images, threads=threads, repeats=200 if not args.quick else 50)
+        for workers in args.workers:
+            server = ServerProcess(bundle, os.path.join(tmp, f"g{workers}.metaedge"), tmp, workers)
+            try:
+                seed_classes(server.port, *images["png28"])
+                modes = ["predict only"] + (["mixed"] if args.enroll_share > 0 else [])
+                for name in args.images:
+                    data, mime = images[name]
+                    for c in args.concurrency:
+                        for mode in modes:
+                            rows.append(phase(server.port, workers, name, data, mime, c, mode, args))
+            finally:
+                server.stop()
+    def row(workers, name, c):
+        return next((r for r in rows if (r["workers"], r["image"], r["concurrency"], r["mode"]) ==
+                     (workers, name, c, "predict only")), None)
+
+    for name in args.images:
+        one = row(1, name, 1)
+        if one and one["p50_ms"] is not None:
+            overhead = one["p50_ms"] - baseline[name]
+            checks.append({"check": f"HTTP overhead, {name}, c=1 (p50 {one['p50_ms']:.2f} - in-process "
+                                    f"{baseline[name]:.2f} ms)", "value": overhead, "target": "<= 1 ms",
+                           "ok": overhead <= 1.0})
+        for c in args.concurrency:
+            a, b = row(1, name, c), row(2, name, c)
+            if a and b and c > 1:
+                ratio = b["rps"] / a["rps"]
+                checks.append({"check": f"2 workers / 1 worker, {name}, c={c}, requests/s",
+                               "value": ratio, "target": ">= 1.6x", "ok": ratio >= 1.6})
+    checks.append({"check": "errors", "value": sum(r["errors"] for r in rows), "target": "0",
+                   "ok": all(r["errors"] == 0 for r in rows)})
+    checks.append({"check": "lost enrollments", "value": sum(r["lost_enrollments"] for r in rows), "target": "0",
+                   "ok": all(r["lost_enrollments"] == 0 for r in rows)})
+    common.print_table(rows, [("workers", "workers", "{}"), ("image", "image", "{}"), ("concurrency", "conc.", "{}"),
+                              ("mode", "mode", "{}"), ("rps", "req/s", "{:.1f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+                              ("p99_ms", "p99 ms", "{:.2f}"), ("enroll_p50_ms", "enroll p50 ms", "{:.2f}"),
+                              ("enrolls", "enrolls", "{}"), ("errors", "errors", "{}"),
+                              ("lost_enrollments", "lost", "{}")], title="metaedge serve on 127.0.0.1")
+    print(f"\nin-process predict from the same bytes (p50): " +
+          ", ".join(f"{k} {v:.2f} ms" for k, v in baseline.items()))
+    common.print_table(checks, [("check", "check", "{}"), ("value", "value", "{:.2f}"), ("target", "target", "{}"),
+                                ("ok", "ok", "{}")], title="targets")
+    summary = {}
+    for name in args.images:
+        for c in args.concurrency:
+            a, b = row(1, name, c), row(2, name, c)
+            if a and b and c > 1:
+                summary[f"speedup_2_workers_{name}_c{c}"] = b["rps"] / a["rps"]
+        one = row(1, name, 1)
+        if one and one["p50_ms"] is not None:
+            summary[f"vs_in_process_{name}_c1"] = one["p50_ms"] / baseline[name]
+    common.write_json(args.json, {"environment": common.environment(), "cores": cores,
+                                  "seconds_per_phase": args.duration, "in_process_p50_ms": baseline, "results": rows,
+                                  "checks": checks, "summary": summary})
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
