@@ -99,8 +99,28 @@ DOCS: dict[str, Doc] = {
                     "tests/test_packaging.py",
                 "metaedge build bundle/ --precision fp16": TENSORRT,
                 "docker/jetson/build.sh jp6": "docker and a Jetson (tests/test_jetson_recipe.py checks the recipe)"}),
+            "pip install 'metaedge[serve,video]'                       # FastAPI + uvicorn + prometheus-client (+ "
+            "OpenCV)": Run(skip={
+                "pip install 'metaedge[serve,video]'": "installing from an index (the extras are checked by "
+                                                       "tests/test_packaging.py; this environment has them)",
+                "metaedge serve bundle/ classes.metaedge --source /dev/video0 --host 0.0.0.0 --certfile cert.pem "
+                "--keyfile key.pem --alert 'unknown_rate > 0.5 over 60s' --alert 'no_frames for 10s'":
+                    "a V4L2 camera and a server left running (tests/serve/ start it on 127.0.0.1 with TLS, alerts and "
+                    "a video-file source, and drive it with a real client and Chromium)"}),
         }),
-    "docs/architecture.md": Doc(blocks={}),   # diagrams and a directory map only
+    "docs/architecture.md": Doc(blocks={}),
+    "docs/serve.md": Doc(
+        blocks={
+            'T="Authorization: Bearer $(cat ~/.metaedge-operator-token)"': Covered(
+                "tests/serve/test_api.py and test_access.py: the same requests from a real HTTP client against a real "
+                "server on 127.0.0.1 (this block needs a server left running and an operator token file)",
+                "f98ae2357179"),
+            "metaedge token create line-3 --role operator      # prints the token once: store it safely": Run(),
+            'openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj "/CN=device-7" \\':
+                Covered("tests/serve/test_access.py::test_tls_with_a_self_signed_certificate (a certificate made in "
+                        "the test, a real TLS server and client; this block needs the name device-7.local)",
+                        "7b1f856e46be"),
+        }),   # diagrams and a directory map only
     "docs/camera.md": Doc(
         fixtures=("bundle", "gallery", "video"),
         blocks={
@@ -528,7 +548,7 @@ def test_declared_fixtures_exist_docs_commands():
 
 def _environment(bin_dir: Path) -> dict:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
-           "MPLBACKEND": "Agg"}
+           "MPLBACKEND": "Agg", "METAEDGE_TOKENS": str(bin_dir / "tokens.json")}  # never the user's token store
     env.pop("METAEDGE_DEBUG", None)
     return env
 
