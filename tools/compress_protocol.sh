@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Smaller and faster backbones on the Omniglot development protocol (../shared/data/omniglot/README.md): the
+# Smaller and faster backbones on the Omniglot development protocol (docs/training.md): the
 # commands behind the README's "Compressed backbones" table, in one run.
 #
 #   1. a teacher (TEACHER, default resnet18, SIZE x SIZE gray, default 84) meta-trained with ProtoNet on

@@ -1,4 +1,4 @@
-"""INT8 post-training quantisation of a bundle's fp32 ONNX, with the per-layer precision policy (DESIGN §9).
+"""INT8 post-training quantisation of a bundle's fp32 ONNX, with the per-layer precision policy.
 
 Two explicitly quantised (Q/DQ) files come out of one calibration, because the two consumers want different
 integer formats:

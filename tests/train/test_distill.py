@@ -122,7 +122,7 @@ def test_train_distill_from_cli_round_trip_and_resume(teacher, tmp_path):
     # changing the teacher of a resumed run is refused
     code, _, err = run(["train", "--resume", str(run_dir), "--episodes", "8", "--distill-weight", "2",
                         "--no-progress"])
-    assert code == 2 and "distill_weight" in err
+    assert code == 2 and "--distill-weight" in err
     # the exported student is the conv4 alone: its embedding size, not the teacher's
     code, printed, err = run(["export", str(run_dir / "best"), "-o", str(tmp_path / "bundle"), "--json"])
     assert code == 0, err
