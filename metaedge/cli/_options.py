@@ -22,14 +22,19 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def in_flag_terms(message: str, config_classes, command: str) -> str:
+def in_flag_terms(message: str, config_classes, command: str, assignments_only: bool = False) -> str:
     """A config error as the command line says it: each option's field name (``lr``, ``time_budget_s=``)
-    becomes its flag (``--lr``, ``--time-budget``); names that are no flag of ``command`` stay as they are."""
+    becomes its flag (``--lr``, ``--time-budget``); names that are no flag of ``command`` stay as they are.
+    ``assignments_only``: only ``name=value`` (for messages of any origin, where a bare word such as "data"
+    may be plain English)."""
     flags = {f.name: flag_of(f) for cls in config_classes for f in cli_fields(cls, command)}
     if not flags:
         return message
-    pattern = re.compile(r"(?<![\w.-])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
-                         + r")=?(?![\w-])")
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    if assignments_only:
+        return re.sub(r"(?<![\w.-])(" + names + r")=(True\b)?(?=\S)",
+                      lambda m: flags[m.group(1)] + ("" if m.group(2) else " "), message)
+    pattern = re.compile(r"(?<![\w.-])(" + names + r")=?(?![\w-])")
     return pattern.sub(lambda m: flags[m.group(1)], message)
 
 

@@ -98,9 +98,9 @@ def run_training_command(args, config_cls, command: str):
                              tensorboard=not args.no_tensorboard, data_options=data_cfg.to_dict())
     except (ValueError, TypeError) as exc:
         from metaedge.train.config import DataConfig
-        message = str(exc)
-        if message.startswith("resume:"):  # the resume check names options: say them as flags
-            message = in_flag_terms(message, (config_cls, DataConfig), command)
+        # the resume check names options: say them as flags; elsewhere only `name=value` is an option
+        message = in_flag_terms(str(exc), (config_cls, DataConfig), command,
+                                assignments_only=not str(exc).startswith("resume:"))
         raise CliError(message) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return None

@@ -166,7 +166,8 @@ class TrainingSession:
         self.batches = make_batches(c, self.method, data, unlabelled, self.dist.rank)
         self.val_ways, self.val_shots = c.val_ways or c.ways, c.val_shots or c.shots
         if val_data is not None and val_data.num_classes < self.val_ways:
-            raise ValueError(f"val_data has {val_data.num_classes} classes, fewer than val_ways={self.val_ways}")
+            raise ValueError(f"the validation data has {val_data.num_classes} classes, fewer than "
+                             f"val_ways={self.val_ways} (validate with fewer ways, on more classes, or not at all)")
         self.best_state: dict[str, torch.Tensor] | None = None
         if resume:
             self._load_resume()

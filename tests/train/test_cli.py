@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from metaedge.cli.main import main
@@ -82,3 +83,21 @@ def test_option_errors_name_the_flag_before_any_data_is_loaded(tmp_path, capsys,
     err = capsys.readouterr().err
     assert code == 2 and named in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_errors_from_the_data_and_the_session_name_flags_not_python_names(tmp_path, capsys):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        (tmp_path / "lab" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "lab" / f"c{c}" / f"{i}.png")
+    run_dir = str(tmp_path / "run")
+    assert main(["train", "--data", str(tmp_path / "lab"), "--episodes", "1", "--ways", "3", "--run-dir", run_dir,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "(--replacement)" in err and "replacement=True" not in err
+    assert main(["train", "--data", str(tmp_path / "lab"), "--episodes", "1", "--ways", "3", "--shots", "1",
+                 "--queries", "2", "--run-dir", run_dir, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than --val-ways 3" in err and "val_ways" not in err and "the validation data" in err

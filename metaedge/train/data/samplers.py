@@ -56,7 +56,7 @@ class TaskSampler:
             listed = ", ".join(f"{name!r} ({n})" for name, n in small[:5]) + (" ..." if len(small) > 5 else "")
             raise DataError(f"{len(small)} class(es) of {dataset.name} have fewer than shots + queries = "
                             f"{shots + queries} images: {listed}. Lower shots/queries, drop those classes, or "
-                            f"sample with replacement (replacement=True / --replacement)")
+                            f"sample with replacement (replacement=True)")
         if (counts == 0).any():
             raise DataError(f"{dataset.name} has empty classes")
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
