@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from importlib import resources
@@ -138,6 +139,9 @@ def _end_streams_on_stop(state) -> None:
         signal.signal(sig, handler)
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def create_app(state) -> FastAPI:
     """The FastAPI app around a :class:`~metaedge.runtime.serve.state.ServerState` (``ServerState(config, clf)``)
     - what `metaedge serve` runs; mount it in another ASGI server, or test it in-process. Without
@@ -147,6 +151,10 @@ def create_app(state) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         _end_streams_on_stop(state)
+        # Each request's decode + predict runs on a worker thread while the event loop keeps the GIL busy;
+        # with Python's default 5 ms switch interval the worker waits for the GIL at every hand-over (measured
+        # on 127.0.0.1, 1 worker: predict p50 2.96 -> 1.96 ms, /v1/info 2.85 -> 1.28 ms with 0.5 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         yield
         state.stopping = True
 
