@@ -181,16 +181,13 @@ def run(args) -> int:
 
 def _plot(reports, path: str, title: str) -> None:
     """Accuracy vs shots and the most-confused pairs of every setting together (errors and queries summed)."""
+    from collections import Counter
+
     from metaedge.train import plots
-    pairs: dict[tuple[str, str], list[int]] = {}
-    asked: dict[str, int] = {}
+    errors: Counter = Counter()
+    asked: Counter = Counter()
     for rep in reports:
-        seen = set()
-        for c in rep.confused:
-            pair = pairs.setdefault((c["true"], c["predicted"]), [0, 0])
-            pair[0] += c["errors"]
-            if c["true"] not in seen:
-                asked[c["true"]] = asked.get(c["true"], 0) + c["queries"]
-                seen.add(c["true"])
-    confusion = [(t, p, e, asked.get(t, 0)) for (t, p), (e, _) in pairs.items()]
+        errors.update({(c["true"], c["predicted"]): c["errors"] for c in rep.confused})
+        asked.update({c["true"]: c["queries"] for c in rep.confused})  # one count per class and setting
+    confusion = [(t, p, n, asked[t]) for (t, p), n in errors.items()]
     plots.evaluation_summary([r.to_dict(per_episode=False) for r in reports], confusion, path, title=title)

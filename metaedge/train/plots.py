@@ -77,12 +77,7 @@ def accuracy_vs_shots(results: Sequence[dict], path: str | Path, ways: int) -> N
                     yerr=[100 * r["adapted"]["ci95"] for r in adapted], marker="s", capsize=4, linestyle="none",
                     color="tab:green", label=f"after adapt_head ({adapted[0]['adapted']['steps']} steps)")
     ax.axhline(100 / ways, color="gray", linestyle=":", label=f"chance ({100 / ways:.0f}%)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(shots)
-    ax.set_xticklabels([str(s) for s in shots])
-    ax.set_xlabel("shots per class (images enrolled)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 101)
+    _shots_axis(ax, shots, "shots per class (images enrolled)", "accuracy (%)")
     ax.set_title(f"{ways}-way accuracy on never-seen classes")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -118,6 +113,17 @@ def prediction_grid(samples: Sequence[tuple[np.ndarray, str, str]], path: str | 
     plt.close(fig)
 
 
+def _shots_axis(ax, shots: Sequence[int], xlabel: str, ylabel: str) -> None:
+    """Shots on a log2 axis with a tick per measured value; accuracy in percent, 0-100."""
+    if len(shots) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(shots)
+    ax.set_xticklabels([str(s) for s in shots])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 101)
+
+
 def _short(label: str, width: int = 14) -> str:
     label = label.split("/")[-1] if len(label) > width else label
     return label if len(label) <= width else label[: width - 1] + "~"
@@ -134,14 +140,8 @@ def evaluation_summary(reports: Sequence[dict], confusion: Sequence[tuple[str, s
         line = ax.errorbar([r["shots"] for r in rows], [100 * r["mean"] for r in rows],
                            yerr=[100 * r["ci95"] for r in rows], marker="o", capsize=4, label=f"{ways}-way")
         ax.axhline(100 / ways, color=line[0].get_color(), linestyle=":", linewidth=1)
-    shots = sorted({r["shots"] for r in reports})
-    if len(shots) > 1 and shots[0] > 0:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(shots)
-    ax.set_xticklabels([str(s) for s in shots])
-    ax.set_xlabel("shots per class (dotted: chance)")
-    ax.set_ylabel("accuracy on never-seen classes (%)")
-    ax.set_ylim(0, 101)
+    _shots_axis(ax, sorted({r["shots"] for r in reports}), "shots per class (dotted: chance)",
+                "accuracy on never-seen classes (%)")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
     worst = sorted(confusion, key=lambda c: (-c[2], c[0], c[1]))[:pairs]

@@ -1,7 +1,5 @@
 """`metaedge train` -> `metaedge export --int8` -> `metaedge info` -> a device run, as a user runs them: the
 calibration images and the held-out classes come from the data the checkpoint recorded."""
-import contextlib
-import io
 import json
 
 import pytest
@@ -9,16 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
-from metaedge.cli.main import main  # noqa: E402
 
-SYNTHETIC = ["--data", "synthetic", "--synthetic-classes", "40", "--synthetic-samples", "12"]
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+from tests.cli_helpers import SYNTHETIC, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -267,3 +267,27 @@ def test_configuration_checks_and_round_trip():
             ServeConfig("b", "g", **kwargs).validate()
     with pytest.raises(ValueError, match="unknown settings"):
         ServeConfig.from_json(json.dumps({"bundle": "b", "gallery": "g", "surprise": 1}))
+
+
+def test_a_running_app_hands_the_gil_over_within_half_a_millisecond(bundle, tmp_path):
+    """The request's decode + predict runs on a worker thread; with Python's default 5 ms switch interval it waited
+    for the event loop's GIL at every hand-over. The app sets the interval while it runs."""
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    import metaedge as me
+    from metaedge.runtime.serve.app import SWITCH_INTERVAL_S, create_app
+    from metaedge.runtime.serve.config import ServeConfig
+    from metaedge.runtime.serve.state import ServerState
+    previous = sys.getswitchinterval()
+    clf = me.EdgeClassifier(bundle, gallery=str(tmp_path / "g.metaedge"))
+    state = ServerState(ServeConfig(bundle=bundle, gallery=str(tmp_path / "g.metaedge"), rate_limit=None), clf)
+    try:
+        with TestClient(create_app(state), base_url="http://127.0.0.1") as client:
+            assert client.get("/healthz").status_code == 200
+            assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) and SWITCH_INTERVAL_S <= 0.0005
+    finally:
+        sys.setswitchinterval(previous)
+        state.close()
+        clf.close()

@@ -1,7 +1,5 @@
 """`metaedge compress` as a user runs it: a trained checkpoint -> pruned + fine-tuned on the data it recorded -> a
 checkpoint that loads, exports and embeds to the same shape with fewer parameters."""
-import contextlib
-import io
 import json
 
 import pytest
@@ -9,19 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from metaedge.cli.main import main  # noqa: E402
-
-SYNTHETIC = ["--data", "synthetic", "--synthetic-classes", "40", "--synthetic-samples", "12"]
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:   # argparse's own refusals
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
+from tests.cli_helpers import SYNTHETIC, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,16 @@
 """Distillation in a training run (`metaedge train --distill-from`): the student moves towards the teacher, the
 projection is trained, checkpointed and resumed with the run but never exported, bad teachers and runs are refused
 naming the option."""
-import contextlib
-import io
 import json
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from metaedge.cli.main import main  # noqa: E402
 from metaedge.train import build_backbone, fit, load_checkpoint, save_checkpoint  # noqa: E402
 from metaedge.train.distill import DistillError, Distiller  # noqa: E402
 
-SYNTHETIC = ["--data", "synthetic", "--synthetic-classes", "40", "--synthetic-samples", "12"]
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+from tests.cli_helpers import SYNTHETIC, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,8 @@ SWITCH_INTERVAL_S = 0.0005
 def create_app(state) -> FastAPI:
     """The FastAPI app around a :class:`~metaedge.runtime.serve.state.ServerState` (``ServerState(config, clf)``)
     - what `metaedge serve` runs; mount it in another ASGI server, or test it in-process. Without
-    ``PROMETHEUS_MULTIPROC_DIR`` its metrics live in its own registry."""
+    ``PROMETHEUS_MULTIPROC_DIR`` its metrics live in its own registry. While it runs, the process's GIL switch
+    interval is ``SWITCH_INTERVAL_S`` (``sys.setswitchinterval``; see the lifespan)."""
     from metaedge.runtime.serve import api, live
 
     @contextlib.asynccontextmanager
