@@ -143,3 +143,34 @@ def test_refusals_name_the_option(teacher, glyphs, tmp_path):
     with pytest.raises(DistillError, match="--distill-from.*pretrain"):
         pretrain(UnlabelledImages.from_dataset(train), "simclr", "conv4", episodes=1, batch_size=8, progress=False,
                  tensorboard=False, distill_from=str(teacher))
+
+
+def test_the_terms_see_differences_between_images_not_offsets_or_scales(teacher):
+    """The embedding term compares batch-centred embeddings: a shared offset (every ReLU network has a big one)
+    neither hides a mismatch nor fakes a match. The logit term compares standardised logits: a teacher whose
+    squared distances are 100x the student's does not turn into a one-hot target."""
+    teacher_model = load_checkpoint(str(teacher))
+    d = Distiller(teacher_model, 48)
+    with torch.no_grad():
+        d.project.weight.copy_(torch.eye(48))
+        d.project.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(32, 48, generator=g)
+    unrelated = torch.randn(32, 48, generator=g)
+    offset = 50 * torch.ones(48)
+    # float64 reference: 1 - cos of the centred rows, by hand
+    def reference(s, t):
+        s, t = s.double() - s.double().mean(0), t.double() - t.double().mean(0)
+        return float((1 - (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1))).mean())
+    for s in (t + offset, unrelated + offset, 3 * t):
+        assert float(d.embedding_loss(s, t + offset)) == pytest.approx(reference(s, t + offset), abs=1e-5)
+    assert float(d.embedding_loss(t + offset, t)) < 1e-5             # an offset alone is no mismatch
+    assert float(d.embedding_loss(unrelated + offset, t + offset)) > 0.8   # a shared offset is no match
+    # logits: scale and shift of either side change nothing; the ranking does
+    student = torch.randn(10, 5, generator=g)
+    same = float(d.logit_loss(student, 100 * student - 7))
+    assert same < 1e-6
+    assert float(d.logit_loss(student, -student)) > 0.5
+    standard = Distiller.standardized(torch.tensor([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]], dtype=torch.float64))
+    z = (torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) - 2) / (2 / 3) ** 0.5
+    assert torch.allclose(standard[0].double(), z, atol=1e-5) and torch.all(standard[1] == 0)
