@@ -115,11 +115,13 @@ def test_serve_suite_runs_briefly_from_an_installed_package(package_copy, tmp_pa
     _, env = package_copy
     out = tmp_path / "serve.json"
     cmd = [sys.executable, "-m", "metaedge.bench.serve", "--json", str(out), "--duration", "0.5", "--warmup", "0.2",
-           "--concurrency", "2", "--workers", "1", "--images", "png28", "--enroll-share", "0.3"]
+           "--concurrency", "1", "2", "--workers", "1", "--images", "png28", "--enroll-share", "0.3"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert [(r["mode"], r["concurrency"]) for r in data["results"]] == [("predict only", 2), ("mixed", 2)]
+    assert [(r["mode"], r["concurrency"]) for r in data["results"]] == [
+        ("predict only", 1), ("mixed", 1), ("predict only", 2), ("mixed", 2)]
     assert all(r["errors"] == 0 and r["lost_enrollments"] == 0 and r["requests"] > 0 for r in data["results"])
-    assert data["results"][1]["enrolls"] > 0
-    assert data["in_process_p50_ms"]["png28"] > 0
+    assert data["results"][3]["enrolls"] > 0
+    overhead = data["overhead_c1"]["png28"]   # the alternating rounds of HTTP and in-process predicts
+    assert overhead["rounds"] > 10 and 0 < overhead["in_process_p50_ms"] < overhead["http_p50_ms"]

@@ -32,7 +32,7 @@ from metaedge.runtime.backends.base import Backend
 from metaedge.runtime.classifier_setup import (check_backend, default_threshold, load_bundle, open_gallery,
                                                preprocess_device)
 from metaedge.runtime.gallery import DEFAULT_SUPPORT_CAP, ClassInfo, ClassMatrix, check_label
-from metaedge.runtime.images import ImageError, is_single_image, to_groups
+from metaedge.runtime.images import ImageError, decode_single, is_single_image, to_groups
 from metaedge.runtime.openset import (OTHER_IMAGES, OpenSetState, calibration_groups, confidence, open_set_state,
                                       resolve_threshold, score_meaning)
 from metaedge.runtime.pipeline import FramePipeline, frame_is_single
@@ -362,12 +362,18 @@ class EdgeClassifier:
             raise EmptyGalleryError("predict(): no classes enrolled yet; enroll some first")
         kk = min(int(k), len(snap))
         boxes, fmt, frames = self._route(images, roi, pixel_format)
+        t_load = 0.0
+        if frames is None:  # one file, bytes or PIL image: decoded here, then on as a frame (no batch to build)
+            t0 = time.perf_counter()
+            frames = decode_single(images)
+            fmt = "auto" if frames is not None else fmt
+            t_load = time.perf_counter() - t0
         if frames is not None:
             # The real-time case: one frame (or a batch array, or boxes on a frame) straight into the pipeline.
             _check_not_empty(frames, boxes, fmt)
             scores, indices, (t_pre, t_net, t_k) = self._pipeline.topk(snap, frames, boxes, kk, fmt)
             preds = self._predictions(snap, scores, indices)
-            self._local.timings = Timings.from_seconds(0.0, t_pre, t_net, t_k, time.perf_counter() - start,
+            self._local.timings = Timings.from_seconds(t_load, t_pre, t_net, t_k, time.perf_counter() - start,
                                                          len(preds))
             if boxes is not None:
                 return preds if np.ndim(roi) == 2 else preds[0]

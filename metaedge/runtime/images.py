@@ -256,6 +256,14 @@ def is_single_image(images) -> bool:
     return False
 
 
+def decode_single(images) -> np.ndarray | None:
+    """One encoded image (a path, bytes or a PIL image) as its ``[h, w, c]`` uint8 array, decoded and checked as
+    :func:`load_images` does; None for anything else (arrays, collections)."""
+    if not isinstance(images, np.ndarray) and is_single_image(images):
+        return _load(images)[0][0]
+    return None
+
+
 def _iter_items(images) -> Iterable:
     if is_single_image(images) or isinstance(images, np.ndarray):
         return [images]

@@ -291,3 +291,43 @@ def test_a_running_app_hands_the_gil_over_within_half_a_millisecond(bundle, tmp_
         sys.setswitchinterval(previous)
         state.close()
         clf.close()
+
+
+def test_cheap_work_runs_on_the_event_loop_and_slow_work_on_threads(bundle, tmp_path):
+    """``ServerState.run``: the first call of a kind of work goes to a thread (its cost is unknown); once it is
+    known to be cheap it runs inline, on the event loop's thread; slow work stays on threads; errors reach the
+    caller either way."""
+    import anyio
+
+    import metaedge as me
+    from metaedge.runtime.serve.config import ServeConfig
+    from metaedge.runtime.serve.state import INLINE_BELOW_S, ServerState
+    clf = me.EdgeClassifier(bundle, gallery=str(tmp_path / "g.metaedge"))
+    state = ServerState(ServeConfig(bundle=bundle, gallery=str(tmp_path / "g.metaedge"), rate_limit=None), clf)
+
+    def cheap():
+        return threading.current_thread()
+
+    def fails():
+        return 1 / 0
+
+    def slow():
+        time.sleep(2 * INLINE_BELOW_S)
+        return threading.current_thread()
+
+    async def calls():
+        main = threading.current_thread()
+        first, second, third = [await state.run(cheap) for _ in range(3)]
+        slow_runs = [await state.run(slow) for _ in range(3)]
+        for _ in range(2):   # on a thread, then inline: the error reaches the caller as it is either way
+            with pytest.raises(ZeroDivisionError):
+                await state.run(fails)
+        return main, first, second, third, slow_runs
+
+    try:
+        main, first, second, third, slow_runs = anyio.run(calls)
+    finally:
+        state.close()
+        clf.close()
+    assert first is not main and second is main and third is main
+    assert all(t is not main for t in slow_runs)

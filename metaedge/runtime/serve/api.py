@@ -1,7 +1,8 @@
 """The ``/v1`` REST endpoints: predict, enroll, classes, adapt, calibrate, history, info, stats, alerts, tokens.
 
-Image work (decoding, the network) runs on worker threads (``ServerState.run``); the event loop only parses
-requests and answers. Every change runs inside ``state.audit.change(actor)`` (the audit seam): the gallery's
+Image work (decoding, the network) runs through ``ServerState.run``: on worker threads, or inline when it is cheap
+and its request is alone (state.py). The image endpoints read their query parameters with query.py (FastAPI's
+per-request solving cost more than a small predict). Every change runs inside ``state.audit.change(actor)`` (the audit seam): the gallery's
 trail names its actor.
 """
 from __future__ import annotations
@@ -14,8 +15,9 @@ import urllib.parse
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from metaedge.runtime.serve.auth import need
+from metaedge.runtime.serve.auth import authorize, need
 from metaedge.runtime.serve.errors import ApiError
+from metaedge.runtime.serve.query import QueryParam, openapi_parameters, read_query
 from metaedge.runtime.serve.state import api_errors
 from metaedge.runtime.serve.uploads import decode_images, parse_body, parse_rois
 
@@ -34,7 +36,22 @@ CALIBRATE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-
     "type": "object", "description": "file parts named 'known:<label>' (images of an enrolled class) and "
                                      "'other' (images of none of the classes)"}}}}}
 
-_RAW_DOC = "raw frames (application/octet-stream): width of the frame"
+# The image endpoints' query parameters (read by query.read_query: the hot path skips FastAPI's solving).
+_IMAGE_QUERY = (
+    QueryParam("roi", str, "x,y,w,h region(s) to classify", repeated=True),
+    QueryParam("pixel_format", str, "layout of a raw frame (gray, rgb, bgr, rgba, bgra, nv12, yuyv)"),
+    QueryParam("width", int, "raw frames (application/octet-stream): width of the frame", minimum=1),
+    QueryParam("height", int, "raw frames: height of the frame", minimum=1))
+_PREDICT_QUERY = (QueryParam("k", int, "best classes per prediction", default=1, minimum=1, maximum=100),
+                  *_IMAGE_QUERY)
+_ENROLL_QUERY = (*_IMAGE_QUERY,
+                 QueryParam("live", int, "frames to capture from the live source", minimum=1, maximum=100),
+                 QueryParam("every", float, "seconds between captured live frames", default=0.3, minimum=0,
+                            maximum=10))
+
+
+def _image_endpoint(query: tuple[QueryParam, ...]) -> dict:
+    return {**IMAGE_BODY, "parameters": openapi_parameters(query)}
 
 
 def _state(request: Request):
@@ -54,19 +71,17 @@ def _timings(calls: list, decode_s: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- predict
-@router.post("/predict", openapi_extra=IMAGE_BODY, summary="classify one image, several, or regions of one",
+@router.post("/predict", openapi_extra=_image_endpoint(_PREDICT_QUERY), summary="classify one image, several, or regions of one",
              description="The body is one image (image/png, image/jpeg, ...), several images as multipart/form-data "
                          "file parts, or one raw frame (application/octet-stream + width, height, pixel_format). "
                          "`roi` (x,y,w,h; repeat it) classifies regions of each image. Viewer role.")
-async def predict(request: Request, k: int = Query(1, ge=1, le=100, description="best classes per prediction"),
-                  roi: list[str] | None = Query(None, description="x,y,w,h region(s) to classify"),
-                  pixel_format: str | None = Query(None, description="layout of a raw frame"),
-                  width: int | None = Query(None, ge=1, description=_RAW_DOC),
-                  height: int | None = Query(None, ge=1, description="raw frames: height of the frame"),
-                  principal=Depends(need("viewer"))):
+async def predict(request: Request):
+    authorize(request, "viewer")
+    q = read_query(request, _PREDICT_QUERY)
+    k, pixel_format, width, height = q["k"], q["pixel_format"], q["width"], q["height"]
     state = _state(request)
     parts = parse_body(await request.body(), request.headers.get("content-type"), state.config.max_images)
-    boxes = parse_rois(roi or [])
+    boxes = parse_rois(q["roi"] or [])
 
     def work():
         t0 = time.perf_counter()
@@ -76,8 +91,9 @@ async def predict(request: Request, k: int = Query(1, ge=1, le=100, description=
         clf, metrics = state.clf, state.metrics
         out, calls = [], []
         with api_errors():
-            if boxes is None:  # every image whole, in one call (grouped by size into batches)
-                preds = clf.predict(arrays, k=k, pixel_format=fmt)
+            if boxes is None:  # every image whole, in one call: one image as a frame, several grouped into batches
+                preds = ([clf.predict(arrays[0], k=k, pixel_format=fmt)] if len(arrays) == 1
+                         else clf.predict(arrays, k=k, pixel_format=fmt))
                 calls.append(clf.last_timings)
                 metrics.observe_predictions("api", calls[-1], preds)
                 out = [{"image": i, **p.to_dict()} for i, p in enumerate(preds)]
@@ -113,19 +129,17 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "ima
                "image/bmp": "bmp", "image/gif": "gif", "image/tiff": "tif", "application/octet-stream": "raw"}
 
 
-@router.post("/classes/{label:path}/shots", openapi_extra=IMAGE_BODY, status_code=201,
+@router.post("/classes/{label:path}/shots", openapi_extra=_image_endpoint(_ENROLL_QUERY), status_code=201,
              summary="enroll images of a class (a new class, or more shots of one)",
              description="Images as for predict, or `live=N`: capture N frames of the live source, `every` seconds "
                          "apart (regions: `roi`, else the live view's region). 201 for a new class, 200 for more "
                          "shots. Operator role.")
-async def enroll(request: Request, label: str, roi: list[str] | None = Query(None),
-                 pixel_format: str | None = Query(None), width: int | None = Query(None, ge=1),
-                 height: int | None = Query(None, ge=1),
-                 live: int | None = Query(None, ge=1, le=100, description="frames to capture from the live source"),
-                 every: float = Query(0.3, ge=0, le=10, description="seconds between captured live frames"),
-                 principal=Depends(need("operator", changes_gallery=True))):
+async def enroll(request: Request, label: str):
+    principal = authorize(request, "operator", changes_gallery=True)
+    q = read_query(request, _ENROLL_QUERY)
+    pixel_format, width, height, live, every = q["pixel_format"], q["width"], q["height"], q["live"], q["every"]
     state = _state(request)
-    boxes = parse_rois(roi or [])
+    boxes = parse_rois(q["roi"] or [])
     if live is not None:
         from metaedge.runtime.serve.live import capture_frames
         frames, jpegs, live_roi = await capture_frames(state, live, every)

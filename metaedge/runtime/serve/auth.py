@@ -21,7 +21,7 @@ from metaedge.runtime.serve.config import is_loopback
 from metaedge.runtime.serve.errors import ApiError
 from metaedge.runtime.serve.tokens import Principal
 
-__all__ = ["need", "client_address", "principal_of"]
+__all__ = ["need", "authorize", "client_address", "principal_of"]
 
 _QUERY_TOKEN_PREFIX = "/v1/live"
 
@@ -85,15 +85,21 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
+def authorize(request: Request, role: str, *, changes_gallery: bool = False) -> Principal:
+    """The caller, who must hold ``role``; ``changes_gallery``: refused on a ``--read-only`` server. (What
+    :func:`need` checks; the image endpoints call it themselves, see query.py.)"""
+    principal = principal_of(request)
+    if not principal.allows(role):
+        raise ApiError(403, "forbidden", f"{principal.name} has the role {principal.role}; this needs {role}")
+    if changes_gallery and request.app.state.server.config.read_only:
+        raise ApiError(403, "read_only", "this server is read-only (--read-only): the gallery cannot be changed "
+                                         "through it")
+    return principal
+
+
 def need(role: str, *, changes_gallery: bool = False):
-    """A dependency: the caller must hold ``role``; ``changes_gallery``: refused on a ``--read-only`` server."""
+    """A dependency: :func:`authorize` for ``role``."""
     async def dependency(request: Request) -> Principal:
-        principal = principal_of(request)
-        if not principal.allows(role):
-            raise ApiError(403, "forbidden", f"{principal.name} has the role {principal.role}; this needs {role}")
-        if changes_gallery and request.app.state.server.config.read_only:
-            raise ApiError(403, "read_only", "this server is read-only (--read-only): the gallery cannot be changed "
-                                             "through it")
-        return principal
+        return authorize(request, role, changes_gallery=changes_gallery)
     dependency.__name__ = f"need_{role}"
     return dependency
