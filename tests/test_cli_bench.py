@@ -124,4 +124,4 @@ def test_serve_suite_runs_briefly_from_an_installed_package(package_copy, tmp_pa
     assert all(r["errors"] == 0 and r["lost_enrollments"] == 0 and r["requests"] > 0 for r in data["results"])
     assert data["results"][3]["enrolls"] > 0
     overhead = data["overhead_c1"]["png28"]   # the alternating rounds of HTTP and in-process predicts
-    assert overhead["rounds"] > 10 and 0 < overhead["in_process_p50_ms"] < overhead["http_p50_ms"]
+    assert overhead["rounds"] >= 1 and 0 < overhead["in_process_p50_ms"] < overhead["http_p50_ms"]

@@ -2,6 +2,7 @@
 feed - built from a ``ServeConfig`` - and the mapping of library errors to API errors."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import time
@@ -12,14 +13,16 @@ from metaedge.runtime.serve.errors import ApiError
 
 __all__ = ["ServerState", "open_classifier", "api_errors", "INLINE_BELOW_S"]
 
-# Work that took less than this (a moving average per kind of work) runs on the event loop itself: handing
-# ~0.3 ms of decode + predict to a worker thread and back cost more than the work (thread hop + GIL hand-overs:
-# 1 worker answered 600 requests/s of a 28x28 PNG at concurrency 32 through threads, 1,200-1,300 inline). The
-# loop is held at most about this long per request; slower work (an enrollment's fsync, a resnet) goes to
-# threads, where the network calls of several requests overlap. (Inlining only when a request was alone made
-# two stable regimes - fast inline, or threads and a queue that kept it on threads - and bimodal throughput.)
+# Work whose recent runs took less than this (the fastest of the last `_COST_WINDOW` runs of its kind) runs on the
+# event loop itself: handing ~0.3 ms of decode + predict to a worker thread and back cost more than the work
+# (thread hop + GIL hand-overs: 1 worker answered 600 requests/s of a 28x28 PNG at concurrency 32 through threads,
+# 1,200-1,400 inline). The loop is held at most about this long per request; slower work (an enrollment's fsync,
+# a resnet) goes to threads, where the network calls of several requests overlap. The fastest recent run, not an
+# average: on a thread a cheap call is stretched by waiting for the GIL, and an average of stretched runs kept a
+# cheap kind on threads for good (seen: 4 ms per 224x224 JPEG predict instead of 1.4 ms). (A first version that
+# inlined only when a request was alone made two stable regimes too.)
 INLINE_BELOW_S = 0.002
-_COST_SMOOTHING = 0.2
+_COST_WINDOW = 16
 
 
 def worker_threads(config: ServeConfig) -> int:
@@ -117,7 +120,7 @@ class ServerState:
             from metaedge.runtime.serve.feed import LiveFeed
             self.feed = LiveFeed(os.path.join(config.run_dir, "live"))
         self._slots = None
-        self._cost: dict[str, float] = {}   # moving average of the seconds each kind of work took
+        self._recent: dict[str, collections.deque] = {}   # seconds of the last runs of each kind of work
         self.overlay = None       # the live view's newest frame with labels drawn (live.py)
         self.stopping = False     # set at shutdown: long-lived streams end
 
@@ -131,15 +134,15 @@ class ServerState:
         return self.auth_at_start
 
     async def run(self, fn, *args):
-        """``fn(*args)``: right here on the event loop when this kind of work (its ``__qualname__``) took under
-        ``INLINE_BELOW_S`` on average so far; else on a worker thread, at most
+        """``fn(*args)``: right here on the event loop when a recent run of this kind of work (its
+        ``__qualname__``) took under ``INLINE_BELOW_S``; else on a worker thread, at most
         ``inference_slots`` at once, so the event loop stays free."""
         import anyio
         if self._slots is None:
             self._slots = anyio.CapacityLimiter(self.config.inference_slots)
         kind = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        cost = self._cost.get(kind)
-        if cost is not None and cost < INLINE_BELOW_S:
+        recent = self._recent.get(kind)
+        if recent and min(recent) < INLINE_BELOW_S:
             return self._timed(kind, fn, args)
         return await anyio.to_thread.run_sync(self._timed, kind, fn, args, limiter=self._slots)
 
@@ -148,9 +151,10 @@ class ServerState:
         try:
             return fn(*args)
         finally:
-            seconds = time.perf_counter() - start
-            last = self._cost.get(kind)
-            self._cost[kind] = seconds if last is None else last + _COST_SMOOTHING * (seconds - last)
+            recent = self._recent.get(kind)
+            if recent is None:
+                recent = self._recent[kind] = collections.deque(maxlen=_COST_WINDOW)
+            recent.append(time.perf_counter() - start)
 
     def close(self) -> None:
         """Release the rate limiter's files (the classifier belongs to the caller)."""
