@@ -9,8 +9,8 @@ and no request may fail (errors = 0).
 
 Baselines in the same run: in-process ``EdgeClassifier.predict`` on the same encoded bytes (decoding included,
 the same ONNX Runtime threads as one worker), in blocks alternating with blocks of requests to the 1-worker
-server -> the HTTP overhead at concurrency 1; and 1 worker vs 2 workers -> the scaling. Targets (issue 14): overhead <= 1 ms at p50, concurrency 1; 2 workers >= 1.6x the requests/s
-of 1 on 2 cores.
+server -> the HTTP overhead at concurrency 1; and 1 worker vs 2 workers -> the scaling. Targets (issue 14):
+overhead <= 1 ms at p50, concurrency 1; 2 workers >= 1.6x the requests/s of 1 on 2 cores.
 
 Each configuration runs a predictions-only phase (the latency, overhead and scaling figures) and a mixed phase
 (the enrollment share, through every worker into the one gallery store; errors and lost enrollments).
@@ -209,7 +209,7 @@ def seed_classes(port: int, image: bytes, mime: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- baseline
 class _BlockingClient:
-    """One keep-alive connection, one request at a time (the HTTP side of the interleaved overhead rounds)."""
+    """One keep-alive connection, one request at a time (the HTTP side of the overhead blocks)."""
 
     def __init__(self, port: int):
         import socket

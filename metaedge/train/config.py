@@ -94,6 +94,9 @@ _OPT = "optimisation"
 _VAL = "validation (held-out classes; the best model is kept)"
 _RUN = "run"
 _DISTILL = "distillation (a bigger trained model teaches this one)"
+# The distillation defaults (TrainConfig's options and metaedge.train.distill.Distiller's); why: at the options.
+DISTILL_WEIGHT = 300.0
+DISTILL_TEMPERATURE = 2.0
 
 
 @dataclass
@@ -144,12 +147,12 @@ class TrainConfig:
     # distances), so weights near 1 left the teacher unheard. Measured on Omniglot (conv4 students of a resnet18,
     # 3 minutes each, 300 episodes, 5-way 1-shot vs alone): weights 1 / 10 / 100 / 300 / 1000 -> +1.5 / +4.1 /
     # +12.1 / +14.0 / +13.9 points; temperature 1 / 2 / 4 at weight 10 -> +3.9 / +4.1 / +3.4.
-    distill_weight: float = option(300.0, "weight of the embedding term, 1 - cos(W student, teacher), both centred "
+    distill_weight: float = option(DISTILL_WEIGHT, "weight of the embedding term, 1 - cos(W student, teacher), both centred "
                                    "on the batch mean", group=_DISTILL, commands=("train",))
-    distill_logit_weight: float = option(300.0, "weight of the episode-logit term, T^2 KL(teacher || student) of "
+    distill_logit_weight: float = option(DISTILL_WEIGHT, "weight of the episode-logit term, T^2 KL(teacher || student) of "
                                          "the queries' nearest-prototype logits, each query's standardised "
                                          "(protonet)", group=_DISTILL, commands=("train",))
-    distill_temperature: float = option(2.0, "softmax temperature T of the episode-logit term (on standardised "
+    distill_temperature: float = option(DISTILL_TEMPERATURE, "softmax temperature T of the episode-logit term (on standardised "
                                         "logits)", group=_DISTILL, commands=("train",))
     episodes: int | None = option(None, "stop after this many episodes (steps)", group=_HOW_LONG, resumable=True)
     time_budget_s: float | None = option(

@@ -14,7 +14,7 @@ Two terms are added to the student's own loss (``metaedge train --distill-from T
   ``z`` standardises each query's logits to mean 0 and deviation 1 (Sun et al., "Logit standardization in
   knowledge distillation", CVPR 2024). Standardising matters too: squared-euclidean logits of two networks
   differ in scale by orders of magnitude (hundreds for a resnet18), so a fixed ``T`` left the teacher one-hot
-  and the term 10x the student's own loss; standardised, the student matches the teacher's *ranking* of the
+  and the term in the tens, unrelated to how the teacher ranks the classes; standardised, the student matches the teacher's *ranking* of the
   episode's classes, which is what a few-shot device uses. Episodic methods whose support and query go through
   the backbone as one batch (ProtoNet) get this term; others (the Baseline) the first only.
 
@@ -36,6 +36,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from metaedge.train.config import DISTILL_TEMPERATURE, DISTILL_WEIGHT
+
 
 class DistillError(ValueError):
     """The teacher or the run cannot be used for distillation; the message says why."""
@@ -45,8 +47,8 @@ class Distiller(nn.Module):
     """The learned map ``W`` (a registered parameter: trained, checkpointed and resumed with the method) and
     the teacher (frozen, not registered: it is neither trained nor saved with the student)."""
 
-    def __init__(self, teacher, student_dim: int, *, embedding_weight: float = 300.0, logit_weight: float = 300.0,
-                 temperature: float = 2.0):
+    def __init__(self, teacher, student_dim: int, *, embedding_weight: float = DISTILL_WEIGHT,
+                 logit_weight: float = DISTILL_WEIGHT, temperature: float = DISTILL_TEMPERATURE):
         super().__init__()
         if embedding_weight < 0 or logit_weight < 0 or embedding_weight + logit_weight == 0:
             raise DistillError(f"distill weights: expected >= 0 and not both 0, got embeddings {embedding_weight}, "

@@ -1,9 +1,9 @@
 """The ``/v1`` REST endpoints: predict, enroll, classes, adapt, calibrate, history, info, stats, alerts, tokens.
 
-Image work (decoding, the network) runs through ``ServerState.run``: on worker threads, or inline when it is cheap
-and its request is alone (state.py). The image endpoints read their query parameters with query.py (FastAPI's
-per-request solving cost more than a small predict). Every change runs inside ``state.audit.change(actor)`` (the audit seam): the gallery's
-trail names its actor.
+Image work (decoding, the network) runs through ``ServerState.run``: inline on the event loop when its recent runs
+were cheap, else on worker threads (state.py). The image endpoints read their query parameters with query.py
+(FastAPI's per-request solving cost more than a small predict). Every change runs inside
+``state.audit.change(actor)`` (the audit seam): the gallery's trail names its actor.
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def _timings(calls: list, decode_s: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- predict
-@router.post("/predict", openapi_extra=_image_endpoint(_PREDICT_QUERY), summary="classify one image, several, or regions of one",
+@router.post("/predict", openapi_extra=_image_endpoint(_PREDICT_QUERY),
+             summary="classify one image, several, or regions of one",
              description="The body is one image (image/png, image/jpeg, ...), several images as multipart/form-data "
                          "file parts, or one raw frame (application/octet-stream + width, height, pixel_format). "
                          "`roi` (x,y,w,h; repeat it) classifies regions of each image. Viewer role.")

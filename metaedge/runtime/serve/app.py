@@ -152,9 +152,9 @@ def create_app(state) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         _end_streams_on_stop(state)
-        # Each request's decode + predict runs on a worker thread while the event loop keeps the GIL busy;
-        # with Python's default 5 ms switch interval the worker waits for the GIL at every hand-over (measured
-        # on 127.0.0.1, 1 worker: predict p50 2.96 -> 1.96 ms, /v1/info 2.85 -> 1.28 ms with 0.5 ms).
+        # Work that goes to a worker thread (ServerState.run: slow work, or work not yet timed) waits for the
+        # GIL the event loop holds; with Python's default 5 ms switch interval it waited at every hand-over
+        # (measured on 127.0.0.1, 1 worker, all work on threads: predict p50 2.96 -> 1.96 ms with 0.5 ms).
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         yield
         state.stopping = True
