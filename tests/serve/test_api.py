@@ -186,6 +186,9 @@ def test_info_stats_alerts_metrics(http):
     ("PNG", "image/png", {"roi": "1,2,3"}, 400, "bad_roi"),
     ("PNG", "image/png", {"roi": "0,0,500,500"}, 400, "bad_request"),
     ("PNG", "image/png", {"k": 0}, 422, "bad_request"),
+    ("PNG", "image/png", {"k": 101}, 422, "bad_request"),
+    ("PNG", "image/png", {"k": "two"}, 422, "bad_request"),
+    (b"x" * 48, "application/octet-stream", {"width": 0, "height": 4, "pixel_format": "rgb"}, 422, "bad_request"),
     ("PNG", "image/png", {"pixel_format": "nv12"}, 400, "bad_pixel_format"),
     (b"--x\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc", "multipart/form-data; boundary=x", {},
      400, "bad_multipart"),
@@ -197,6 +200,7 @@ def test_bad_requests_get_json_errors(http, objects, body, ctype, params, status
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["error"] == code and r.json()["message"]
+    assert status != 422 or "query." in r.json()["message"]   # names the parameter
 
 
 def test_unknown_paths_methods_and_labels(http):
