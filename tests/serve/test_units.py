@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from metaedge.runtime.serve import server as server_module
 from metaedge.runtime.serve.alerts import AlertMonitor, parse_rule
 from metaedge.runtime.serve.config import ServeConfig, is_loopback, parse_rate
 from metaedge.runtime.serve.errors import ApiError
@@ -331,3 +332,49 @@ def test_cheap_work_runs_on_the_event_loop_and_slow_work_on_threads(bundle, tmp_
         clf.close()
     assert first is not main and second is main and third is main
     assert all(t is not main for t in slow_runs)
+
+
+@pytest.mark.skipif(not server_module._BALANCED_LISTENERS, reason="SO_REUSEPORT balances connections on Linux only")
+def test_worker_listeners_are_separate_sockets_the_kernel_balances():
+    """With --workers N the supervisor's socket holds the port without listening; what a worker unpickles is a
+    socket of its own on that port. 64 connections to two such listeners all land, on both."""
+    import pickle
+    import socket
+    supervisor = server_module._bind("127.0.0.1", 0, workers=2)
+    listeners = []
+    try:
+        address = supervisor.getsockname()
+        with pytest.raises(ConnectionRefusedError):  # bound, not listening: it accepts nothing itself
+            socket.create_connection(address, timeout=5).close()
+        listeners = [pickle.loads(pickle.dumps(supervisor)) for _ in range(2)]
+        for sock in listeners:
+            assert type(sock) is socket.socket and sock.fileno() != supervisor.fileno()
+            assert sock.getsockname() == address
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            sock.listen(128)
+        clients = [socket.create_connection(address, timeout=5) for _ in range(64)]
+        accepted = [0, 0]
+        for i, sock in enumerate(listeners):
+            sock.setblocking(False)
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                accepted[i] += 1
+                conn.close()
+        for c in clients:
+            c.close()
+        assert sum(accepted) == 64 and min(accepted) >= 12, accepted  # binomial(64, 1/2): below 12 is ~1e-7
+    finally:
+        for sock in listeners + [supervisor]:
+            sock.close()
+
+
+def test_one_worker_serves_from_the_supervisor_socket_itself():
+    import socket
+    sock = server_module._bind("127.0.0.1", 0, workers=1)
+    try:
+        assert type(sock) is socket.socket
+    finally:
+        sock.close()

@@ -2,10 +2,12 @@
 sums every process; the live feed of the supervisor's frame loop reaches every worker; no enrollment made
 through any worker is lost, and each worker sees the others' at its next request."""
 import concurrent.futures
+import json
 import time
 
 import pytest
 
+from metaedge.runtime.serve import server as server_module
 from tests.serve.harness import Server, make_token, png
 
 pytestmark = pytest.mark.timeout(300)
@@ -84,3 +86,33 @@ def test_writing_workers_lose_no_enrollment_and_see_each_other(bundle, tmp_path,
             history = c.get("/v1/history", params={"limit": 1000}).json()
             enrolls = [e for e in history["entries"] if e["op"] == "enroll"]
             assert len(enrolls) == 36 and {e["actor"] for e in enrolls} == set(names)
+        # connections opened all at once are spread over both workers (each has a socket of its own on the
+        # port; with one shared socket the first worker awake took most of them: 4/28 was common)
+        import socket
+        port = int(server.url.rsplit(":", 1)[1])
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(64)]
+        try:
+            for s in clients:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            per_worker: dict = {}
+            for s in clients:
+                answer = b""
+                while not answer.endswith(b"}"):
+                    chunk = s.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+                pid = json.loads(answer.split(b"\r\n\r\n", 1)[1])["pid"]
+                per_worker[pid] = per_worker.get(pid, 0) + 1
+        finally:
+            for s in clients:
+                s.close()
+        if server_module._BALANCED_LISTENERS:
+            assert len(per_worker) == 2 and min(per_worker.values()) >= 12, per_worker
+            assert _listening_sockets(port) == 2  # one per worker (a shared socket is one)
+
+
+def _listening_sockets(port: int) -> int:
+    """The TCP sockets in LISTEN state on 127.0.0.1:port (from /proc/net/tcp: local address, state 0A)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A")

@@ -4,7 +4,8 @@ ASGI server (uvicorn) with one process or ``--workers N``.
 The supervising process (this one) binds the socket, opens the classifier once to check the bundle and the
 gallery, and runs the frame loop (``--source``) and the alert monitor. With one worker it also serves the
 requests, sharing its classifier with the frame loop; with several, each worker process opens its own classifier
-on the same gallery and serves from the shared socket (uvicorn restarts a worker that dies). The run directory
+on the same gallery and accepts connections on a socket of its own bound to the same port (SO_REUSEPORT, on
+Linux: the kernel spreads the connections; elsewhere one shared socket), and uvicorn restarts a worker that dies. The run directory
 (on tmpfs where possible; removed at exit) holds what the processes share: the Prometheus multiprocess files, the
 live feed, the rate-limit counters and the alert state.
 """
@@ -78,10 +79,39 @@ def check_config(config: ServeConfig) -> None:
             raise ServeError(f"--keep-shots {config.keep_shots}: not writable")
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+# Linux spreads the connections to one port over the listening sockets bound to it with SO_REUSEPORT (by a hash
+# of the client's address and port). Elsewhere SO_REUSEPORT does not balance, and the workers share one socket.
+_BALANCED_LISTENERS = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _reuseport_listener(family: int, address: tuple) -> socket.socket:
+    """A worker's own socket on the supervisor's address (what a ``_WorkerListener`` becomes in a worker)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class _WorkerListener(socket.socket):
+    """The supervisor's socket with ``--workers N`` on Linux: bound with SO_REUSEPORT (it holds the port, and
+    with ``--port 0`` chooses it) but never listening. uvicorn hands it to each worker process it spawns, by
+    pickling; it arrives as a new socket of that worker's own on the same address (``_reuseport_listener``), so
+    the kernel, not a race, decides which worker accepts a connection. With one shared socket, the worker that
+    woke first accepted every waiting connection: 32 connections opened at once split 4/28 or 5/27, and two
+    workers then served 1.05x the requests of one (tools/bench/serve.py)."""
+
+    def __reduce_ex__(self, protocol):
+        return _reuseport_listener, (self.family, self.getsockname())
+
+
+def _bind(host: str, port: int, *, workers: int = 1) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    balanced = workers > 1 and _BALANCED_LISTENERS
+    sock = (_WorkerListener if balanced else socket.socket)(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if balanced:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
@@ -112,7 +142,7 @@ def serve(config: ServeConfig, *, announce=print) -> int:
         from metaedge.runtime.serve.state import ServerState, open_classifier
         clf = open_classifier(config)
         state = ServerState(config, clf)
-        sock = _bind(config.host, config.port)
+        sock = _bind(config.host, config.port, workers=config.workers)
         port = sock.getsockname()[1]
         os.environ[CONFIG_ENV] = config.to_json()
         if config.source is not None:
