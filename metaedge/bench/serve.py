@@ -12,8 +12,10 @@ the same ONNX Runtime threads as one worker), in blocks alternating with blocks 
 server -> the HTTP overhead at concurrency 1; and 1 worker vs 2 workers -> the scaling. Targets (issue 14):
 overhead <= 1 ms at p50, concurrency 1; 2 workers >= 1.6x the requests/s of 1 on 2 cores.
 
-Each configuration runs a predictions-only phase (the latency, overhead and scaling figures) and a mixed phase
-(the enrollment share, through every worker into the one gallery store; errors and lost enrollments).
+The servers with 1 and 2 workers run side by side. The predictions-only figures (latency, overhead, scaling)
+come from 2 s blocks that alternate between them, so that both see the same drift of a shared machine; then
+each server runs a mixed phase (the enrollment share, through every worker into the one gallery store; errors
+and lost enrollments).
 The client is a minimal asyncio HTTP/1.1 client (a few tens of microseconds per request), so the load generator
 is not what is measured; it still shares the machine's cores with the server - on a 2-core machine, read the
 scaling with that in mind.
@@ -91,26 +93,33 @@ class ServerProcess:
         self.out = open(os.path.join(workdir, f"server-{workers}.out"), "w+")
         self.proc = subprocess.Popen(args, cwd=workdir, stdout=self.out, stderr=self.log, env=_server_environment())
         self.port = None
+        seen = set()  # the worker processes that have answered /readyz
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited ({self.proc.returncode}): {open(self.log.name).read()[-3000:]}")
             m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", open(self.out.name).read())
-            if m and self._ready(int(m.group(1))):
+            pid = self._ready_pid(int(m.group(1))) if m else None
+            if pid is not None:
+                seen.add(pid)
+            # every worker up: a connection made before would stay with the workers already listening
+            if len(seen) >= workers:
                 self.port = int(m.group(1))
                 return
-            time.sleep(0.2)
+            time.sleep(0.2 if pid is None else 0.05)
         self.stop()
-        raise RuntimeError("the server did not become ready within 180 s")
+        raise RuntimeError(f"the server did not become ready within 180 s ({len(seen)} of {workers} workers answered)")
 
     @staticmethod
-    def _ready(port: int) -> bool:
+    def _ready_pid(port: int) -> int | None:
+        """The process id of the worker that answered /readyz on a new connection, or None if none is ready."""
+        import json
         import urllib.request
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return r.status == 200
+                return json.loads(r.read())["pid"] if r.status == 200 else None
         except OSError:
-            return False
+            return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -162,6 +171,16 @@ async def _connection(port, plan, stop_at, measure_from, out):
         writer.close()
 
 
+def _summary(latency: dict, acked: dict, errors: int, samples: list, measured: float) -> dict:
+    pred = sorted(latency["predict"])
+    n = len(pred) + len(latency["enroll"])
+    return {"requests": n, "rps": n / measured, "predict_rps": len(pred) / measured,
+            "p50_ms": 1e3 * statistics.median(pred) if pred else None,
+            "p99_ms": 1e3 * pred[min(len(pred) - 1, int(0.99 * len(pred)))] if pred else None,
+            "enroll_p50_ms": 1e3 * statistics.median(latency["enroll"]) if latency["enroll"] else None,
+            "errors": errors, "error_samples": samples, "acked": acked}
+
+
 def run_load(port: int, image: bytes, mime: str, concurrency: int, seconds: float, warmup: float,
              enroll_share: float, seed: int) -> dict:
     rng = random.Random(seed)
@@ -182,13 +201,63 @@ def run_load(port: int, image: bytes, mime: str, concurrency: int, seconds: floa
         await asyncio.gather(*(_connection(port, plan, stop_at, measure_from, out) for _ in range(concurrency)))
     asyncio.run(main())
     measured = time.perf_counter() - measure_from
-    pred = sorted(out["latency"]["predict"])
-    n = len(pred) + len(out["latency"]["enroll"])
-    return {"requests": n, "rps": n / measured, "predict_rps": len(pred) / measured,
-            "p50_ms": 1e3 * statistics.median(pred) if pred else None,
-            "p99_ms": 1e3 * pred[min(len(pred) - 1, int(0.99 * len(pred)))] if pred else None,
-            "enroll_p50_ms": 1e3 * statistics.median(out["latency"]["enroll"]) if out["latency"]["enroll"] else None,
-            "errors": out["errors"], "error_samples": out["error_samples"], "acked": out["acked"]}
+    return _summary(out["latency"], out["acked"], out["errors"], out["error_samples"], measured)
+
+
+def interleaved_load(ports: dict[int, int], image: bytes, mime: str, concurrency: int, seconds: float,
+                     block_s: float = 2.0, settle_s: float = 0.25) -> dict[int, dict]:
+    """Predictions at ``concurrency`` against several servers (``{workers: port}``) in alternating blocks of
+    ``block_s`` seconds - all of one server's connections busy, the others idle - until each has been measured
+    for ``seconds``; the first ``settle_s`` of each block are not counted. The servers see the same drift of a
+    shared machine: on this VM the speed of one core moved by up to 1.6x within a minute, so phases run one
+    after the other (20 s with 1 worker, later 20 s with 2) measured the drift as much as the scaling.
+    Requests/s count the answers within the measured time; latencies, the requests made and answered within it;
+    requests still in flight at a block's end are awaited before the next block.
+    -> {workers: the run_load summary (rps over the measured time) + blocks}."""
+    payload = request("POST", "/v1/predict", image, mime)
+    stats = {w: {"latency": {"predict": [], "enroll": []}, "errors": 0, "error_samples": [], "measured": 0.0,
+                 "completed": 0, "blocks": 0} for w in ports}
+
+    async def connection_block(reader, writer, block_end, measure_from, out):
+        while time.perf_counter() < block_end:
+            t0 = time.perf_counter()
+            writer.write(payload)
+            await writer.drain()
+            status, body = await _response(reader)
+            t1 = time.perf_counter()
+            if measure_from <= t1 <= block_end:  # throughput: the answers within the measured time
+                out["completed"] += 1
+                if measure_from <= t0:           # latency: the requests wholly within it
+                    out["latency"]["predict"].append(t1 - t0)
+            if status != 200:
+                out["errors"] += 1
+                if len(out["error_samples"]) < 5:
+                    out["error_samples"].append(f"{status} {body[:200]!r}")
+
+    async def main():
+        connections = {w: [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
+                       for w, port in ports.items()}
+        try:
+            while min(s["measured"] for s in stats.values()) < seconds:
+                for w, conns in connections.items():
+                    start = time.perf_counter()
+                    measure_from, block_end = start + settle_s, start + settle_s + block_s
+                    await asyncio.gather(*(connection_block(r, wr, block_end, measure_from, stats[w])
+                                           for r, wr in conns))
+                    stats[w]["measured"] += block_end - measure_from
+                    stats[w]["blocks"] += 1
+        finally:
+            for conns in connections.values():
+                for _, writer in conns:
+                    writer.close()
+    asyncio.run(main())
+    out = {}
+    for w, s in stats.items():
+        summary = _summary(s["latency"], {}, s["errors"], s["error_samples"], s["measured"])
+        summary.update(requests=s["completed"], rps=s["completed"] / s["measured"],
+                       predict_rps=s["completed"] / s["measured"], blocks=s["blocks"])
+        out[w] = summary
+    return out
 
 
 def classes(port: int) -> dict[str, int]:
@@ -287,6 +356,15 @@ def overhead_rounds(port: int, bundle: str, images: dict, threads: int, seconds:
 
 
 # ---------------------------------------------------------------------------------------------------- phases
+def row_of(workers: int, name: str, c: int, mode: str, got: dict, lost: int) -> dict:
+    print(f"  workers {workers}  {name:<8} c={c:<3} {mode:<12} {got['rps']:8.1f} req/s  p50 {got['p50_ms'] or 0:7.2f} "
+          f"ms  p99 {got['p99_ms'] or 0:7.2f} ms  errors {got['errors']}  lost {lost}", flush=True)
+    return {"workers": workers, "image": name, "concurrency": c, "mode": mode, "requests": got["requests"],
+            "rps": got["rps"], "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "enroll_p50_ms": got["enroll_p50_ms"],
+            "enrolls": sum(got["acked"].values()), "errors": got["errors"], "lost_enrollments": lost,
+            "error_samples": got["error_samples"], **({"blocks": got["blocks"]} if "blocks" in got else {})}
+
+
 def phase(port: int, workers: int, name: str, data: bytes, mime: str, c: int, mode: str, args) -> dict:
     """One measured phase; enrollments acknowledged in it must all be in the class list afterwards."""
     before = classes(port)
@@ -294,12 +372,7 @@ def phase(port: int, workers: int, name: str, data: bytes, mime: str, c: int, mo
                    seed=c)
     after = classes(port)
     lost = sum(max(0, before.get(label, 0) + n - after.get(label, 0)) for label, n in got["acked"].items())
-    print(f"  workers {workers}  {name:<8} c={c:<3} {mode:<12} {got['rps']:8.1f} req/s  p50 {got['p50_ms'] or 0:7.2f} "
-          f"ms  p99 {got['p99_ms'] or 0:7.2f} ms  errors {got['errors']}  lost {lost}", flush=True)
-    return {"workers": workers, "image": name, "concurrency": c, "mode": mode, "requests": got["requests"],
-            "rps": got["rps"], "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "enroll_p50_ms": got["enroll_p50_ms"],
-            "enrolls": sum(got["acked"].values()), "errors": got["errors"], "lost_enrollments": lost,
-            "error_samples": got["error_samples"]}
+    return row_of(workers, name, c, mode, got, lost)
 
 
 def main(argv=None) -> int:
@@ -324,21 +397,30 @@ def main(argv=None) -> int:
         # the same ONNX Runtime threads as a one-worker server uses (its default: cores / concurrent calls)
         threads = max(1, cores // 4)
         overhead = {}
-        for workers in args.workers:
-            server = ServerProcess(bundle, os.path.join(tmp, f"g{workers}.metaedge"), tmp, workers)
-            try:
-                seed_classes(server.port, *images["png28"])
-                if workers == 1 and 1 in args.concurrency:
-                    overhead = overhead_rounds(server.port, bundle, {n: images[n] for n in args.images}, threads,
-                                               args.duration)
-                modes = ["predict only"] + (["mixed"] if args.enroll_share > 0 else [])
-                for name in args.images:
-                    data, mime = images[name]
-                    for c in args.concurrency:
-                        for mode in modes:
-                            rows.append(phase(server.port, workers, name, data, mime, c, mode, args))
-            finally:
+        servers = {}
+        try:
+            for workers in args.workers:  # all up at once: the predictions alternate between them
+                servers[workers] = ServerProcess(bundle, os.path.join(tmp, f"g{workers}.metaedge"), tmp, workers)
+                seed_classes(servers[workers].port, *images["png28"])
+            if 1 in servers and 1 in args.concurrency:
+                overhead = overhead_rounds(servers[1].port, bundle, {n: images[n] for n in args.images}, threads,
+                                           args.duration)
+            ports = {workers: server.port for workers, server in servers.items()}
+            for name in args.images:
+                data, mime = images[name]
+                for c in args.concurrency:
+                    got = interleaved_load(ports, data, mime, c, args.duration, block_s=min(2.0, args.duration),
+                                           settle_s=min(0.25, args.warmup))
+                    for workers, result in got.items():
+                        rows.append(row_of(workers, name, c, "predict only", result, lost=0))
+                if args.enroll_share > 0:
+                    for workers, port in ports.items():
+                        for c in args.concurrency:
+                            rows.append(phase(port, workers, name, data, mime, c, "mixed", args))
+        finally:
+            for server in servers.values():
                 server.stop()
+
     def row(workers, name, c):
         return next((r for r in rows if (r["workers"], r["image"], r["concurrency"], r["mode"]) ==
                      (workers, name, c, "predict only")), None)
