@@ -171,6 +171,16 @@ def test_center_crop_is_torchvision_resize_then_center_crop():
     np.testing.assert_allclose(got, want.numpy(), atol=2e-5)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_wide_frames_match_reference(rng, fmt):
+    """Rows of over a thousand pixels: boxes of 4, 16 and 66 pixels, a last box cut short, and regions starting
+    at odd columns (a chroma pair split at the region's start)."""
+    frame = random_frame(rng, fmt, 30, 1202)
+    for size in [(4, 150), (4, 37), (3, 9)]:
+        check_frames(frame, fmt, size, antialias=True, color="rgb")
+    check_frames(frame, fmt, (5, 61), antialias=True, rois=[(3, 1, 1101, 20), (0, 0, 1202, 30), (517, 4, 685, 25)])
+
+
 def test_wide_box_sums_for_huge_shrink(rng):
     frame = rng.integers(0, 256, (900, 700), dtype=np.uint8)  # 450 x 350 boxes: capped at 256, 32-bit sums
     check_frames(frame, "gray", (2, 2), antialias=True)

@@ -306,6 +306,8 @@ for fmt in ("gray", "rgb", "bgr", "rgba", "bgra", "nv12", "yuyv"):
         check_frames(frame, fmt, (13, 17), resize=resize, antialias=False, color="gray",
                      rois=[(0, 0, 94, 58), (1, 3, 37, 21), (80, 40, 14, 18)])
     check_frames(random_frame(rng, fmt, 700, 620), fmt, (2, 2), antialias=True)  # 32-bit box sums
+    check_frames(random_frame(rng, fmt, 20, 1202), fmt, (4, 37), antialias=True,  # wide rows, odd region starts
+                 rois=[(3, 1, 1101, 18), (0, 0, 1202, 20)])
 print(_C.simd_level())
 """
 
