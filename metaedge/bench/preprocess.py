@@ -21,13 +21,22 @@ memory. Run by tools/gpu_check.sh on a machine with a GPU.
     python tools/bench/preprocess.py                 # table + out/bench/preprocess.json
     python tools/bench/preprocess.py --quick --json /tmp/p.json
 Targets: >= 1.5x OpenCV at 1080p NV12 -> 224 (issue 12); any pixel format <= 0.5 ms at 1080p -> 224 antialiased
-on one core (the brief); BGR/NV12/YUYV within 10% of RGB.
+on one core (the brief, which measured OpenCV's INTER_AREA path at 4.5-5.4 ms and torchvision's antialiased resize
+at 1.0 ms when it set that figure: >= 10.8x and >= 2x them, checked in the same run); BGR/NV12/YUYV within 10% of
+RGB.
+
+The case rows are interleaved call by call with their baselines on the same frame, so each call finds the caches
+as the other library left them. The brief's case is also timed in blocks of consecutive calls: a warm loop on one
+frame (in the last-level cache; how libraries are usually timed, and the target's setting) and 8 frames in
+rotation (from memory, as a camera delivers them).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 from metaedge.bench import common
 
@@ -163,6 +172,79 @@ def cpu_rows(args, rng) -> list[dict]:
     return rows
 
 
+def loop_rows(args, rng) -> tuple[list[dict], list[dict]]:
+    """The brief's case, 1080p -> 3x224x224 antialiased, squeezed, in every format, timed two ways, each method in
+    blocks of consecutive calls (the blocks alternate between methods, so drift hits all alike):
+    ``warm loop`` - the same frame again and again (it stays in the last-level cache: how a library is usually
+    timed); ``8 frames in rotation`` - a different frame each call, read from memory, as a camera's frames are.
+    -> (rows, target checks: <= 0.5 ms in the warm loop for every format, and the brief's ratios in the same run:
+    it measured OpenCV's INTER_AREA path at 4.5-5.4 ms and torchvision's antialiased resize of RGB at 1.0 ms
+    when it set 0.5 ms, so >= 10.8x OpenCV and >= 2x torchvision).
+
+    The machine this project runs on changes speed from hour to hour (OpenCV's row took 4.5-5.4 ms when the
+    brief was written, 10-11 ms in other sessions), so the ratios are what a run can check; the absolute figure
+    holds only on a day as fast as the brief's."""
+    import cv2
+    from metaedge import kernels
+    cv2.setNumThreads(1)
+    try:
+        import torchvision  # noqa: F401
+        have_tv = True
+    except ImportError:
+        have_tv = False
+    h, w = FRAMES["1080p"]
+    color, size, mean, std = OUTPUTS["3x224x224"]
+    rounds, block = (2, 10) if args.quick else (6, 25)
+    rows, checks = [], []
+    tv_warm = None
+    for fmt in FORMATS:
+        base = make_frame(rng, fmt, h, w)
+        frames = [base] + [np.ascontiguousarray(np.roll(base, 6 * i, axis=0)) for i in range(1, 8)]
+        pre = kernels.Preprocessor(size, mean=mean, std=std, color=color, pixel_format=fmt, antialias=True)
+        makers = {"metaedge": lambda f, pre=pre: (lambda: pre.frame_batch(f)),
+                  "opencv": lambda f, fmt=fmt: opencv_fn(cv2, f, fmt, color, size, mean, std, True, "squeeze")}
+        if have_tv and fmt in ("rgb", "bgr"):
+            makers["torchvision"] = lambda f, fmt=fmt: torchvision_fn(f, fmt, size, mean, std, True)
+        calls = {m: [make(f) for f in frames] for m, make in makers.items()}
+        times = {(m, mode): [] for m in calls for mode in ("warm loop", "8 frames in rotation")}
+        for _ in range(rounds):
+            for m, fns in calls.items():
+                for _ in range(3):
+                    fns[0]()
+                for i in range(block):
+                    t0 = time.perf_counter()
+                    fns[0]()
+                    times[(m, "warm loop")].append(time.perf_counter() - t0)
+                for i in range(block):
+                    fn = fns[1 + i % 7]
+                    t0 = time.perf_counter()
+                    fn()
+                    times[(m, "8 frames in rotation")].append(time.perf_counter() - t0)
+        for (m, mode), t in times.items():
+            rows.append({"case": f"1080p {fmt} -> 3x224x224", "format": fmt, "mode": mode, "method": m,
+                         "ms": 1e3 * statistics.median(t)})
+        print(f"  1080p {fmt:<5} -> 3x224x224 antialiased: " + "  ".join(
+            f"{m} {r['mode']} {r['ms']:.3f} ms" for r in rows[-len(times):] for m in [r["method"]]),
+            file=sys.stderr, flush=True)
+        if fmt == "rgb" and "torchvision" in calls:
+            tv_warm = next(r["ms"] for r in rows if r["format"] == "rgb" and r["method"] == "torchvision"
+                           and r["mode"] == "warm loop")
+    common.add_ratios(rows, group=("case", "mode"), reference="metaedge", out="x_metaedge")
+    for r in rows:
+        if r["method"] == "metaedge" and r["mode"] == "warm loop":
+            checks.append({"check": f"1080p {r['format']} -> 3x224x224 antialiased, warm loop", "value": r["ms"],
+                           "unit": "ms", "target": "<= 0.5 ms", "ok": r["ms"] <= 0.5})
+            cv = next(x["ms"] for x in rows if x["case"] == r["case"] and x["method"] == "opencv"
+                      and x["mode"] == "warm loop")
+            checks.append({"check": f"  opencv / metaedge, {r['format']} (warm loop)", "value": cv / r["ms"],
+                           "unit": "x", "target": ">= 10.8x (5.4 / 0.5 ms)", "ok": cv / r["ms"] >= 10.8})
+            if tv_warm is not None:
+                ratio = tv_warm / r["ms"]
+                checks.append({"check": f"  torchvision rgb / metaedge {r['format']} (warm loop)", "value": ratio,
+                               "unit": "x", "target": ">= 2x (1.0 / 0.5 ms)", "ok": ratio >= 2.0})
+    return rows, checks
+
+
 def gpu_rows(args, rng) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -217,12 +299,20 @@ def main(argv=None) -> int:
     args.repeats, args.max_seconds = (15, 1.5) if args.quick else (60, 6.0)
     rng = np.random.default_rng(0)
     rows = gpu_rows(args, rng) if args.gpu else cpu_rows(args, rng)
+    loops, checks = ([], []) if args.gpu else loop_rows(args, rng)
     columns = [("case", "case", "{}"), ("resize", "resize", "{}"), ("antialias", "antialias", "{}"),
                ("method", "method", "{}"), ("ms", "ms", "{:.3f}"), ("x_metaedge", "x metaedge", "{:.2f}")]
     if not args.gpu:
         columns.append(("format_vs_rgb", "vs RGB", "{:.2f}"))
     common.print_table(rows, columns, title="frame pre-processing, one core" if not args.gpu else "on the GPU")
-    common.write_json(args.json, {"environment": common.environment(), "results": rows})
+    if loops:
+        common.print_table(loops, [("case", "case", "{}"), ("mode", "mode", "{}"), ("method", "method", "{}"),
+                                   ("ms", "ms", "{:.3f}"), ("x_metaedge", "x metaedge", "{:.2f}")],
+                           title="1080p -> 3x224x224 antialiased: warm loop and camera-like frames, one core")
+        common.print_table(checks, [("check", "check", "{}"), ("value", "value", "{:.2f}"),
+                                    ("target", "target", "{}"), ("ok", "ok", "{}")], title="targets")
+    common.write_json(args.json, {"environment": common.environment(), "results": rows, "loops": loops,
+                                  "checks": checks})
     print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 
