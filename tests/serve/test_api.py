@@ -196,6 +196,10 @@ def test_info_stats_alerts_metrics(http):
 def test_bad_requests_get_json_errors(http, objects, body, ctype, params, status, code):
     if body == "PNG":
         body = png(objects["shape0-r"][0])
+    if code == "bad_request" and "roi" in params and not http.get("/v1/classes").json()["classes"]:
+        # (run alone: a region outside the frame is found while predicting, after an empty gallery's 409)
+        assert http.post("/v1/classes/shape0-r/shots", content=body,
+                         headers={"Content-Type": ctype}).status_code in (200, 201)
     r = http.post("/v1/predict", content=body, headers={"Content-Type": ctype}, params=params)
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
