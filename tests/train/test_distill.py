@@ -165,9 +165,9 @@ def test_the_terms_see_differences_between_images_not_offsets_or_scales(teacher)
         s, t = s.double() - s.double().mean(0), t.double() - t.double().mean(0)
         return float((1 - (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1))).mean())
     for s in (t + offset, unrelated + offset, 3 * t):
-        assert float(d.embedding_loss(s, t + offset)) == pytest.approx(reference(s, t + offset), abs=1e-5)
-    assert float(d.embedding_loss(t + offset, t)) < 1e-5             # an offset alone is no mismatch
-    assert float(d.embedding_loss(unrelated + offset, t + offset)) > 0.8   # a shared offset is no match
+        assert d.embedding_loss(s, t + offset).item() == pytest.approx(reference(s, t + offset), abs=1e-5)
+    assert d.embedding_loss(t + offset, t).item() < 1e-5             # an offset alone is no mismatch
+    assert d.embedding_loss(unrelated + offset, t + offset).item() > 0.8   # a shared offset is no match
     # logits: scale and shift of either side change nothing; the ranking does
     student = torch.randn(10, 5, generator=g)
     same = float(d.logit_loss(student, 100 * student - 7))
