@@ -5,9 +5,9 @@ The supervising process (this one) binds the socket, opens the classifier once t
 gallery, and runs the frame loop (``--source``) and the alert monitor. With one worker it also serves the
 requests, sharing its classifier with the frame loop; with several, each worker process opens its own classifier
 on the same gallery and accepts connections on a socket of its own bound to the same port (SO_REUSEPORT, on
-Linux: the kernel spreads the connections; elsewhere one shared socket), and uvicorn restarts a worker that dies. The run directory
-(on tmpfs where possible; removed at exit) holds what the processes share: the Prometheus multiprocess files, the
-live feed, the rate-limit counters and the alert state.
+Linux: the kernel spreads the connections; elsewhere one shared socket), and uvicorn restarts a worker that
+dies. The run directory (on tmpfs where possible; removed at exit) holds what the processes share: the
+Prometheus multiprocess files, the live feed, the rate-limit counters and the alert state.
 """
 from __future__ import annotations
 
