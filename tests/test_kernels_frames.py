@@ -179,6 +179,9 @@ def test_wide_frames_match_reference(rng, fmt):
     for size in [(4, 150), (4, 37), (3, 9)]:
         check_frames(frame, fmt, size, antialias=True, color="rgb")
     check_frames(frame, fmt, (5, 61), antialias=True, rois=[(3, 1, 1101, 20), (0, 0, 1202, 30), (517, 4, 685, 25)])
+    # 150 x 100-pixel boxes: 32-bit sums (nv12/yuyv: made per chroma cell, the region starting on a cell)
+    check_frames(random_frame(rng, fmt, 400, 1200), fmt, (4, 8), antialias=True, rois=[(0, 0, 1200, 400),
+                                                                                       (2, 0, 1198, 400)])
 
 
 def test_wide_box_sums_for_huge_shrink(rng):

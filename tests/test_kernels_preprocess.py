@@ -308,6 +308,7 @@ for fmt in ("gray", "rgb", "bgr", "rgba", "bgra", "nv12", "yuyv"):
     check_frames(random_frame(rng, fmt, 700, 620), fmt, (2, 2), antialias=True)  # 32-bit box sums
     check_frames(random_frame(rng, fmt, 20, 1202), fmt, (4, 37), antialias=True,  # wide rows, odd region starts
                  rois=[(3, 1, 1101, 18), (0, 0, 1202, 20)])
+    check_frames(random_frame(rng, fmt, 400, 1200), fmt, (4, 8), antialias=True)  # 32-bit sums, whole cells
 print(_C.simd_level())
 """
 

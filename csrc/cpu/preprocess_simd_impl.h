@@ -7,9 +7,9 @@
 // (vertical taps), and each reduced row is turned once into `H`: its horizontally resampled samples, one plane
 // per raw channel ([used channels][dst_w] floats, kept in a two-row cache so consecutive output rows share it).
 // A reduced row is either one source row read in place (no prefilter), or - with the box prefilter - the sum of
-// fy source rows (integer, exact; chroma repeated per pixel for nv12/yuyv), then summed over fx pixels (sliding
-// sums by doubling, written as floats), from which the taps read. Box averages are divided out by the tap
-// weights.
+// fy source rows (integer, exact; nv12/yuyv chroma per cell, or repeated per pixel when boxes cut cells), then
+// summed over fx pixels (sliding sums by doubling, written as floats), from which the taps read. Box averages
+// are divided out by the tap weights.
 
 // Four channels of one pixel in a vector: loaded from 4 bytes or 4 uint16 at once and converted in one go
 // (the fourth lane is the next pixel's first channel, alpha or padding, and is never used).
@@ -171,7 +171,13 @@ static void box_sums(const ImageJob& job, int64_t j, float* __restrict out) {
   const int64_t w = g.src_w, f = g.fx, boxes = box_count(w, f);
   if constexpr (F == PixelFormat::kNV12 || F == PixelFormat::kYUYV) {
     const int64_t c0 = g.src_x >> 1, cells = ((g.src_x + w - 1) >> 1) - c0 + 1;
+    // With boxes of an even width on a region of whole chroma cells (a cell is two pixels wide), every box
+    // holds whole cells: the sums are made over cells, in place (no copy of the chroma per pixel, one pass fewer
+    // over each plane), and the chroma doubled (a cell's chroma stands for two pixels). Otherwise boxes cut
+    // cells, and the chroma is first repeated for the two pixels of each cell. Both give the same integers.
+    const bool whole_cells = f % 2 == 0 && (g.src_x & 1) == 0 && (w & 1) == 0;
     int64_t y_step = 1, y_offset = 0;
+    uint16_t* cell_sums;  // the (U, V) pairs (nv12) or (Y, U, Y, V) quads (yuyv) of the region's cells
     if constexpr (F == PixelFormat::kNV12) {
       uint16_t* pairs = job.scratch_pairs;
       for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x;
@@ -179,14 +185,40 @@ static void box_sums(const ImageJob& job, int64_t j, float* __restrict out) {
       for (int64_t r = 0; r < rows; ++r)  // a chroma row per luma row: rows of one cell pair count twice
         row_ptrs[r] = job.frame + (job.frame_height + ((r0 + r) >> 1)) * job.row_stride + 2 * c0;
       accumulate_rows(pairs, row_ptrs, rows, 2 * cells);
-      chroma_per_pixel<uint16_t, false>(pairs, acc2, g.src_x, w);
+      cell_sums = pairs;
     } else {
       for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + 4 * c0;
       accumulate_rows(acc, row_ptrs, rows, 4 * cells);
-      chroma_per_pixel<uint16_t, true>(acc, acc2, g.src_x, w);
+      cell_sums = acc;
       // Y of pixel i sits at 2 (i + (x0 & 1)): a plane with step 2 (the odd elements, U/V sums, are not read)
       y_step = 2, y_offset = 2 * (g.src_x & 1);
     }
+    if (whole_cells) {
+      // Every plane summed over f / 2 cells, a cell's elements apart (nv12: Y0 Y1 | U V; yuyv: Y0 U Y1 V), in
+      // place; a box's Y is the sum of its cells' Y0 and Y1 sums, its U and V twice the cells'.
+      if constexpr (F == PixelFormat::kNV12) {
+        const Sum* ys = plane_sums(acc, w, f / 2, 2, wide, partial);
+        for (int64_t p = 0; p < boxes; ++p)
+          out[4 * p] = static_cast<float>(ys[f * p]) + static_cast<float>(ys[f * p + 1]);
+        const Sum* uv = plane_sums(cell_sums, 2 * cells, f / 2, 2, wide, partial);
+        for (int64_t p = 0; p < boxes; ++p) {
+          out[4 * p + 1] = 2.f * static_cast<float>(uv[f * p]);
+          out[4 * p + 2] = 2.f * static_cast<float>(uv[f * p + 1]);
+          out[4 * p + 3] = 0.f;
+        }
+      } else {
+        const Sum* q = plane_sums(acc, 4 * cells, f / 2, 4, wide, partial);
+        for (int64_t p = 0; p < boxes; ++p) {
+          const Sum* box = q + 2 * f * p;
+          out[4 * p] = static_cast<float>(box[0]) + static_cast<float>(box[2]);
+          out[4 * p + 1] = 2.f * static_cast<float>(box[1]);
+          out[4 * p + 2] = 2.f * static_cast<float>(box[3]);
+          out[4 * p + 3] = 0.f;
+        }
+      }
+      return;
+    }
+    chroma_per_pixel<uint16_t, F == PixelFormat::kYUYV>(cell_sums, acc2, g.src_x, w);
     const Sum* ys = plane_sums(acc, w * y_step + y_offset, f, y_step, wide, partial);
     for (int64_t p = 0; p < boxes; ++p) out[4 * p] = static_cast<float>(ys[y_offset + p * f * y_step]);
     const Sum* uv = plane_sums(acc2, 2 * w, f, 2, wide, partial);
