@@ -20,7 +20,7 @@ The client is a minimal asyncio HTTP/1.1 client (a few tens of microseconds per 
 is not what is measured; it still shares the machine's cores with the server - on a 2-core machine, read the
 scaling with that in mind.
 
-    metaedge bench --suites serve                # ~5 min: the table, and the ratios with the other suites'
+    metaedge bench --suites serve                # ~11 min: the table, and the ratios with the other suites'
     python -m metaedge.bench.serve               # the same (also python tools/bench/serve.py): out/bench/serve.json
     python -m metaedge.bench.serve --quick       # 3 s per phase
     python -m metaedge.bench.serve --bundle my_bundle/ --concurrency 1 8 --workers 1
