@@ -118,12 +118,6 @@ static const Acc* sliding_sums(Acc* __restrict a, int64_t n, int64_t f, int64_t 
   return a;  // (f >= 1 always returns above)
 }
 
-// One channel's box sums as dense floats: out[p] = sums[p * stride] for the `boxes` boxes of the row.
-template <typename Acc>
-static void compact(const Acc* __restrict sums, int64_t stride, int64_t boxes, float* __restrict out) {
-  for (int64_t p = 0; p < boxes; ++p) out[p] = static_cast<float>(sums[p * stride]);
-}
-
 // The (U, V) sums of each chroma cell repeated for the two pixels it covers: uv_full[2 i + {0, 1}] for the
 // pixels i < n of a region starting at column x0 (cell c0 = x0 >> 1 first). `cells` holds (U, V) pairs (nv12) or
 // (Y, U, Y, V) quads (yuyv). Written a pair (two Acc) at a time - a shuffle the compiler vectorises - from one
@@ -231,25 +225,21 @@ static void box_sums(const ImageJob& job, int64_t j, float* __restrict out) {
     constexpr int kCanon = F == PixelFormat::kGray ? 1 : (F == PixelFormat::kRGBA || F == PixelFormat::kBGRA) ? 4 : 3;
     for (int64_t r = 0; r < rows; ++r) row_ptrs[r] = job.frame + (r0 + r) * job.row_stride + g.src_x * kCanon;
     accumulate_rows(acc, row_ptrs, rows, w * kCanon);
-    if (f % 2 == 0) {
-      // Boxes of an even width: sums over every other pixel (one doubling pass fewer), a box adding the sums of
-      // its even and its odd pixels. (Made one pixel further, a zero: the odd half of a last box of one pixel.)
-      for (int64_t i = w * kCanon; i < (w + 1) * kCanon; ++i) acc[i] = 0;
-      const Sum* sums = plane_sums(acc, (w + 1) * kCanon, f / 2, 2 * kCanon, wide, partial);
-      if constexpr (kCanon == 1) {
-        for (int64_t p = 0; p < boxes; ++p)
-          out[p] = static_cast<float>(sums[p * f]) + static_cast<float>(sums[p * f + 1]);
-      } else {  // (the fourth element read is the next pixel's first, or the padding: in the buffer either way)
-        for (int64_t p = 0; p < boxes; ++p)
-          *reinterpret_cast<F4*>(out + 4 * p) = load4(sums + p * f * kCanon) + load4(sums + (p * f + 1) * kCanon);
-      }
-      return;
-    }
-    const Sum* sums = plane_sums(acc, w * kCanon, f, kCanon, wide, partial);
+    // Boxes of an even width are summed in two halves - every other pixel, one doubling pass fewer - and a box
+    // adds its even and its odd pixels' sums. (Made one pixel further, a zero: the odd half of a last box of one
+    // pixel.)
+    const int64_t halves = f % 2 == 0 ? 2 : 1, n = (w + halves - 1) * kCanon;
+    for (int64_t i = w * kCanon; i < n; ++i) acc[i] = 0;
+    const Sum* sums = plane_sums(acc, n, f / halves, halves * kCanon, wide, partial);
     if constexpr (kCanon == 1) {
-      compact(sums, f, boxes, out);
-    } else {  // (the fourth element read is the next box's R, or the padding: in the buffer either way)
-      for (int64_t p = 0; p < boxes; ++p) *reinterpret_cast<F4*>(out + 4 * p) = load4(sums + p * f * kCanon);
+      for (int64_t p = 0; p < boxes; ++p)
+        out[p] = static_cast<float>(sums[p * f]) + (halves == 2 ? static_cast<float>(sums[p * f + 1]) : 0.f);
+    } else {  // (the fourth element read is the next pixel's first, or the padding: in the buffer either way)
+      for (int64_t p = 0; p < boxes; ++p) {
+        F4 box = load4(sums + p * f * kCanon);
+        if (halves == 2) box += load4(sums + (p * f + 1) * kCanon);
+        *reinterpret_cast<F4*>(out + 4 * p) = box;
+      }
     }
   }
 }
