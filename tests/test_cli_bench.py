@@ -125,3 +125,27 @@ def test_serve_suite_runs_briefly_from_an_installed_package(package_copy, tmp_pa
     assert data["results"][3]["enrolls"] > 0 and data["results"][0]["blocks"] >= 1
     overhead = data["overhead_c1"]["png28"]   # the alternating rounds of HTTP and in-process predicts
     assert overhead["rounds"] >= 1 and 0 < overhead["in_process_p50_ms"] < overhead["http_p50_ms"]
+
+
+def test_preprocess_block_timings_cover_every_format_with_their_checks(monkeypatch):
+    """The brief's case in blocks (a warm loop and frames in rotation), on small frames here: every format has both
+    modes for metaedge and OpenCV, its cost relative to RGB, and the absolute and ratio checks of the target."""
+    pytest.importorskip("cv2")
+    import argparse
+
+    import numpy as np
+
+    from metaedge.bench import preprocess as bench_preprocess
+    monkeypatch.setitem(bench_preprocess.FRAMES, "1080p", (48, 64))
+    rows, checks = bench_preprocess.loop_rows(argparse.Namespace(quick=True), np.random.default_rng(0))
+    modes = ("warm loop", "8 frames in rotation")
+    for fmt in bench_preprocess.FORMATS:
+        for method in ("metaedge", "opencv"):
+            got = {r["mode"]: r for r in rows if r["format"] == fmt and r["method"] == method}
+            assert set(got) == set(modes) and all(r["ms"] > 0 for r in got.values())
+        ours = [r for r in rows if r["format"] == fmt and r["method"] == "metaedge"]
+        assert all(r["x_metaedge"] == 1.0 and r["format_vs_rgb"] > 0 for r in ours)
+        absolute = [c for c in checks if c["check"].startswith(f"1080p {fmt} ") and c["target"] == "<= 0.5 ms"]
+        assert len(absolute) == 1 and absolute[0]["ok"] == (absolute[0]["value"] <= 0.5)
+        assert any(f"opencv / metaedge, {fmt} " in c["check"] for c in checks)
+    assert all(r["format_vs_rgb"] == 1.0 for r in rows if r["format"] == "rgb" and r["method"] == "metaedge")

@@ -182,8 +182,7 @@ def loop_rows(args, rng) -> tuple[list[dict], list[dict]]:
     when it set 0.5 ms, so >= 10.8x OpenCV and >= 2x torchvision).
 
     The machine this project runs on changes speed from hour to hour (OpenCV's row took 4.5-5.4 ms when the
-    brief was written, 10-11 ms in other sessions), so the ratios are what a run can check; the absolute figure
-    holds only on a day as fast as the brief's."""
+    brief was written, 7.4-11 ms in later sessions), so the run checks the ratios as well as the absolute figure."""
     import cv2
     from metaedge import kernels
     cv2.setNumThreads(1)
@@ -211,7 +210,7 @@ def loop_rows(args, rng) -> tuple[list[dict], list[dict]]:
             for m, fns in calls.items():
                 for _ in range(3):
                     fns[0]()
-                for i in range(block):
+                for _ in range(block):
                     t0 = time.perf_counter()
                     fns[0]()
                     times[(m, "warm loop")].append(time.perf_counter() - t0)
@@ -220,12 +219,11 @@ def loop_rows(args, rng) -> tuple[list[dict], list[dict]]:
                     t0 = time.perf_counter()
                     fn()
                     times[(m, "8 frames in rotation")].append(time.perf_counter() - t0)
-        for (m, mode), t in times.items():
-            rows.append({"case": f"1080p {fmt} -> 3x224x224", "format": fmt, "mode": mode, "method": m,
-                         "ms": 1e3 * statistics.median(t)})
-        print(f"  1080p {fmt:<5} -> 3x224x224 antialiased: " + "  ".join(
-            f"{m} {r['mode']} {r['ms']:.3f} ms" for r in rows[-len(times):] for m in [r["method"]]),
-            file=sys.stderr, flush=True)
+        medians = {key: 1e3 * statistics.median(t) for key, t in times.items()}
+        for (m, mode), ms in medians.items():
+            rows.append({"case": f"1080p {fmt} -> 3x224x224", "format": fmt, "mode": mode, "method": m, "ms": ms})
+        print(f"  1080p {fmt:<5} -> 3x224x224 antialiased: " +
+              "  ".join(f"{m} {mode} {ms:.3f} ms" for (m, mode), ms in medians.items()), file=sys.stderr, flush=True)
         if fmt == "rgb" and "torchvision" in calls:
             tv_warm = next(r["ms"] for r in rows if r["format"] == "rgb" and r["method"] == "torchvision"
                            and r["mode"] == "warm loop")
